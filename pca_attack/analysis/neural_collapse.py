@@ -1,0 +1,313 @@
+"""Neural-collapse diagnostics (NC1-NC4), perturbed-feature measurements, and the closed-form
+geometry of the imbalanced bias-free MSE deep linear unconstrained-features model.
+
+Conventions (``collapse-theory.md`` §F-H): features ``H`` are rows, shape (N, d); ``labels`` (N,)
+are integers 0..C-1; the classifier ``W`` is (C, d) with optional bias ``b`` (C,).  All metrics are
+exactly 0 on a simplex equiangular tight frame with no within-class spread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.optimize import brentq
+
+from .moments import (
+    DEFAULT_TOL,
+    AnalysisInputError,
+    FloatArray,
+    InvalidParameterError,
+    ResultMixin,
+    ShapeMismatchError,
+    as_matrix,
+    check_positive,
+)
+
+
+@dataclass
+class NeuralCollapseResult(ResultMixin):
+    """NC metrics; classifier metrics are ``None`` when no classifier was given."""
+
+    n_classes: int
+    nc1: float  # Tr(Sigma_W Sigma_B^+)/C, pseudo-inverse truncated to rank C-1
+    nc1_trace_ratio: float  # Tr Sigma_W / Tr Sigma_B
+    nc2_equinorm_means: float  # std/mean of ||mu_c - mu_G|| (ddof=1)
+    nc2_equiangular_means: float  # mean_{c != c'} |cos + 1/(C-1)|
+    nc2_cos_std_means: float  # std of the off-diagonal cosines
+    nc2_gram_means: float  # ||G/||G||_F - (I - 11^T/C)/sqrt(C-1)||_F
+    nc2_equinorm_classifier: float | None = None
+    nc2_equiangular_classifier: float | None = None
+    nc2_gram_classifier: float | None = None
+    nc3: float | None = None  # ||W^T/||W||_F - M~/||M~||_F||_F^2
+    nc4: float | None = None  # fraction where the classifier disagrees with the nearest class mean
+    global_mean: str = "sample"
+
+
+def _labels(labels: ArrayLike, n: int) -> tuple[np.ndarray, int]:
+    lab = np.asarray(labels)
+    if lab.shape != (n,):
+        raise ShapeMismatchError(f"labels must have shape (N,) = ({n},) to match H, got {lab.shape}.")
+    if not np.issubdtype(lab.dtype, np.integer):
+        if not np.all(np.equal(np.mod(lab, 1), 0)):
+            raise AnalysisInputError("labels must be integers 0..C-1.")
+        lab = lab.astype(np.int64)
+    if lab.min() < 0:
+        raise AnalysisInputError("labels must be non-negative integers 0..C-1.")
+    C = int(lab.max()) + 1
+    missing = sorted(set(range(C)) - set(lab.tolist()))
+    if missing or C < 2:
+        raise AnalysisInputError(f"need at least 2 classes, each with samples; classes without samples: {missing}.")
+    return lab, C
+
+
+def class_means(H: FloatArray, labels: np.ndarray, C: int) -> FloatArray:
+    """(C, d) per-class feature means."""
+    return np.stack([H[labels == c].mean(axis=0) for c in range(C)])
+
+
+def _equinorm(vectors: FloatArray) -> float:
+    norms = np.linalg.norm(vectors, axis=1)
+    mean = norms.mean()
+    return float(norms.std(ddof=1) / mean) if mean > 0 else 0.0
+
+
+def _cosines(vectors: FloatArray) -> FloatArray:
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-300)
+    cos = unit @ unit.T
+    return np.asarray(cos[~np.eye(len(vectors), dtype=bool)])
+
+
+def _gram_to_etf(vectors: FloatArray) -> float:
+    C = len(vectors)
+    G = vectors @ vectors.T
+    target = (np.eye(C) - np.ones((C, C)) / C) / math.sqrt(C - 1)
+    return float(np.linalg.norm(G / np.linalg.norm(G) - target))
+
+
+def neural_collapse_metrics(
+    H: ArrayLike,
+    labels: ArrayLike,
+    W: ArrayLike | None = None,
+    b: ArrayLike | None = None,
+    *,
+    global_mean: str = "sample",
+) -> NeuralCollapseResult:
+    """NC1-NC4 of features ``H`` (N, d) with ``labels`` (N,) and optional classifier ``W`` (C, d), ``b``.
+
+    ``global_mean='sample'`` uses the mean of all samples; ``'class'`` the mean of the class means.
+    """
+    Hm = as_matrix("H", H)
+    lab, C = _labels(labels, Hm.shape[0])
+    if global_mean not in ("sample", "class"):
+        raise InvalidParameterError(f"global_mean must be 'sample' or 'class', got {global_mean!r}.")
+    mu = class_means(Hm, lab, C)  # (C, d)
+    mu_g = Hm.mean(axis=0) if global_mean == "sample" else mu.mean(axis=0)
+    Mt = mu - mu_g  # (C, d), rows are mu_c - mu_G
+    dev = Hm - mu[lab]
+    sigma_w = dev.T @ dev / Hm.shape[0]
+    sigma_b = Mt.T @ Mt / C
+    ev, V = np.linalg.eigh(sigma_b)
+    keep = np.argsort(ev)[::-1][: C - 1]
+    keep = keep[ev[keep] > 1e-12 * max(float(ev.max()), 1e-300)]
+    pinv = (V[:, keep] / ev[keep]) @ V[:, keep].T
+    tr_b = float(np.trace(sigma_b))
+    cos = _cosines(Mt)
+    res = NeuralCollapseResult(
+        n_classes=C,
+        nc1=float(np.trace(sigma_w @ pinv) / C),
+        nc1_trace_ratio=float(np.trace(sigma_w) / tr_b) if tr_b > 0 else math.inf,
+        nc2_equinorm_means=_equinorm(Mt),
+        nc2_equiangular_means=float(np.mean(np.abs(cos + 1 / (C - 1)))),
+        nc2_cos_std_means=float(np.std(cos)),
+        nc2_gram_means=_gram_to_etf(Mt),
+        global_mean=global_mean,
+    )
+    if W is None:
+        return res
+    Wm = as_matrix("W", W)
+    if Wm.shape != (C, Hm.shape[1]):
+        raise ShapeMismatchError(f"W must have shape (C, d) = ({C}, {Hm.shape[1]}), got {Wm.shape}.")
+    bv = np.zeros(C) if b is None else np.asarray(b, dtype=np.float64)
+    if bv.shape != (C,):
+        raise ShapeMismatchError(f"b must have shape (C,) = ({C},), got {bv.shape}.")
+    res.nc2_equinorm_classifier = _equinorm(Wm)
+    res.nc2_equiangular_classifier = float(np.mean(np.abs(_cosines(Wm) + 1 / (C - 1))))
+    res.nc2_gram_classifier = _gram_to_etf(Wm)
+    res.nc3 = float(np.linalg.norm(Wm.T / np.linalg.norm(Wm) - Mt.T / np.linalg.norm(Mt)) ** 2)
+    pred = np.argmax(Hm @ Wm.T + bv, axis=1)
+    d2 = ((Hm[:, None, :] - mu[None, :, :]) ** 2).sum(axis=2)  # (N, C)
+    res.nc4 = float(np.mean(pred != np.argmin(d2, axis=1)))
+    return res
+
+
+def simplex_etf(n_classes: int, dim: int | None = None, *, scale: float = 1.0, seed: int = 0) -> FloatArray:
+    """(C, d) rows forming a centred simplex ETF (unit norm times ``scale``), randomly rotated."""
+    C = int(n_classes)
+    d = C if dim is None else int(dim)
+    if C < 2 or d < C - 1:
+        raise InvalidParameterError(f"a simplex ETF with {C} classes needs C >= 2 and dim >= C-1, got dim={d}.")
+    M = np.eye(C) - np.ones((C, C)) / C  # rows: centred one-hot, norm sqrt((C-1)/C)
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(max(d, C), max(d, C))))
+    basis = np.linalg.svd(M)[2][: C - 1]  # (C-1, C) orthonormal basis of the row space
+    rows = (M @ basis.T) @ Q[: C - 1, :d]  # (C, d)
+    return np.asarray(scale * rows / np.linalg.norm(rows, axis=1, keepdims=True))
+
+
+@dataclass
+class PerturbedCollapseResult(ResultMixin):
+    """Collapse of clean vs perturbed features and how far each class mean moved."""
+
+    clean: NeuralCollapseResult
+    perturbed: NeuralCollapseResult
+    angle_deg: FloatArray  # (C,) angle between clean and perturbed centred class means
+    distance: FloatArray  # (C,) ||mu_c(perturbed) - mu_c(clean)||
+    nearest_clean_class: np.ndarray  # (C,) clean class mean nearest to each perturbed class mean
+    leap_fraction: float  # fraction of classes whose perturbed mean is nearest another clean class
+
+
+def perturbed_collapse(
+    H_clean: ArrayLike,
+    H_perturbed: ArrayLike,
+    labels: ArrayLike,
+    W: ArrayLike | None = None,
+    b: ArrayLike | None = None,
+    *,
+    perturbed_labels: ArrayLike | None = None,
+) -> PerturbedCollapseResult:
+    """NC metrics of perturbed vs clean features plus per-class angle/distance of the class means.
+
+    Perturbed features are grouped by ``perturbed_labels`` (e.g. the attack's target labels for a
+    targeted attack) or, by default, by the true ``labels``.  Angles are measured around the clean
+    global mean.
+    """
+    Hc, Hp = as_matrix("H_clean", H_clean), as_matrix("H_perturbed", H_perturbed)
+    if Hp.shape[1] != Hc.shape[1]:
+        raise ShapeMismatchError(f"H_perturbed must have {Hc.shape[1]} feature columns like H_clean, got {Hp.shape[1]}.")
+    lab_c, C = _labels(labels, Hc.shape[0])
+    lab_p, Cp = _labels(labels if perturbed_labels is None else perturbed_labels, Hp.shape[0])
+    if Cp != C:
+        raise AnalysisInputError(f"perturbed features have {Cp} classes but clean features have {C}.")
+    mu_c, mu_p = class_means(Hc, lab_c, C), class_means(Hp, lab_p, C)
+    g = Hc.mean(axis=0)
+    a, p = mu_c - g, mu_p - g
+    cos = np.sum(a * p, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(p, axis=1), 1e-300)
+    nearest = np.argmin(((mu_p[:, None, :] - mu_c[None, :, :]) ** 2).sum(axis=2), axis=1)
+    return PerturbedCollapseResult(
+        clean=neural_collapse_metrics(Hc, lab_c, W, b),
+        perturbed=neural_collapse_metrics(Hp, lab_p, W, b),
+        angle_deg=np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))),
+        distance=np.linalg.norm(mu_p - mu_c, axis=1),
+        nearest_clean_class=nearest,
+        leap_fraction=float(np.mean(nearest != np.arange(C))),
+    )
+
+
+def noise_baselines(X: ArrayLike, eps: float = 8 / 255, *, seed: int = 0) -> tuple[FloatArray, FloatArray]:
+    """Gaussian ``x + eps N(0,1)`` and sign ``x + eps sign(N(0,1))`` baselines (Su et al. 2023)."""
+    Xa = np.asarray(X, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    return Xa + eps * rng.normal(size=Xa.shape), Xa + eps * np.sign(rng.normal(size=Xa.shape))
+
+
+@dataclass
+class DeepLinearGeometry(ResultMixin):
+    """Closed-form optimum of the imbalanced bias-free MSE deep linear UFM, per class."""
+
+    n_k: FloatArray  # (K,) class sizes
+    x: FloatArray  # (K,) optimal x_k (0 means minority collapse)
+    root: FloatArray  # (K,) best positive stationary point of f_k (nan if none exists)
+    f_at_zero: FloatArray  # (K,) f_k(0) = n_k / (2N)
+    f_at_root: FloatArray  # (K,) f_k(root) (nan if no root)
+    p2: FloatArray  # (K,) p_k^2 = ||w_k||^2 (w_k: row k of W_M...W_1)
+    w_norm2: FloatArray  # (K,) ||w_k||^2
+    h_norm2: FloatArray  # (K,) ||hbar_k||^2 (class-mean feature norms)
+    logit: FloatArray  # (K,) w_k . hbar_k  (W hbar_k = logit_k e_k)
+    collapsed: np.ndarray  # (K,) bool: minority collapse (x_k = 0)
+    status: list[str]  # (K,) 'collapsed' / 'active' / 'indeterminate' (f(0) within tol of f(root))
+    loss: float  # sum_k f_k(x_k): the objective at the global optimum
+    gram_diag: FloatArray  # (K,) predicted diagonal of the uncentred class-mean Gram
+    params: dict[str, float] = field(default_factory=dict)
+
+
+def _positive_roots(M: int, a: float) -> list[float]:
+    """Positive roots of ``a = M x^{M-1} / (x^M + 1)^2`` (a = b / n_k)."""
+    g = lambda x: M * x ** (M - 1) / (x**M + 1) ** 2 - a  # noqa: E731
+    if M == 1:
+        r = 1 / math.sqrt(a) - 1
+        return [r] if r > 0 else []
+    x_peak = ((M - 1) / (M + 1)) ** (1 / M)  # maximiser of M x^{M-1}/(x^M+1)^2
+    if g(x_peak) <= 0:
+        return [x_peak] if g(x_peak) == 0 else []
+    hi = x_peak * 2 + 1
+    while g(hi) > 0:
+        hi *= 2
+    return [brentq(g, 1e-300, x_peak, xtol=1e-15), brentq(g, x_peak, hi, xtol=1e-15)]
+
+
+def deep_linear_mse_geometry(
+    n_k: Sequence[float] | ArrayLike,
+    *,
+    lambda_W: float | Sequence[float] = 5e-3,
+    lambda_H: float = 5e-3,
+    depth: int = 1,
+    d: int | None = None,
+    tol: float = DEFAULT_TOL,
+) -> DeepLinearGeometry:
+    """Optimal per-class geometry for class sizes ``n_k``, ``depth`` layers and weight decays.
+
+    ``lambda_W`` is one value for every layer or a sequence of ``depth`` values.  For ``depth >= 2``
+    the collapse transition is discontinuous, so ``f_k(0)`` is always compared against the root.
+    """
+    n = np.asarray(n_k, dtype=np.float64).reshape(-1)
+    if n.size < 1 or np.any(~np.isfinite(n)) or np.any(n <= 0):
+        raise InvalidParameterError("n_k must be a non-empty list of positive class sizes.")
+    if isinstance(depth, bool) or int(depth) != depth or depth < 1:
+        raise InvalidParameterError(f"depth must be a positive integer, got {depth!r}.")
+    M = int(depth)
+    lw = np.atleast_1d(np.asarray(lambda_W, dtype=np.float64))
+    lw = np.full(M, float(lw[0])) if lw.size == 1 else lw
+    if lw.size != M:
+        raise InvalidParameterError(f"lambda_W must be one value or {M} values (one per layer), got {lw.size}.")
+    for v in lw:
+        check_positive("lambda_W", float(v))
+    lh = check_positive("lambda_H", lambda_H)
+    if d is not None and d < n.size:
+        raise InvalidParameterError(f"the model needs feature dimension d >= K = {n.size}, got d={d}.")
+    N = float(n.sum())
+    prod_root = float(np.prod(lw)) ** (1 / M)
+    b = M * N * (N * lh) ** (1 / M) * prod_root
+    slope = 0.5 * M * prod_root * (N * lh) ** (1 / M)
+    rows = []
+    for nk in n:
+        f = lambda x, nk=nk: nk / (2 * N * (x**M + 1)) + slope * x  # noqa: E731
+        roots = _positive_roots(M, b / nk)
+        best_root = min(roots, key=f) if roots else math.nan
+        f0, fr = f(0.0), (f(best_root) if roots else math.nan)
+        x_k = best_root if roots and fr < f0 else 0.0
+        near = roots and abs(fr - f0) <= tol * abs(f0)
+        rows.append((x_k, best_root, f0, fr, f(x_k), "indeterminate" if near else ("active" if x_k > 0 else "collapsed")))
+    x = np.array([r[0] for r in rows])
+    p2 = N * lh * x**M
+    h2 = p2 / (p2 + N * lh) ** 2
+    return DeepLinearGeometry(
+        n_k=n, x=x, root=np.array([r[1] for r in rows]), f_at_zero=np.array([r[2] for r in rows]),
+        f_at_root=np.array([r[3] for r in rows]), p2=p2, w_norm2=p2.copy(), h_norm2=h2,
+        logit=p2 / (p2 + N * lh), collapsed=x <= 0, status=[r[5] for r in rows],
+        loss=float(sum(r[4] for r in rows)), gram_diag=h2.copy(),
+        params={"depth": M, "lambda_H": lh, "N": N} | {f"lambda_W{i + 1}": float(v) for i, v in enumerate(lw)},
+    )
+
+
+def gram_deviation(class_means_: ArrayLike, predicted_diag: ArrayLike) -> float:
+    """Uncentred ``||G/||G||_F - D/||D||_F||_F`` with ``G`` the class-mean Gram, ``D = diag(pred)``."""
+    Mu = as_matrix("class_means", class_means_)
+    D = np.diag(np.asarray(predicted_diag, dtype=np.float64))
+    if D.shape[0] != Mu.shape[0]:
+        raise ShapeMismatchError(f"predicted_diag needs {Mu.shape[0]} entries (one per class), got {D.shape[0]}.")
+    G = Mu @ Mu.T
+    nd = np.linalg.norm(D)
+    return float(np.linalg.norm(G / np.linalg.norm(G) - (D / nd if nd > 0 else D)))

@@ -1,0 +1,119 @@
+"""Attack configuration: presets of the collapse loss and the PGD hyper-parameters, with defaults.
+
+Budgets are stated on the 0-255 scale (``eps=16`` means 16/255 in [0, 1] pixel space), as in the
+reference implementation of the Posterior Collapse Attack (Guo et al., arXiv 2408.10901).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class LossPreset:
+    """One named setting of the unified collapse loss KL(q(z|x) || N(0, v I))."""
+
+    name: str
+    target_variance: float | None  # v; None means "adaptive": the clean image's own sigma^2 (detached)
+    direction: Direction  # whether PGD minimises or maximises the loss
+    summary: str  # what this setting does to the posterior, for docs, CLI help and /v1/models
+
+
+PRESETS: dict[str, LossPreset] = {
+    "pca-": LossPreset(
+        "pca-",
+        1e-8,
+        "minimize",
+        "Reference default. Minimise KL to N(0, 1e-8 I): drives the posterior mean to 0 and its variance "
+        "to the tiny target, so the encoder's latent concentrates on the origin and every edit starts "
+        "from a destroyed latent.",
+    ),
+    "pca+": LossPreset(
+        "pca+",
+        1.0,
+        "maximize",
+        "Maximise KL to N(0, I): pushes the posterior away from the prior (large |mean|, log-variance "
+        "driven to diffusers' -30 clamp, where that part of the gradient dies).",
+    ),
+    "adaptive": LossPreset(
+        "adaptive",
+        None,
+        "minimize",
+        "Minimise KL to N(0, v I) with v the clean image's own per-element posterior variance "
+        "(detached): collapses the mean to 0 while keeping the variance where it was.",
+    ),
+    "pca-var": LossPreset(
+        "pca-var",
+        1e4,
+        "minimize",
+        "Variance-raising: minimise KL to N(0, 1e4 I): inflates the posterior variance, so pipelines "
+        "that *sample* the posterior (diffusers img2img default) start from noise.",
+    ),
+}
+
+DEFAULT_PRESET = "pca-"
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Hyper-parameters of the protective Linf sign-PGD. Defaults follow the reference implementation,
+    except that the best iterate (lowest loss for minimise presets) is returned instead of the last."""
+
+    eps: float = 16.0  # Linf budget on the 0-255 scale (16 -> 16/255)
+    step: float = 2.0  # PGD step size on the 0-255 scale
+    steps: int = 40  # number of PGD iterations
+    preset: str = DEFAULT_PRESET  # name in PRESETS, or "custom" with target_variance + direction
+    target_variance: float | None = None  # v for preset "custom" (ignored otherwise)
+    direction: Direction | None = None  # direction for preset "custom" (ignored otherwise)
+    random_start: bool = False  # start from uniform noise in the budget instead of 0 (reference: off)
+    seed: int = 3407  # seed for random start and any stochastic transformation (reference: 3407)
+    keep_best: bool = True  # return the best iterate per image (the reference returns the last)
+    early_stop_patience: int = 0  # stop after this many steps without improvement (0 = never)
+    early_stop_tol: float = 1e-4  # relative improvement that counts as progress for early stop
+    eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.eot)
+    eot_samples: int = 1  # random transformations averaged per step when eot is set
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, carried into the certificate
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps <= 255:
+            raise ConfigError(f"eps={self.eps} is outside (0, 255]; it is on the 0-255 scale, e.g. 16")
+        if not 0 < self.step <= 255:
+            raise ConfigError(f"step={self.step} is outside (0, 255]; it is on the 0-255 scale, e.g. 2")
+        if not 0 <= self.steps <= 10_000:
+            raise ConfigError(f"steps={self.steps} is outside [0, 10000]")
+        if self.early_stop_patience < 0:
+            raise ConfigError("early_stop_patience must be >= 0 (0 disables early stop)")
+        if self.eot_samples < 1:
+            raise ConfigError("eot_samples must be >= 1")
+        if self.preset == "custom":
+            if self.target_variance is None or not self.target_variance > 0:
+                raise ConfigError("preset 'custom' needs target_variance > 0 (e.g. 1e-8)")
+            if self.direction not in ("minimize", "maximize"):
+                raise ConfigError("preset 'custom' needs direction 'minimize' or 'maximize'")
+        elif self.preset not in PRESETS:
+            known = ", ".join([*PRESETS, "custom"])
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of: {known}")
+
+    @property
+    def loss_preset(self) -> LossPreset:
+        """The resolved loss setting (a custom one is built from target_variance and direction)."""
+        if self.preset == "custom":
+            assert self.direction is not None
+            return LossPreset("custom", self.target_variance, self.direction, "user-defined target")
+        return PRESETS[self.preset]
+
+    def with_(self, **changes: Any) -> AttackConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view, as written into certificates and manifests."""
+        return asdict(self)
+
+
+REFERENCE_CONFIG = AttackConfig(keep_best=False)  # the reference's exact loop: last iterate, no early stop

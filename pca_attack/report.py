@@ -1,0 +1,150 @@
+"""The certificate: what was done to one image, measured on the bytes actually written.
+
+Pixel distances compare the decoded input with the decoded *output file*, so rounding and any lossy
+encoding are included. Collapse statistics compare the encoder posterior of both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from skimage.metrics import structural_similarity
+
+from ._version import __version__
+from .config import AttackConfig
+from .devices import dtype_name
+from .diagnostics import image_stats, latent_drift, preset_target, posterior
+from .imageio import DecodedImage
+from .losses import mean_kl_per_element, pca_loss
+from .models import Decoder, Encoder
+
+
+class Certificate(BaseModel):
+    """Per-image report. All pixel metrics are measured on the decoded output file."""
+
+    model: str = Field(description="VAE whose encoder was attacked")
+    preset: str = Field(description="collapse-loss preset")
+    target_variance: float | None = Field(description="v of the preset; null for 'adaptive'")
+    direction: str = Field(description="minimize or maximize")
+    eps: float = Field(description="Linf budget on the 0-255 scale")
+    step: float = Field(description="PGD step on the 0-255 scale")
+    steps: int = Field(description="PGD steps configured")
+    steps_run: int = Field(description="PGD steps actually run (fewer after an early stop)")
+    best_step: int = Field(description="iterate returned (== steps_run means the last one)")
+    seed: int
+    eot: str | None = Field(default=None, description="expectation-over-transformations preset, if any")
+    width: int
+    height: int
+    bit_depth: int = Field(description="8 or 16: the integer grid of input and output")
+    format: str = Field(description="output file format")
+    quality: int | None = Field(default=None, description="lossy quality, null for PNG")
+    linf_255: float = Field(description="max |output - input| over pixels and channels, 0-255 scale")
+    budget_ok: bool = Field(description="linf_255 <= eps, checked on the written file")
+    l2: float = Field(description="Euclidean norm of (output - input) in [0, 1] pixel units")
+    psnr_db: float | None = Field(description="PSNR of output vs input; null if identical")
+    ssim: float = Field(description="SSIM of output vs input (1 = identical)")
+    alpha_preserved: bool | None = Field(description="alpha channel byte-identical; null if no alpha")
+    loss_clean: float = Field(description="collapse loss of the input (sum over latent elements)")
+    loss_protected: float = Field(description="collapse loss of the written output")
+    kl_clean: float = Field(description="KL(q(z|input) || N(0,I)), mean per latent element")
+    kl_protected: float = Field(description="KL(q(z|output) || N(0,I)), mean per latent element")
+    target_kl_clean: float = Field(description="KL of the input posterior to the preset's target")
+    target_kl_protected: float = Field(description="KL of the output posterior to the preset's target")
+    latent_drift: float = Field(description="||mu(output) - mu(input)|| / ||mu(input)||")
+    roundtrip_psnr_clean_db: float | None = Field(
+        default=None, description="PSNR of decode(encode(input)) vs input; null without a decoder"
+    )
+    roundtrip_psnr_protected_db: float | None = Field(
+        default=None, description="PSNR of decode(encode(output)) vs input; null without a decoder"
+    )
+    notes: list[str] = Field(default_factory=list, description="conversions applied to the input")
+    elapsed_s: float = Field(description="wall time of decode + attack + encode + certify")
+    device: str
+    dtype: str
+    version: str = Field(description="pca-protect version")
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    side = min(a.shape[0], a.shape[1])
+    win = min(7, side if side % 2 == 1 else side - 1)
+    return float(structural_similarity(a, b, channel_axis=2, data_range=data_range, win_size=win))
+
+
+def certificate(
+    *,
+    encoder: Encoder,
+    config: AttackConfig,
+    clean: DecodedImage,
+    written: DecodedImage,
+    fmt: str,
+    quality: int | None,
+    steps_run: int,
+    best_step: int,
+    elapsed_s: float,
+    decoder: Decoder | None = None,
+) -> Certificate:
+    """Measure one protected image (``written`` = the output file decoded again)."""
+    levels = float(clean.levels)
+    a = clean.rgb.astype(np.float64)  # (H, W, 3)
+    b = written.rgb.astype(np.float64)
+    if written.levels != clean.levels:
+        b = b * (levels / written.levels)
+    diff01 = (b - a) / levels
+    mse = float(np.mean(diff01**2))
+    x_clean = clean.to_tensor()  # (3, H, W)
+    x_out = torch.from_numpy((b / levels).astype(np.float32)).permute(2, 0, 1)
+    preset = config.loss_preset
+    mu_c, lv_c = posterior(encoder, x_clean[None])
+    mu_p, lv_p = posterior(encoder, x_out[None])
+    target = preset.target_variance if preset.target_variance is not None else lv_c.exp()
+    extra: dict[str, Any] = {}
+    if decoder is not None:
+        extra["roundtrip_psnr_clean_db"] = image_stats(encoder, x_clean, decoder)["roundtrip_psnr_db"]
+        extra["roundtrip_psnr_protected_db"] = image_stats(encoder, x_out, decoder, x_clean)["roundtrip_psnr_db"]
+    alpha_ok = None if clean.alpha is None else bool(
+        written.alpha is not None and np.array_equal(clean.alpha, written.alpha)
+    )
+    linf = float(np.abs(b - a).max() * 255.0 / levels)
+    return Certificate(
+        model=encoder.name,
+        preset=preset.name,
+        target_variance=preset.target_variance,
+        direction=preset.direction,
+        eps=config.eps,
+        step=config.step,
+        steps=config.steps,
+        steps_run=steps_run,
+        best_step=best_step,
+        seed=config.seed,
+        eot=config.eot,
+        width=clean.width,
+        height=clean.height,
+        bit_depth=16 if clean.levels > 255 else 8,
+        format=fmt,
+        quality=quality,
+        linf_255=linf,
+        budget_ok=linf <= config.eps + 1e-9,
+        l2=float(np.sqrt(np.sum(diff01**2))),
+        psnr_db=None if mse == 0 else float(10 * np.log10(1.0 / mse)),
+        ssim=_ssim(a, b, levels),
+        alpha_preserved=alpha_ok,
+        loss_clean=float(pca_loss(mu_c, lv_c, target)[0]),
+        loss_protected=float(pca_loss(mu_p, lv_p, target)[0]),
+        kl_clean=float(mean_kl_per_element(mu_c, lv_c, 1.0)[0]),
+        kl_protected=float(mean_kl_per_element(mu_p, lv_p, 1.0)[0]),
+        target_kl_clean=float(mean_kl_per_element(mu_c, lv_c, target)[0]),
+        target_kl_protected=float(mean_kl_per_element(mu_p, lv_p, target)[0]),
+        latent_drift=latent_drift(encoder, x_clean, x_out),
+        notes=list(clean.notes),
+        elapsed_s=elapsed_s,
+        device=str(encoder.device),
+        dtype=dtype_name(encoder.dtype),
+        version=__version__,
+        **extra,
+    )
+
+
+__all__ = ["Certificate", "certificate", "preset_target"]
