@@ -1,0 +1,316 @@
+"""PyTorch trainers for the linear VAE / CVAE / HVAE, to check the closed forms against training.
+
+Two ways to train the same models:
+
+* ``fit_population`` minimises the exact population objective (expectations written in terms of the
+  second moments) with L-BFGS in float64 from several random starts;
+* ``fit_minibatch`` minimises the reparameterised minibatch negative ELBO on samples with Adam
+  (``lr`` then ``lr_final``), which is what users actually do.
+
+``theory_vs_trained`` runs the calculator and a trainer on the same data and returns both side by
+side.  The losses match the calculators' ``loss`` (Gaussian normalising constants dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import Tensor, nn
+
+from .linear_cvae import linear_cvae
+from .linear_hvae import linear_hvae
+from .linear_vae import linear_vae
+from .moments import FloatArray, InvalidParameterError, Moments, ResultMixin, resolve_moments
+
+Kind = Literal["vae", "cvae", "hvae"]
+DT = torch.float64
+
+
+def _p(*shape: int, gen: torch.Generator, scale: float) -> nn.Parameter:
+    return nn.Parameter(scale * torch.randn(*shape, generator=gen, dtype=DT))
+
+
+def _kl_gauss(mean_sq: Tensor, var: Tensor, prior_var: float) -> Tensor:
+    """Per-dimension KL(N(m, var) || N(0, prior_var)) given E[m^2] (all tensors broadcast)."""
+    return 0.5 * ((mean_sq + var) / prior_var - 1 - torch.log(var / prior_var))
+
+
+class LinearVAEModel(nn.Module):
+    """q(z|x) = N(W^T x, diag(sigma^2)), p(y|z) = N(U z, eta_dec^2 I)."""
+
+    def __init__(self, dx: int, dy: int, dz: int, *, beta: float = 1.0, eta_enc: float = 1.0, eta_dec: float = 1.0,
+                 sigma: ArrayLike | float | None = None, seed: int = 0, init_scale: float = 0.5) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.beta, self.ee, self.ed = beta, eta_enc, eta_dec
+        self.W = _p(dx, dz, gen=g, scale=init_scale)  # (dx, dz)
+        self.U = _p(dy, dz, gen=g, scale=init_scale)  # (dy, dz)
+        self.log_sigma = _p(dz, gen=g, scale=init_scale)
+        if sigma is not None:
+            s = torch.as_tensor(np.broadcast_to(np.asarray(sigma, dtype=np.float64), (dz,)).copy(), dtype=DT)
+            self.log_sigma = nn.Parameter(torch.log(s), requires_grad=False)
+
+    def population_loss(self, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        var = torch.exp(2 * self.log_sigma)
+        UW = self.U @ self.W.T  # (dy, dx)
+        recon = torch.trace(B) - 2 * torch.trace(UW @ C) + torch.trace(UW @ A @ UW.T) + (self.U**2 * var).sum()
+        mean_sq = torch.diagonal(self.W.T @ A @ self.W)
+        return recon / (2 * self.ed**2) + self.beta * _kl_gauss(mean_sq, var, self.ee**2).sum()
+
+    def minibatch_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        mu = x @ self.W  # (B, dz)
+        sigma = torch.exp(self.log_sigma)
+        z = mu + sigma * torch.randn(mu.shape, generator=gen, dtype=DT)
+        recon = ((z @ self.U.T - y) ** 2).sum(dim=1).mean()
+        kl = _kl_gauss(mu**2, sigma**2, self.ee**2).sum(dim=1).mean()
+        return recon / (2 * self.ed**2) + self.beta * kl
+
+    def summary(self, m: Moments) -> dict[str, FloatArray]:
+        with torch.no_grad():
+            A = torch.as_tensor(m.Sxx, dtype=DT)
+            lam2 = torch.diagonal(self.W.T @ A @ self.W)
+            var = torch.exp(2 * self.log_sigma)
+            return _per_dim(self.U.norm(dim=0), lam2, var, _kl_gauss(lam2, var, self.ee**2))
+
+
+class LinearCVAEModel(nn.Module):
+    """q(z|x,y) = N(W1 x + W2 y, diag(sigma^2)), p(y|z,x) = N(U1 z + U2 x, eta_dec^2 I)."""
+
+    def __init__(self, dx: int, dy: int, dz: int, *, beta: float = 1.0, eta_enc: float = 1.0, eta_dec: float = 1.0,
+                 seed: int = 0, init_scale: float = 0.5) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.beta, self.ee, self.ed = beta, eta_enc, eta_dec
+        self.W1, self.W2 = _p(dz, dx, gen=g, scale=init_scale), _p(dz, dy, gen=g, scale=init_scale)
+        self.U1, self.U2 = _p(dy, dz, gen=g, scale=init_scale), _p(dy, dx, gen=g, scale=init_scale)
+        self.log_sigma = _p(dz, gen=g, scale=init_scale)
+
+    def population_loss(self, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        S = torch.cat([torch.cat([A, C], 1), torch.cat([C.T, B], 1)], 0)  # joint moment of (x, y)
+        dy = B.shape[0]
+        enc = torch.cat([self.W1, self.W2], 1)  # (dz, dx+dy)
+        P = torch.cat([self.U2 + self.U1 @ self.W1, self.U1 @ self.W2 - torch.eye(dy, dtype=DT)], 1)
+        var = torch.exp(2 * self.log_sigma)
+        recon = torch.trace(P @ S @ P.T) + (self.U1**2 * var).sum()
+        mean_sq = torch.diagonal(enc @ S @ enc.T)
+        return recon / (2 * self.ed**2) + self.beta * _kl_gauss(mean_sq, var, self.ee**2).sum()
+
+    def minibatch_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        mu = x @ self.W1.T + y @ self.W2.T
+        sigma = torch.exp(self.log_sigma)
+        z = mu + sigma * torch.randn(mu.shape, generator=gen, dtype=DT)
+        recon = ((z @ self.U1.T + x @ self.U2.T - y) ** 2).sum(dim=1).mean()
+        kl = _kl_gauss(mu**2, sigma**2, self.ee**2).sum(dim=1).mean()
+        return recon / (2 * self.ed**2) + self.beta * kl
+
+    def summary(self, m: Moments) -> dict[str, FloatArray]:
+        assert m.Syy is not None and m.Sxy is not None
+        with torch.no_grad():
+            S = torch.as_tensor(np.block([[m.Sxx, m.Sxy], [m.Sxy.T, m.Syy]]), dtype=DT)
+            enc = torch.cat([self.W1, self.W2], 1)
+            lam2 = torch.diagonal(enc @ S @ enc.T)
+            var = torch.exp(2 * self.log_sigma)
+            return _per_dim(self.U1.norm(dim=0), lam2, var, _kl_gauss(lam2, var, self.ee**2))
+
+
+class LinearHVAEModel(nn.Module):
+    """Two-level linear HVAE with fixed sigma1 and learnable (or fixed) diagonal Sigma2."""
+
+    def __init__(self, dx: int, dz: int, *, beta1: float = 1.0, beta2: float = 1.0, sigma1: float = 1.0,
+                 eta_enc: float = 1.0, eta_dec: float = 1.0, sigma2: float | None = None, seed: int = 0, init_scale: float = 0.5) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.b1, self.b2, self.s1, self.ee, self.ed = beta1, beta2, sigma1, eta_enc, eta_dec
+        self.W1, self.U1 = _p(dz, dx, gen=g, scale=init_scale), _p(dx, dz, gen=g, scale=init_scale)
+        self.W2, self.U2 = _p(dz, dz, gen=g, scale=init_scale), _p(dz, dz, gen=g, scale=init_scale)
+        self.log_sigma = _p(dz, gen=g, scale=init_scale)
+        if sigma2 is not None:
+            self.log_sigma = nn.Parameter(torch.full((dz,), math.log(sigma2), dtype=DT), requires_grad=False)
+
+    def _kl1_const(self, d1: int) -> float:
+        return -0.5 * d1 * (1 + math.log(self.s1**2 / self.ed**2))
+
+    def population_loss(self, A: Tensor, B: Tensor | None = None, C: Tensor | None = None) -> Tensor:
+        d1 = self.W1.shape[0]
+        eye = torch.eye(d1, dtype=DT)
+        var2 = torch.exp(2 * self.log_sigma)
+        UW = self.U1 @ self.W1
+        recon = torch.trace(A) - 2 * torch.trace(UW @ A) + torch.trace(UW @ A @ UW.T) + self.s1**2 * (self.U1**2).sum()
+        P = self.W1 @ A @ self.W1.T + self.s1**2 * eye  # E[z1 z1^T]
+        T = eye - self.U2 @ self.W2
+        kl1 = (torch.trace(T @ P @ T.T) + (self.U2**2 * var2).sum()) / (2 * self.ed**2) + self._kl1_const(d1)
+        kl2 = _kl_gauss(torch.diagonal(self.W2 @ P @ self.W2.T), var2, self.ee**2).sum()
+        return recon / (2 * self.ed**2) + self.b1 * kl1 + self.b2 * kl2
+
+    def minibatch_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        d1 = self.W1.shape[0]
+        z1 = x @ self.W1.T + self.s1 * torch.randn((x.shape[0], d1), generator=gen, dtype=DT)
+        mu2 = z1 @ self.W2.T
+        sigma2 = torch.exp(self.log_sigma)
+        z2 = mu2 + sigma2 * torch.randn(mu2.shape, generator=gen, dtype=DT)
+        recon = ((z1 @ self.U1.T - x) ** 2).sum(dim=1).mean()
+        kl1 = ((z1 - z2 @ self.U2.T) ** 2).sum(dim=1).mean() / (2 * self.ed**2) + self._kl1_const(d1)
+        kl2 = _kl_gauss(mu2**2, sigma2**2, self.ee**2).sum(dim=1).mean()
+        return recon / (2 * self.ed**2) + self.b1 * kl1 + self.b2 * kl2
+
+    def summary(self, m: Moments) -> dict[str, FloatArray]:
+        with torch.no_grad():
+            A = torch.as_tensor(m.Sxx, dtype=DT)
+            evals, V = torch.linalg.eigh(A)
+            A_half = (V * evals.clamp_min(0).sqrt()) @ V.T
+            lam = torch.linalg.svdvals(self.W1 @ A_half)
+            return {
+                "omega": np.sort(torch.linalg.svdvals(self.U2).numpy())[::-1].copy(),
+                "lam": np.sort(lam.numpy())[::-1].copy(),
+                "sigma": np.sort(torch.exp(self.log_sigma).numpy()).copy(),
+            }
+
+
+def _per_dim(omega: Tensor, lam2: Tensor, var: Tensor, kl: Tensor) -> dict[str, FloatArray]:
+    """Per-latent-dimension values, dimensions ordered by KL (descending)."""
+    order = torch.argsort(kl, descending=True)
+    return {
+        "omega": omega[order].numpy(), "lam": lam2.clamp_min(0).sqrt()[order].numpy(),
+        "sigma": var.sqrt()[order].numpy(), "kl_per_dim": kl[order].numpy(),
+    }
+
+
+def build_model(kind: Kind, m: Moments, *, latent_dim: int, seed: int, **params: Any) -> nn.Module:
+    """Create the PyTorch model for ``kind`` sized to the moments ``m``."""
+    if kind == "vae":
+        return LinearVAEModel(m.dx, m.dy, latent_dim, seed=seed, **params)
+    if kind == "cvae":
+        return LinearCVAEModel(m.dx, m.dy, latent_dim, seed=seed, **params)
+    if kind == "hvae":
+        return LinearHVAEModel(m.dx, latent_dim, seed=seed, **params)
+    raise InvalidParameterError(f"kind must be 'vae', 'cvae' or 'hvae', got {kind!r}.")
+
+
+def _tensors(m: Moments) -> tuple[Tensor, Tensor, Tensor]:
+    A = torch.as_tensor(m.Sxx, dtype=DT)
+    B = torch.as_tensor(m.Syy if m.Syy is not None else m.Sxx, dtype=DT)
+    C = torch.as_tensor(m.Sxy if m.Sxy is not None else m.Sxx, dtype=DT)
+    return A, B, C
+
+
+def fit_population(kind: Kind, m: Moments, *, latent_dim: int, restarts: int = 4, max_iter: int = 500,
+                   seed: int = 0, **params: Any) -> tuple[nn.Module, float]:
+    """Minimise the exact population objective with L-BFGS from ``restarts`` random starts; best wins."""
+    A, B, C = _tensors(m)
+    best: tuple[nn.Module, float] | None = None
+    for r in range(restarts):
+        model = build_model(kind, m, latent_dim=latent_dim, seed=seed + r, **params)
+        opt = torch.optim.LBFGS([p for p in model.parameters() if p.requires_grad], lr=1.0, max_iter=max_iter,
+                                tolerance_grad=1e-10, tolerance_change=1e-14, history_size=50,
+                                line_search_fn="strong_wolfe")
+
+        def closure(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> Tensor:
+            opt.zero_grad()
+            loss = model.population_loss(A, B, C)  # type: ignore[operator]
+            loss.backward()
+            return loss
+
+        for _ in range(3):  # L-BFGS restarts its history each call; a few calls polish the optimum
+            opt.step(closure)
+        with torch.no_grad():
+            value = float(model.population_loss(A, B, C))  # type: ignore[operator]
+        if math.isfinite(value) and (best is None or value < best[1]):
+            best = (model, value)
+    assert best is not None, "every restart diverged"
+    return best
+
+
+def fit_minibatch(kind: Kind, X: ArrayLike, Y: ArrayLike | None, *, latent_dim: int, steps: int = 30_000,
+                  batch_size: int = 128, lr: float = 3e-3, lr_final: float = 3e-4, switch: float = 0.5,
+                  seed: int = 0, **params: Any) -> nn.Module:
+    """Adam on the reparameterised minibatch negative ELBO; ``lr`` for ``switch`` of the steps, then ``lr_final``."""
+    m = resolve_moments(X=X, Y=Y)
+    x = torch.as_tensor(np.asarray(X, dtype=np.float64), dtype=DT)
+    y = torch.as_tensor(np.asarray(Y if Y is not None else X, dtype=np.float64), dtype=DT)
+    model = build_model(kind, m, latent_dim=latent_dim, seed=seed, **params)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed + 12345)
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    for step in range(steps):
+        if step == int(switch * steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_final
+        idx = torch.randint(0, n, (bs,), generator=gen) if bs < n else slice(None)
+        opt.zero_grad()
+        loss = model.minibatch_loss(x[idx], y[idx], gen)  # type: ignore[operator]
+        loss.backward()
+        opt.step()
+    return model
+
+
+@dataclass
+class TheoryComparison(ResultMixin):
+    """Closed-form prediction and trained values side by side (sorted per quantity)."""
+
+    kind: str
+    method: str
+    theory: dict[str, FloatArray]
+    trained: dict[str, FloatArray]
+    max_abs_diff: dict[str, float]
+    theory_loss: float
+    trained_loss: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sorted(values: dict[str, FloatArray]) -> dict[str, FloatArray]:
+    return {k: np.sort(np.asarray(v, dtype=np.float64))[::-1].copy() for k, v in values.items()}
+
+
+def theory_vs_trained(
+    kind: Kind,
+    X: ArrayLike | None = None,
+    Y: ArrayLike | None = None,
+    *,
+    Sxx: ArrayLike | None = None,
+    Syy: ArrayLike | None = None,
+    Sxy: ArrayLike | None = None,
+    method: Literal["population", "minibatch"] = "population",
+    latent_dim: int | None = None,
+    restarts: int = 4,
+    steps: int = 30_000,
+    batch_size: int = 128,
+    seed: int = 0,
+    **params: Any,
+) -> TheoryComparison:
+    """Run the calculator and a trainer on the same (empirical, uncentred) moments and compare.
+
+    ``params`` are the model's keyword arguments (``beta``, ``eta_enc``, ``eta_dec``, ``sigma`` for
+    the VAE; ``beta1``, ``beta2``, ``sigma1``, ``sigma2`` for the HVAE).  ``method='minibatch'`` needs
+    data ``X`` (and ``Y``).
+    """
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    m = resolve_moments(X=X, Y=Y, Sxx=Sxx, Syy=Syy, Sxy=Sxy)
+    calc: dict[str, Any] = {"vae": linear_vae, "cvae": linear_cvae, "hvae": linear_hvae}
+    if kind not in calc:
+        raise InvalidParameterError(f"kind must be 'vae', 'cvae' or 'hvae', got {kind!r}.")
+    moment_args = {"Sxx": m.Sxx} | ({} if kind == "hvae" or m.Syy is None else {"Syy": m.Syy, "Sxy": m.Sxy})
+    theory = calc[kind](latent_dim=latent_dim, **moment_args, **params)
+    k = len(theory.omega)
+    if method == "population":
+        model, trained_loss = fit_population(kind, m, latent_dim=k, restarts=restarts, seed=seed, **params)
+    elif method == "minibatch":
+        if X is None:
+            raise InvalidParameterError("method='minibatch' needs data X (and Y), not moments.")
+        model = fit_minibatch(kind, X, Y, latent_dim=k, steps=steps, batch_size=batch_size, seed=seed, **params)
+        with torch.no_grad():
+            trained_loss = float(model.population_loss(*_tensors(m)))  # type: ignore[operator]
+    else:
+        raise InvalidParameterError(f"method must be 'population' or 'minibatch', got {method!r}.")
+    trained = _sorted(model.summary(m))  # type: ignore[operator]
+    th = _sorted({key: getattr(theory, key) for key in trained})
+    return TheoryComparison(
+        kind=kind, method=method, theory=th, trained=trained,
+        max_abs_diff={key: float(np.max(np.abs(th[key] - trained[key]))) for key in trained},
+        theory_loss=float(theory.loss), trained_loss=trained_loss,
+    )

@@ -1,0 +1,52 @@
+"""The ``pca-protect`` console script: one small module per subcommand, heavy imports inside commands.
+
+    pca-protect protect INPUT... -o OUTDIR     protect files/folders in-process
+    pca-protect models list|download            manage the Hugging Face cache
+    pca-protect diagnose IMAGE [PROTECTED]      posterior statistics of an image or a pair
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from .._version import __version__
+from .diagnose import diagnose_command
+from .models_cmd import models_app
+from .protect import protect_command
+
+app = typer.Typer(
+    name="pca-protect",
+    help="Protect images against latent-diffusion editing (Posterior Collapse Attack).",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pca-protect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the engine chooses.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+app.command("protect")(protect_command)
+app.command("diagnose")(diagnose_command)
+app.add_typer(models_app, name="models")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

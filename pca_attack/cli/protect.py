@@ -1,0 +1,147 @@
+"""``pca-protect protect INPUT... -o OUTDIR``: protect files and folders in-process.
+
+Folders are walked recursively and mirrored under OUTDIR; every output is written atomically with its
+certificate beside it (``<output name>.json``). Inputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import (
+    DeviceOpt,
+    DtypeOpt,
+    EotOpt,
+    EpsOpt,
+    FormatOpt,
+    ModelOpt,
+    OfflineOpt,
+    PresetOpt,
+    QualityOpt,
+    SeedOpt,
+    StepOpt,
+    StepsOpt,
+)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs: folders mirrored under outdir, files placed directly in it.
+
+    A destination keeps the source's name with the output suffix; if two sources would land on the same
+    name (``a.jpg`` and ``a.png``), the later one keeps its original suffix too (``a.png.png``).
+    """
+    from ..imageio import INPUT_SUFFIXES
+
+    pairs: list[tuple[Path, Path]] = []
+    taken: set[Path] = set()
+    for item in inputs:
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            rel = [(f, f.relative_to(item)) for f in files]
+        elif item.is_file():
+            rel = [(item, Path(item.name))]
+        else:
+            raise typer.BadParameter(f"{item} does not exist", param_hint="INPUT")
+        for source, relative in rel:
+            dest = outdir / relative.with_suffix(suffix)
+            if dest in taken:
+                dest = outdir / relative.parent / (relative.name + suffix)
+            taken.add(dest)
+            pairs.append((source, dest))
+    return pairs
+
+
+def protect_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors input folders).")],
+    model: ModelOpt = "demo",
+    preset: PresetOpt = "pca-",
+    eps: EpsOpt = 16.0,
+    step: StepOpt = 2.0,
+    steps: StepsOpt = 40,
+    seed: SeedOpt = 3407,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    fmt: FormatOpt = "png",
+    quality: QualityOpt = None,
+    eot: EotOpt = None,
+    strip_exif: Annotated[bool, typer.Option("--strip-exif", help="Do not copy EXIF to the output.")] = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Protect images in-process and write each output with its JSON certificate beside it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..config import AttackConfig
+    from ..errors import PCAError
+    from ..imageio import normalise_format
+    from ..pipeline import Engine
+
+    console = Console(stderr=True)
+    try:
+        config = AttackConfig(eps=eps, step=step, steps=steps, preset=preset, seed=seed, eot=eot)
+        name = normalise_format(fmt)
+    except PCAError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    suffix = ".jpg" if name == "jpeg" else f".{name}"
+    out_root = output.resolve()
+    for item in inputs:
+        src = item.resolve()
+        if src == out_root or (src.is_dir() and out_root.is_relative_to(src)):
+            raise typer.BadParameter(
+                f"output folder {output} is (inside) the input {item}; choose a separate folder",
+                param_hint="--output",
+            )
+    pairs = plan_outputs(inputs, output, suffix)
+    if any(dest.resolve() == src.resolve() for src, dest in pairs):
+        raise typer.BadParameter("an output would overwrite its input; choose another --output")
+    if not pairs:
+        console.print("[yellow]no supported images found[/yellow]")
+        raise typer.Exit(1)
+    try:
+        engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None)
+    except PCAError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
+    failures: list[tuple[Path, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("protecting", total=len(pairs))
+        for source, dest in pairs:
+            try:
+                result = engine.protect_bytes(
+                    source.read_bytes(), config, fmt=name, quality=quality, keep_exif=not strip_exif
+                )
+                atomic_write(dest, result.data)
+                report = result.certificate.model_dump() | {"source": str(source), "output": str(dest)}
+                atomic_write(dest.with_name(dest.name + ".json"), json.dumps(report, indent=2).encode())
+            except (PCAError, OSError) as exc:
+                failures.append((source, str(exc)))
+            progress.advance(task)
+    for source, reason in failures:
+        console.print(f"[red]failed[/red] {source}: {reason}")
+    console.print(f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")
+    if failures:
+        raise typer.Exit(1)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: set up a virtual environment if needed, then lint, type-check and test.
+#   bash scripts/test.sh            # everything CI runs
+#   bash scripts/test.sh -k attack  # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip >/dev/null
+# torch first and pinned to a CPU-installable release, so the range in pyproject installs nothing bigger.
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
+python -m pip install -q -e ".[dev]"
+
+echo "== ruff" && ruff check .
+echo "== mypy" && mypy pca_attack service
+echo "== pytest" && python -m pytest -q -m "not slow" -p no:cacheprovider "$@"

@@ -1,0 +1,140 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message", "detail"}}``.
+
+Engine errors map to status codes here (and nowhere else): unreadable image 415, too many bytes or
+pixels 413, too small / bad parameters 422, full queue 429, not ready or timed out 503, auth 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pca_attack.errors import (
+    ConfigError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PCAError,
+    UnsupportedImageError,
+)
+
+log = logging.getLogger("service")
+
+
+class ApiError(Exception):
+    """An error answered to the client in the common shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class QueueFullError(ApiError):
+    """The engine queue is full: come back later."""
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(
+            429,
+            "queue_full",
+            "the engine queue is full; retry after the number of seconds in Retry-After",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "detail": detail}}
+
+
+def error_response(status: int, code: str, message: str, detail: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, jsonable_encoder(detail)), status_code=status, headers=headers)
+
+
+def from_engine_error(exc: Exception) -> ApiError:
+    """The ApiError for an engine exception (PIL's decompression-bomb guard included)."""
+    from PIL import Image
+
+    message = str(exc) or exc.__class__.__name__
+    if isinstance(exc, ImageTooLargeError):
+        return ApiError(413, "image_too_large", message)
+    if isinstance(exc, Image.DecompressionBombError):
+        return ApiError(413, "image_too_large", f"image has too many pixels (decompression-bomb guard): {message}")
+    if isinstance(exc, UnsupportedImageError):
+        return ApiError(415, "unsupported_image", message)
+    if isinstance(exc, ImageTooSmallError):
+        return ApiError(422, "image_too_small", message)
+    if isinstance(exc, ConfigError):
+        return ApiError(422, "invalid_parameter", message)
+    if isinstance(exc, ModelNotFoundError | ModelLoadError):
+        return ApiError(503, "model_unavailable", message)
+    if isinstance(exc, PCAError):
+        return ApiError(422, "engine_error", message)
+    return ApiError(500, "internal_error", "unexpected server error; it has been logged")
+
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "invalid_parameter", 429: "queue_full", 503: "unavailable",
+}
+
+
+def _clean_validation(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic error list without echoing uploads back (inputs may be bytes or huge)."""
+    out = []
+    for err in errors:
+        item = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
+        value = err.get("input")
+        if isinstance(value, str | int | float | bool) and len(str(value)) <= 200:
+            item["input"] = value
+        out.append(item)
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every error the common shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _clean_validation(list(exc.errors()))
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
+        message = f"invalid parameter {where}: {first['msg']}" if where else f"invalid request: {first['msg']}"
+        return error_response(422, "invalid_parameter", message, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {}))
+
+    @app.exception_handler(PCAError)
+    async def _engine(_: Request, exc: PCAError) -> JSONResponse:
+        api = from_engine_error(exc)
+        return error_response(api.status, api.code, api.message, api.detail, api.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "unexpected server error; it has been logged")

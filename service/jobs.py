@@ -1,0 +1,458 @@
+"""The job store (SQLAlchemy 2.0: tables ``jobs`` and ``items``) and the runner that feeds jobs to the worker.
+
+Uploads and results live on disk under ``data_dir`` with generated names (``<job id>/<index>.in`` and
+``<job id>/<index><suffix>``); the uploaded filename is only ever stored as text. On start, jobs that were
+queued or running are resumed; an item whose input file is gone is marked failed with the reason. Finished
+jobs expire after ``job_retention_s`` (rows and files deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+log = logging.getLogger("service.jobs")
+
+JOB_ACTIVE = ("queued", "running")
+ITEM_FINAL = ("done", "failed", "cancelled")
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite drops the timezone: read every stored time back as UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def safe_filename(name: str | None, default: str = "image") -> str:
+    """A display name safe in headers and zip entries: basename only, [A-Za-z0-9._-], <= 100 chars."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")
+    return (base or default)[:100]
+
+
+def output_name(filename: str, suffix: str) -> str:
+    """``photo.jpg`` + ``.png`` -> ``photo.png`` (sanitised)."""
+    stem = safe_filename(filename).rsplit(".", 1)[0] if "." in safe_filename(filename) else safe_filename(filename)
+    return f"{stem or 'image'}{suffix}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    settings_json: Mapped[str] = mapped_column(Text)
+    total: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    items: Mapped[list[ItemRow]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="ItemRow.index"
+    )
+
+
+class ItemRow(Base):
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(255))  # sanitised display name, never a path
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    certificate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_suffix: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    job: Mapped[JobRow] = relationship(back_populates="items")
+
+
+@dataclass
+class ItemView:
+    index: int
+    filename: str
+    status: str
+    error: str | None
+    certificate: dict[str, Any] | None
+    result_suffix: str | None
+
+
+@dataclass
+class JobView:
+    id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    settings: dict[str, Any]
+    total: int
+    error: str | None
+    items: list[ItemView]
+
+    @property
+    def done(self) -> int:
+        return sum(1 for i in self.items if i.status == "done")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for i in self.items if i.status == "failed")
+
+
+@dataclass
+class ClaimedItem:
+    job_id: str
+    index: int
+    filename: str
+    input_path: Path
+    settings: dict[str, Any]
+
+
+class JobStore:
+    """Jobs and items in a SQL database, their files under ``data_dir/jobs/<id>/``."""
+
+    def __init__(self, database_url: str, data_dir: Path, retention_s: float) -> None:
+        self.data_dir = Path(data_dir)
+        self.jobs_dir = self.data_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.retention = timedelta(seconds=retention_s)
+        kwargs: dict[str, Any] = {}
+        if database_url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(database_url, **kwargs)
+        if database_url.startswith("sqlite"):
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(conn: Any, _: Any) -> None:
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.lock = threading.RLock()  # serialises state changes between the runner and the routes
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- paths (generated, never from user input) ---------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        if not _ID_RE.match(job_id):
+            raise ValueError("bad job id")
+        return self.jobs_dir / job_id
+
+    def input_path(self, job_id: str, index: int) -> Path:
+        return self.job_dir(job_id) / f"{int(index):05d}.in"
+
+    def result_path(self, job_id: str, index: int, suffix: str) -> Path:
+        if suffix not in (".png", ".jpg", ".webp"):
+            raise ValueError("bad suffix")
+        return self.job_dir(job_id) / f"{int(index):05d}.out{suffix}"
+
+    # -- creating and reading -----------------------------------------------------------------------
+    def create(self, files: list[tuple[str | None, bytes]], settings: dict[str, Any]) -> JobView:
+        job_id = uuid.uuid4().hex
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True)
+        for index, (_, data) in enumerate(files):
+            _atomic_write(self.input_path(job_id, index), data)
+        now = utcnow()
+        with self.lock, self.sessions.begin() as s:
+            job = JobRow(id=job_id, status="queued", created_at=now, updated_at=now, expires_at=None,
+                         settings_json=json.dumps(settings), total=len(files), error=None)
+            job.items = [
+                ItemRow(index=i, filename=safe_filename(name, f"image-{i}"), status="queued")
+                for i, (name, _) in enumerate(files)
+            ]
+            s.add(job)
+        view = self.get(job_id)
+        assert view is not None
+        return view
+
+    def get(self, job_id: str) -> JobView | None:
+        if not _ID_RE.match(job_id):
+            return None
+        with self.sessions() as s:
+            job = s.get(JobRow, job_id)
+            return None if job is None else _view(job)
+
+    # -- the runner's side --------------------------------------------------------------------------
+    def claim(self, limit: int) -> list[ClaimedItem]:
+        """Mark up to ``limit`` queued items of the oldest active job running and return them."""
+        with self.lock, self.sessions.begin() as s:
+            job = s.scalars(
+                select(JobRow).where(JobRow.status.in_(JOB_ACTIVE)).order_by(JobRow.created_at).limit(1)
+            ).first()
+            if job is None:
+                return []
+            items = [i for i in job.items if i.status == "queued"][:limit]
+            if not items:
+                self._settle(s, job)
+                return []
+            now = utcnow()
+            job.status, job.updated_at = "running", now
+            settings = json.loads(job.settings_json)
+            for item in items:
+                item.status = "running"
+            return [ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings)
+                    for i in items]
+
+    def finish_item(self, job_id: str, index: int, *, status: str, error: str | None = None,
+                    certificate: dict[str, Any] | None = None, result: bytes | None = None,
+                    suffix: str | None = None) -> bool:
+        """Record an item's outcome (and write its result file); False if the job is gone or cancelled."""
+        with self.lock:
+            with self.sessions.begin() as s:
+                job = s.get(JobRow, job_id)
+                if job is None or job.status == "cancelled":
+                    return False
+                item = next((i for i in job.items if i.index == index), None)
+                if item is None:
+                    return False
+                if result is not None and suffix is not None:
+                    _atomic_write(self.result_path(job_id, index, suffix), result)
+                    item.result_suffix = suffix
+                item.status = status
+                item.error = error
+                item.certificate_json = json.dumps(certificate) if certificate is not None else None
+                job.updated_at = utcnow()
+                self._settle(s, job)
+            if status == "done" or status == "failed":
+                self.input_path(job_id, index).unlink(missing_ok=True)
+            return True
+
+    def _settle(self, s: Session, job: JobRow) -> None:
+        """A job whose items are all final becomes done (or failed when none succeeded)."""
+        if job.status not in JOB_ACTIVE or any(i.status not in ITEM_FINAL for i in job.items):
+            return
+        ok = any(i.status == "done" for i in job.items)
+        job.status = "done" if ok else "failed"
+        if not ok and not job.error:
+            job.error = "no item could be protected; see each item's error"
+        now = utcnow()
+        job.updated_at, job.expires_at = now, now + self.retention
+
+    # -- cancel / delete / recovery / expiry --------------------------------------------------------
+    def cancel_and_delete(self, job_id: str) -> JobView | None:
+        """Cancel a queued/running job, delete its files and rows; return the final state."""
+        with self.lock:
+            with self.sessions.begin() as s:
+                job = s.get(JobRow, job_id) if _ID_RE.match(job_id) else None
+                if job is None:
+                    return None
+                if job.status in JOB_ACTIVE:
+                    job.status = "cancelled"
+                    for item in job.items:
+                        if item.status not in ITEM_FINAL:
+                            item.status, item.error = "cancelled", "job cancelled by DELETE"
+                job.updated_at = utcnow()
+                view = _view(job)
+                s.delete(job)
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        return view
+
+    def recover(self) -> dict[str, int]:
+        """After a restart: requeue interrupted items, fail the ones whose input is gone."""
+        counts = {"requeued": 0, "failed": 0}
+        with self.lock, self.sessions.begin() as s:
+            s.execute(update(ItemRow).where(ItemRow.status == "running").values(status="queued"))
+            for job in s.scalars(select(JobRow).where(JobRow.status.in_(JOB_ACTIVE))):
+                for item in job.items:
+                    if item.status != "queued":
+                        continue
+                    if self.input_path(job.id, item.index).exists():
+                        counts["requeued"] += 1
+                    else:
+                        item.status = "failed"
+                        item.error = "the uploaded file was lost (missing from the data directory after a restart)"
+                        counts["failed"] += 1
+                job.status = "queued" if any(i.status == "queued" for i in job.items) else job.status
+                job.updated_at = utcnow()
+                self._settle(s, job)
+        return counts
+
+    def expire(self, now: datetime | None = None) -> int:
+        """Delete finished jobs past their expiry; returns how many."""
+        now = now or utcnow()
+        with self.lock:
+            with self.sessions.begin() as s:
+                ids = list(s.scalars(select(JobRow.id).where(JobRow.expires_at.is_not(None),
+                                                             JobRow.expires_at < now)))
+                if ids:
+                    s.execute(delete(ItemRow).where(ItemRow.job_id.in_(ids)))
+                    s.execute(delete(JobRow).where(JobRow.id.in_(ids)))
+            for job_id in ids:
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        if ids:
+            log.info("expired %d job(s)", len(ids))
+        return len(ids)
+
+    def has_work(self) -> bool:
+        with self.sessions() as s:
+            return s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
+
+
+def _view(job: JobRow) -> JobView:
+    return JobView(
+        id=job.id, status=job.status, created_at=_aware(job.created_at) or utcnow(),
+        updated_at=_aware(job.updated_at) or utcnow(), expires_at=_aware(job.expires_at),
+        settings=json.loads(job.settings_json), total=job.total, error=job.error,
+        items=[ItemView(i.index, i.filename, i.status, i.error,
+                        json.loads(i.certificate_json) if i.certificate_json else None, i.result_suffix)
+               for i in job.items],
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        import os
+
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+class JobRunner:
+    """A thread that claims queued items, decodes them, submits them to the engine worker in groups (so
+    same-size images share micro-batches) and records each outcome. It also expires old jobs."""
+
+    def __init__(self, store: JobStore, worker: Any, *, max_pixels: int, batch: int,
+                 task_timeout_s: float, cleanup_interval_s: float) -> None:
+        self.store = store
+        self.worker = worker
+        self.max_pixels = max_pixels
+        self.batch = max(1, batch)
+        self.task_timeout_s = task_timeout_s
+        self.cleanup_interval_s = cleanup_interval_s
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pca-job-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        last_cleanup = 0.0
+        import time
+
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_cleanup > self.cleanup_interval_s:
+                    last_cleanup = time.monotonic()
+                    self.store.expire()
+                claimed = self.store.claim(self.batch)
+                if not claimed:
+                    self.wake.wait(min(self.cleanup_interval_s, 2.0))
+                    self.wake.clear()
+                    continue
+                self._process(claimed)
+            except Exception:
+                log.exception("job runner: unexpected error (runner keeps running)")
+                self._stop.wait(1.0)
+
+    def _process(self, claimed: list[ClaimedItem]) -> None:
+        from pca_attack import decode_image
+
+        from .errors import from_engine_error
+        from .worker import ProtectRequest
+
+        settings = claimed[0].settings
+        config = attack_config_from(settings)
+        requests: list[tuple[ClaimedItem, ProtectRequest]] = []
+        for item in claimed:
+            try:
+                data = item.input_path.read_bytes()
+            except OSError:
+                self.store.finish_item(item.job_id, item.index, status="failed",
+                                       error="the uploaded file is missing from the data directory")
+                continue
+            try:
+                image = decode_image(data, max_pixels=self.max_pixels)
+            except Exception as exc:
+                self.store.finish_item(item.job_id, item.index, status="failed",
+                                       error=from_engine_error(exc).message)
+                continue
+            fmt = settings.get("format", "png")
+            problem = format_problem(image, fmt)
+            if problem:
+                self.store.finish_item(item.job_id, item.index, status="failed", error=problem)
+                continue
+            requests.append((item, ProtectRequest(image, config, fmt, settings.get("quality"),
+                                                  bool(settings.get("keep_exif", True)))))
+        if not requests:
+            return
+        futures = self.worker.submit_many([r for _, r in requests], block=True, timeout=None)
+        for (item, _), future in zip(requests, futures, strict=True):
+            try:
+                out = future.result(timeout=self.task_timeout_s)
+            except Exception as exc:
+                api = from_engine_error(exc)
+                message = api.message if api.status < 500 else f"protection failed: {exc}"
+                self.store.finish_item(item.job_id, item.index, status="failed", error=message)
+                continue
+            self.store.finish_item(item.job_id, item.index, status="done",
+                                   certificate=out.certificate.model_dump(mode="json"),
+                                   result=out.data, suffix=out.suffix)
+
+
+def attack_config_from(settings: dict[str, Any]) -> Any:
+    """The AttackConfig stored with a job (keys as in the form fields)."""
+    from pca_attack import AttackConfig
+
+    return AttackConfig(
+        eps=float(settings["eps"]), step=float(settings["step"]), steps=int(settings["steps"]),
+        preset=str(settings["preset"]), seed=int(settings["seed"]),
+        random_start=bool(settings["random_start"]), eot=settings.get("eot"),
+    )
+
+
+def format_problem(image: Any, fmt: str) -> str | None:
+    """Why ``image`` cannot be written as ``fmt`` (checked before the attack is spent), or None."""
+    if image.levels > 255 and fmt != "png":
+        return "16-bit images can only be written as PNG (lossless, full depth); ask for format=png"
+    if fmt == "jpeg" and image.alpha is not None:
+        return "JPEG has no alpha channel; ask for format=png or webp to keep the transparency"
+    return None

@@ -1,0 +1,170 @@
+"""Request and response models of the API (the engine's ``Certificate`` is reused as is)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from pca_attack.report import Certificate
+
+PresetName = Literal["pca-", "pca+", "adaptive", "pca-var"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. unsupported_image, queue_full")
+    message: str = Field(description="what went wrong and what to do about it")
+    detail: Any = Field(default=None, description="extra structured information (e.g. validation errors)")
+
+
+class ErrorResponse(BaseModel):
+    """The shape of every error answer."""
+
+    error: ErrorInfo
+
+
+class ProtectParams(BaseModel):
+    """Attack and output parameters shared by /v1/protect and /v1/jobs (sent as form fields)."""
+
+    preset: PresetName = Field("pca-", description="collapse-loss preset (see GET /v1/models)")
+    eps: float = Field(16.0, gt=0, le=64, description="Linf budget on the 0-255 scale")
+    step: float = Field(2.0, gt=0, le=64, description="PGD step size on the 0-255 scale")
+    steps: int = Field(40, ge=1, le=10_000, description="PGD iterations (capped by the server's max_steps)")
+    seed: int = Field(3407, ge=0, le=2**32 - 1, description="seed of the random start / EOT sampling")
+    random_start: bool = Field(False, description="start from uniform noise inside the budget")
+    format: OutputFormat = Field("png", description="output file format (png is lossless)")
+    quality: int | None = Field(None, ge=1, le=100, description="quality of jpeg/webp output")
+    keep_exif: bool = Field(True, description="copy the input's EXIF to the output")
+    eot: str | None = Field(None, max_length=64, description="expectation-over-transformations preset")
+
+
+class ProtectJSON(BaseModel):
+    """`?response=json` variant of POST /v1/protect."""
+
+    certificate: Certificate
+    format: OutputFormat
+    filename: str = Field(description="suggested file name of the output (sanitised, new suffix)")
+    image_base64: str = Field(description="the protected file, standard base64")
+
+
+class JobProgress(BaseModel):
+    total: int
+    done: int
+    failed: int
+
+
+class JobItem(BaseModel):
+    index: int = Field(description="position of the file in the upload")
+    filename: str = Field(description="uploaded file name, sanitised (never used as a path)")
+    status: JobStatus
+    error: str | None = Field(default=None, description="why the item failed or was cancelled")
+    certificate: Certificate | None = None
+    download_url: str | None = Field(default=None, description="where to download the protected image")
+
+
+class Job(BaseModel):
+    id: str
+    status: JobStatus
+    total: int
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = Field(description="when the results are deleted (set once finished)")
+    settings: dict[str, Any] = Field(description="the parameters every item is protected with")
+    progress: JobProgress
+    error: str | None = None
+    items: list[JobItem]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    device: str
+    dtype: str
+    latent_channels: int
+    downsample_factor: int
+    parameters: int = Field(description="encoder parameters")
+    decoder_loaded: bool = Field(description="round-trip diagnostics available")
+
+
+class PresetInfo(BaseModel):
+    name: str
+    target_variance: float | None
+    direction: str
+    summary: str
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_pixels: int
+    max_steps: int
+    max_files_per_job: int
+    queue_size: int
+    max_batch: int
+    request_timeout_s: float
+    job_retention_s: float
+    formats: list[str]
+
+
+class ModelsResponse(BaseModel):
+    model: ModelInfo
+    default_preset: str
+    presets: list[PresetInfo]
+    limits: Limits
+    version: str
+
+
+class ChannelStats(BaseModel):
+    channel: int = Field(description="latent channel index")
+    mu_mean: float = Field(description="spatial mean of the posterior mean mu in this channel")
+    mu_std: float = Field(description="spatial standard deviation of mu")
+    mu_abs_max: float = Field(description="largest |mu|")
+    var_mean: float = Field(description="spatial mean of the posterior variance sigma^2")
+    logvar_mean: float = Field(description="spatial mean of log sigma^2 (clamped to [-30, 20])")
+
+
+class PosteriorStats(BaseModel):
+    """How the encoder sees one image: q(z|x) = N(mu, diag sigma^2)."""
+
+    kl_prior: float | None = Field(
+        description="KL(q(z|x) || N(0, I)) per latent element (nats). Small = close to the prior; "
+        "a collapsed (pca-) posterior has large KL to N(0,I) because its variance is tiny"
+    )
+    kl_to_target: dict[str, float | None] = Field(
+        description="KL per latent element to each preset's target N(0, v I) (the 'adaptive' preset has no "
+        "fixed target and is omitted). The preset that protected an image drives its value down"
+    )
+    mu_rms: float | None = Field(description="root-mean-square of mu; a collapsed posterior has mu near 0")
+    logvar_mean: float | None = Field(description="mean log sigma^2 over the latent")
+    latent_shape: list[int] = Field(description="(channels, height, width) of the latent")
+    channels: list[ChannelStats] = Field(description="per latent channel summaries")
+    roundtrip_psnr_db: float | None = Field(
+        default=None,
+        description="PSNR (dB) of decode(mu) against the clean image: how well the VAE reconstructs it. "
+        "Low for a protected image = edits start from a damaged latent. Null without a decoder "
+        "(or when identical)",
+    )
+
+
+class Diagnostics(BaseModel):
+    """Posterior statistics of one image, or of a clean/protected pair."""
+
+    model: str = Field(description="VAE whose encoder was queried")
+    decoder_loaded: bool = Field(description="whether round-trip PSNR could be measured")
+    width: int
+    height: int
+    image: PosteriorStats = Field(description="statistics of `file` (the clean image of a pair)")
+    protected: PosteriorStats | None = Field(
+        default=None, description="statistics of `protected` (round-trip PSNR measured against `file`)"
+    )
+    latent_drift: float | None = Field(
+        default=None, description="||mu(protected) - mu(clean)|| / ||mu(clean)||; pairs only"
+    )
+    linf_255: float | None = Field(default=None, description="max pixel difference on the 0-255 scale")
+    l2_255: float | None = Field(default=None, description="Euclidean norm of the difference, 0-255 scale")
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict[str, Any] = Field(default_factory=dict)

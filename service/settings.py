@@ -1,0 +1,108 @@
+"""Service settings, read from ``PCA_*`` environment variables (or passed to ``create_app``).
+
+Every value is validated when the settings are built, so a bad value fails the start with a message
+instead of a surprise under load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Dtype = Literal["auto", "fp32", "float32", "fp16", "float16", "half", "bf16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process (one model, one engine worker)."""
+
+    model_config = SettingsConfigDict(env_prefix="PCA_", extra="ignore", validate_default=True)
+
+    model: str = Field("demo", min_length=1, description="registry name, diffusers folder or weights file")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps (explicit devices must exist)")
+    dtype: Dtype = Field("auto", description="encoder dtype; auto = fp16 on CUDA, fp32 elsewhere")
+    offline: bool | None = Field(None, description="never touch the network (None: follow HF_HUB_OFFLINE)")
+    with_decoder: bool = Field(True, description="also load the decoder for round-trip diagnostics")
+
+    data_dir: Path = Field(Path("data"), description="uploads, results and the default SQLite database")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/jobs.db")
+
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest accepted file, in bytes")
+    max_pixels: int = Field(40_000_000, ge=64, description="largest accepted image, width x height")
+    max_files_per_job: int = Field(64, ge=1, le=10_000, description="files accepted by one POST /v1/jobs")
+    max_steps: int = Field(200, ge=1, le=10_000, description="cap on the PGD steps a request may ask for")
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted API keys (comma-separated in the env); empty = open"
+    )
+
+    queue_size: int = Field(16, ge=1, le=100_000, description="engine requests waiting at most")
+    max_batch: int = Field(4, ge=1, le=256, description="same-size images protected in one micro-batch")
+    request_timeout_s: float = Field(300.0, gt=0, description="longest a /v1/protect request may wait")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 429/503 answers")
+    job_retention_s: float = Field(86_400.0, gt=0, description="finished jobs are deleted after this long")
+    cleanup_interval_s: float = Field(60.0, gt=0, description="how often expired jobs are looked for")
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 8:
+                raise ValueError("each API key must be at least 8 characters long")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        name = value.strip().lower()
+        base, _, index = name.partition(":")
+        if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
+            raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return name
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
+        elif "://" not in self.database_url:
+            raise ValueError(f"database_url {self.database_url!r} is not a SQLAlchemy URL (e.g. sqlite:///x.db)")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """The database URL (always set after validation)."""
+        assert self.database_url is not None
+        return self.database_url
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings for logs: API keys counted, database password hidden."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = f"{len(self.api_keys)} key(s)"
+        url = self.db_url
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            data["database_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return data

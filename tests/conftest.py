@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random KL-VAEs saved like real ones (never downloaded), and small test images."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pca_attack.registry import DEMO_MODEL_DIR
+
+torch.set_num_threads(2)
+
+
+def make_tiny_vae(folder: Path, *, latent_channels: int = 4, quant_conv: bool = True, seed: int = 0) -> Path:
+    """Save a random f8 AutoencoderKL with a few thousand parameters in diffusers layout."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
+    )
+    vae.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 4-latent-channel VAE folder (config.json + diffusion_pytorch_model.safetensors)."""
+    return make_tiny_vae(tmp_path_factory.mktemp("tiny_vae"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vae16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 16-latent-channel VAE without quant_conv (the SD3 / FLUX layout)."""
+    return make_tiny_vae(tmp_path_factory.mktemp("tiny_vae16"), latent_channels=16, quant_conv=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def demo_available() -> bool:
+    return (DEMO_MODEL_DIR / "config.json").is_file()
+
+
+@pytest.fixture
+def photo() -> Callable[..., np.ndarray]:
+    """A smooth, photo-like RGB uint8 array of the requested size (deterministic)."""
+    def make(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+        base = np.stack([np.sin(3 * xx + c) * np.cos(2 * yy - c) for c in (0.0, 1.0, 2.0)], axis=2)
+        noisy = 0.5 + 0.35 * base + 0.05 * rng.standard_normal((height, width, 3))
+        return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8)
+    return make
+
+
+def to_bytes(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
