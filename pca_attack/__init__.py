@@ -9,7 +9,7 @@ Public API::
 """
 
 from ._version import __version__
-from .attack import ProtectResult, Protector
+from .attack import Protector, ProtectResult
 from .config import DEFAULT_PRESET, PRESETS, REFERENCE_CONFIG, AttackConfig, LossPreset
 from .errors import (
     ConfigError,

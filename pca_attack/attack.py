@@ -80,8 +80,8 @@ class Protector:
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"Protector(model={self.encoder.name!r}, preset={c.preset!r}, eps={c.eps}/255, "
-            f"step={c.step}/255, steps={c.steps}, random_start={c.random_start}, seed={c.seed}, "
+            f"Protector(model={self.encoder.name!r}, preset={c.preset!r}, eps={c.eps:g}/255, "
+            f"step={c.step:g}/255, steps={c.steps}, random_start={c.random_start}, seed={c.seed}, "
             f"keep_best={c.keep_best}, early_stop_patience={c.early_stop_patience}, eot={c.eot!r})"
         )
 
@@ -176,9 +176,13 @@ class Protector:
                 break
 
         with torch.no_grad():
-            last_obj = sign * self.loss(x_adv, target)  # loss of the last iterate (never evaluated above)
-            take_last = last_obj < best_obj if cfg.keep_best else torch.ones_like(last_obj, dtype=torch.bool)
-            chosen = torch.where(take_last.view(-1, 1, 1, 1), x_adv, best) if cfg.keep_best else x_adv
+            if cfg.keep_best:
+                last_obj = sign * self.loss(x_adv, target)  # loss of the last iterate (never evaluated above)
+                take_last = last_obj < best_obj
+                chosen = torch.where(take_last.view(-1, 1, 1, 1), x_adv, best)
+            else:  # the last iterate is returned as is: no need to pay a forward pass for its loss
+                take_last = torch.ones(batch, dtype=torch.bool, device=device)
+                chosen = x_adv
             best_step = torch.where(take_last, torch.full_like(best_step, steps_run), best_step)
             images = quantize(chosen, x, cfg.eps, lv)
             final_loss = self.loss(images, target).float().cpu()

@@ -53,11 +53,35 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 @torch.no_grad()
+def decode_mean(decoder: Decoder, mean: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """decode(mean) cropped to (height, width): (B, 3, height, width) in [0, 1] on the CPU."""
+    return decoder(mean)[..., :height, :width].float().cpu()
+
+
+@torch.no_grad()
 def roundtrip(encoder: Encoder, decoder: Decoder, x: torch.Tensor) -> torch.Tensor:
     """decode(mode of encode(x)), cropped to x's size: (B, 3, H, W) in [0, 1]."""
-    mean, _ = encoder(pad_to_multiple(x.to(encoder.device), encoder.downsample_factor))
-    out = decoder(mean)
-    return out[..., : x.shape[-2], : x.shape[-1]].float().cpu()
+    mean, _ = posterior(encoder, x)
+    return decode_mean(decoder, mean, x.shape[-2], x.shape[-1])
+
+
+def posterior_summary(mean: torch.Tensor, logvar: torch.Tensor) -> dict[str, Any]:
+    """KL to N(0, I) and to each fixed preset target, and per-channel summaries, of one posterior.
+
+    mean, logvar: (1, C, h, w) fp32.
+    """
+    return {
+        "kl_prior": float(mean_kl_per_element(mean, logvar, 1.0)[0]),
+        "kl_to_target": {
+            name: float(mean_kl_per_element(mean, logvar, preset.target_variance)[0])
+            for name, preset in PRESETS.items()
+            if preset.target_variance is not None
+        },
+        "mu_rms": float(mean.pow(2).mean().sqrt()),
+        "logvar_mean": float(logvar.mean()),
+        "latent_shape": list(mean.shape[1:]),
+        "channels": channel_summary(mean[0], logvar[0]),
+    }
 
 
 def image_stats(
@@ -66,44 +90,45 @@ def image_stats(
     """Statistics of one image (3, H, W): KL to N(0, I) and to each preset's target, per-channel summary,
     and, with a decoder, round-trip PSNR against ``reference`` (default: the image itself)."""
     mean, logvar = posterior(encoder, x[None])
-    stats: dict[str, Any] = {
-        "kl_prior": float(mean_kl_per_element(mean, logvar, 1.0)[0]),
-        "kl_to_target": {
-            name: float(mean_kl_per_element(mean, logvar, preset_target(name, logvar))[0])
-            for name in PRESETS
-            if PRESETS[name].target_variance is not None
-        },
-        "mu_rms": float(mean.pow(2).mean().sqrt()),
-        "logvar_mean": float(logvar.mean()),
-        "latent_shape": list(mean.shape[1:]),
-        "channels": channel_summary(mean[0], logvar[0]),
-    }
+    stats = posterior_summary(mean, logvar)
     if decoder is not None:
-        recon = roundtrip(encoder, decoder, x[None])[0]
+        recon = decode_mean(decoder, mean, x.shape[-2], x.shape[-1])[0]
         stats["roundtrip_psnr_db"] = psnr(recon, (reference if reference is not None else x).cpu())
     return stats
 
 
+def drift(mean_clean: torch.Tensor, mean_other: torch.Tensor) -> float:
+    """||mu_other - mu_clean|| / ||mu_clean||."""
+    return float((mean_other - mean_clean).norm() / mean_clean.norm().clamp(min=1e-12))
+
+
 def latent_drift(encoder: Encoder, clean: torch.Tensor, protected: torch.Tensor) -> float:
     """||mu(protected) - mu(clean)|| / ||mu(clean)|| for two (3, H, W) images."""
-    mu_c, _ = posterior(encoder, clean[None])
-    mu_p, _ = posterior(encoder, protected[None])
-    return float((mu_p - mu_c).norm() / mu_c.norm().clamp(min=1e-12))
+    return drift(posterior(encoder, clean[None])[0], posterior(encoder, protected[None])[0])
 
 
 def pair_stats(
     encoder: Encoder, clean: torch.Tensor, protected: torch.Tensor, decoder: Decoder | None = None
 ) -> dict[str, Any]:
     """Diagnostics of a clean/protected pair: both images' statistics, drift and pixel distances."""
+    height, width = clean.shape[-2:]
+    mu_c, lv_c = posterior(encoder, clean[None])
+    mu_p, lv_p = posterior(encoder, protected[None])
+    clean_stats, protected_stats = posterior_summary(mu_c, lv_c), posterior_summary(mu_p, lv_p)
+    # the adaptive preset's target is the clean posterior's own variance: N(0, sigma_clean^2)
+    clean_stats["kl_to_target"]["adaptive"] = float(mean_kl_per_element(mu_c, lv_c, lv_c.exp())[0])
+    protected_stats["kl_to_target"]["adaptive"] = float(mean_kl_per_element(mu_p, lv_p, lv_c.exp())[0])
+    if decoder is not None:
+        clean_stats["roundtrip_psnr_db"] = psnr(decode_mean(decoder, mu_c, height, width)[0], clean.cpu())
+        protected_stats["roundtrip_psnr_db"] = psnr(decode_mean(decoder, mu_p, height, width)[0], clean.cpu())
     diff = (protected.float() - clean.float()) * 255.0
-    out: dict[str, Any] = {
-        "clean": image_stats(encoder, clean, decoder),
-        "protected": image_stats(encoder, protected, decoder, reference=clean),
-        "latent_drift": latent_drift(encoder, clean, protected),
+    return {
+        "clean": clean_stats,
+        "protected": protected_stats,
+        "latent_drift": drift(mu_c, mu_p),
         "linf_255": float(diff.abs().max()),
         "l2_255": float(diff.norm()),
     }
-    return out
 
 
 def to_numpy_image(x: torch.Tensor) -> np.ndarray:

@@ -114,6 +114,8 @@ def _open(source: bytes | str | Path | Image.Image) -> tuple[Image.Image, bytes]
         raise UnsupportedImageError("the upload is empty (0 bytes); send an image file")
     try:
         return Image.open(io.BytesIO(data)), data
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image is over the limit of pixels PIL accepts ({exc}); downscale it first") from exc
     except UnidentifiedImageError as exc:
         head = data[:64].lstrip().lower()
         hint = " (it looks like text/HTML)" if head.startswith((b"<", b"{", b"%")) or head.isascii() else ""

@@ -81,8 +81,9 @@ def rescale(x: torch.Tensor, factor: float) -> torch.Tensor:
 
     def fn(a: np.ndarray) -> np.ndarray:
         h, w = a.shape[:2]
-        small = Image.fromarray(a).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC)
-        return np.asarray(small.resize((w, h), Image.BICUBIC))
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        small = Image.fromarray(a).resize(size, Image.Resampling.BICUBIC)
+        return np.asarray(small.resize((w, h), Image.Resampling.BICUBIC))
 
     return _per_image(x, fn)
 
@@ -203,8 +204,10 @@ TRANSFORMS: dict[str, Transformation] = {
         Transformation("resize-0.5", "bicubic downscale 0.5x and back", lambda x, c: rescale(x, 0.5)),
         Transformation("blur-1", "Gaussian blur, sigma 1 px", lambda x, c: blur(x, 1.0)),
         Transformation("noise-8", "Gaussian noise, std 8/255", lambda x, c: noise(x, 8.0, c.seed)),
-        Transformation("cleaner", "4x bilateral + guided filter (AdverseCleaner-style)", lambda x, c: cleaner(x)),
-        Transformation("purify", "IMPRESS-style VAE purification, 20 Adam steps", _purify, needs_decoder=True),
+        Transformation("cleaner", "4x bilateral + guided filter (AdverseCleaner-style)",
+                       lambda x, c: cleaner(x)),
+        Transformation("purify", "IMPRESS-style VAE purification, 20 Adam steps", _purify,
+                       needs_decoder=True),
     )
 }
 
@@ -336,8 +339,11 @@ def redteam(
     clean, protected: (3, H, W), (B, 3, H, W) or lists of (3, H, W) in [0, 1], paired by index.
     transforms: names from ``TRANSFORMS`` (default: all; 'purify' is skipped without a decoder).
     """
-    encoder: Encoder = getattr(engine_or_encoder, "encoder", engine_or_encoder)
-    decoder = decoder if decoder is not None else getattr(engine_or_encoder, "decoder", None)
+    if isinstance(engine_or_encoder, Encoder):
+        encoder = engine_or_encoder
+    else:  # an Engine
+        encoder = engine_or_encoder.encoder
+        decoder = decoder if decoder is not None else engine_or_encoder.decoder
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     names = list(transforms) if transforms is not None else transform_names()
@@ -348,12 +354,12 @@ def redteam(
         if n not in TRANSFORMS:
             raise ConfigError(f"unknown transformation {n!r}; choose from: {', '.join(TRANSFORMS)}")
     cs, ps = _as_list(clean), _as_list(protected)
-    if len(cs) != len(ps) or any(c.shape != p.shape for c, p in zip(cs, ps)):
+    if len(cs) != len(ps) or any(c.shape != p.shape for c, p in zip(cs, ps, strict=False)):
         raise ConfigError("clean and protected images must pair up with equal shapes")
     sign = 1.0 if PRESETS[preset].direction == "minimize" else -1.0
     target = PRESETS[preset].target_variance
     per: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
-    for i, (c, p) in enumerate(zip(cs, ps)):
+    for i, (c, p) in enumerate(zip(cs, ps, strict=True)):
         c4, p4 = c[None].float(), p[None].float()  # (1, 3, H, W)
         for n in names:
             s = seed + i

@@ -63,9 +63,12 @@ def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "detail": detail}}
 
 
-def error_response(status: int, code: str, message: str, detail: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, jsonable_encoder(detail)), status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message, jsonable_encoder(detail)), status_code=status, headers=headers
+    )
 
 
 def from_engine_error(exc: Exception) -> ApiError:
@@ -76,7 +79,9 @@ def from_engine_error(exc: Exception) -> ApiError:
     if isinstance(exc, ImageTooLargeError):
         return ApiError(413, "image_too_large", message)
     if isinstance(exc, Image.DecompressionBombError):
-        return ApiError(413, "image_too_large", f"image has too many pixels (decompression-bomb guard): {message}")
+        return ApiError(
+            413, "image_too_large", f"image has too many pixels (decompression-bomb guard): {message}"
+        )
     if isinstance(exc, UnsupportedImageError):
         return ApiError(415, "unsupported_image", message)
     if isinstance(exc, ImageTooSmallError):
@@ -91,9 +96,18 @@ def from_engine_error(exc: Exception) -> ApiError:
 
 
 _STATUS_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-    422: "invalid_parameter", 429: "queue_full", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+    429: "queue_full",
+    503: "unavailable",
 }
 
 
@@ -121,7 +135,9 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = _clean_validation(list(exc.errors()))
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
-        message = f"invalid parameter {where}: {first['msg']}" if where else f"invalid request: {first['msg']}"
+        message = (
+            f"invalid parameter {where}: {first['msg']}" if where else f"invalid request: {first['msg']}"
+        )
         return error_response(422, "invalid_parameter", message, errors)
 
     @app.exception_handler(StarletteHTTPException)

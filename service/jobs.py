@@ -60,7 +60,11 @@ def safe_filename(name: str | None, default: str = "image") -> str:
 
 def output_name(filename: str, suffix: str) -> str:
     """``photo.jpg`` + ``.png`` -> ``photo.png`` (sanitised)."""
-    stem = safe_filename(filename).rsplit(".", 1)[0] if "." in safe_filename(filename) else safe_filename(filename)
+    stem = (
+        safe_filename(filename).rsplit(".", 1)[0]
+        if "." in safe_filename(filename)
+        else safe_filename(filename)
+    )
     return f"{stem or 'image'}{suffix}"
 
 
@@ -151,6 +155,7 @@ class JobStore:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine = create_engine(database_url, **kwargs)
         if database_url.startswith("sqlite"):
+
             @event.listens_for(self.engine, "connect")
             def _pragmas(conn: Any, _: Any) -> None:
                 cur = conn.cursor()
@@ -158,6 +163,7 @@ class JobStore:
                 cur.execute("PRAGMA synchronous=FULL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
+
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.lock = threading.RLock()  # serialises state changes between the runner and the routes
@@ -188,8 +194,16 @@ class JobStore:
             _atomic_write(self.input_path(job_id, index), data)
         now = utcnow()
         with self.lock, self.sessions.begin() as s:
-            job = JobRow(id=job_id, status="queued", created_at=now, updated_at=now, expires_at=None,
-                         settings_json=json.dumps(settings), total=len(files), error=None)
+            job = JobRow(
+                id=job_id,
+                status="queued",
+                created_at=now,
+                updated_at=now,
+                expires_at=None,
+                settings_json=json.dumps(settings),
+                total=len(files),
+                error=None,
+            )
             job.items = [
                 ItemRow(index=i, filename=safe_filename(name, f"image-{i}"), status="queued")
                 for i, (name, _) in enumerate(files)
@@ -224,12 +238,22 @@ class JobStore:
             settings = json.loads(job.settings_json)
             for item in items:
                 item.status = "running"
-            return [ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings)
-                    for i in items]
+            return [
+                ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings)
+                for i in items
+            ]
 
-    def finish_item(self, job_id: str, index: int, *, status: str, error: str | None = None,
-                    certificate: dict[str, Any] | None = None, result: bytes | None = None,
-                    suffix: str | None = None) -> bool:
+    def finish_item(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        status: str,
+        error: str | None = None,
+        certificate: dict[str, Any] | None = None,
+        result: bytes | None = None,
+        suffix: str | None = None,
+    ) -> bool:
         """Record an item's outcome (and write its result file); False if the job is gone or cancelled."""
         with self.lock:
             with self.sessions.begin() as s:
@@ -294,7 +318,9 @@ class JobStore:
                         counts["requeued"] += 1
                     else:
                         item.status = "failed"
-                        item.error = "the uploaded file was lost (missing from the data directory after a restart)"
+                        item.error = (
+                            "the uploaded file was lost (missing from the data directory after a restart)"
+                        )
                         counts["failed"] += 1
                 job.status = "queued" if any(i.status == "queued" for i in job.items) else job.status
                 job.updated_at = utcnow()
@@ -306,8 +332,11 @@ class JobStore:
         now = now or utcnow()
         with self.lock:
             with self.sessions.begin() as s:
-                ids = list(s.scalars(select(JobRow.id).where(JobRow.expires_at.is_not(None),
-                                                             JobRow.expires_at < now)))
+                ids = list(
+                    s.scalars(
+                        select(JobRow.id).where(JobRow.expires_at.is_not(None), JobRow.expires_at < now)
+                    )
+                )
                 if ids:
                     s.execute(delete(ItemRow).where(ItemRow.job_id.in_(ids)))
                     s.execute(delete(JobRow).where(JobRow.id.in_(ids)))
@@ -319,17 +348,32 @@ class JobStore:
 
     def has_work(self) -> bool:
         with self.sessions() as s:
-            return s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
+            return (
+                s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
+            )
 
 
 def _view(job: JobRow) -> JobView:
     return JobView(
-        id=job.id, status=job.status, created_at=_aware(job.created_at) or utcnow(),
-        updated_at=_aware(job.updated_at) or utcnow(), expires_at=_aware(job.expires_at),
-        settings=json.loads(job.settings_json), total=job.total, error=job.error,
-        items=[ItemView(i.index, i.filename, i.status, i.error,
-                        json.loads(i.certificate_json) if i.certificate_json else None, i.result_suffix)
-               for i in job.items],
+        id=job.id,
+        status=job.status,
+        created_at=_aware(job.created_at) or utcnow(),
+        updated_at=_aware(job.updated_at) or utcnow(),
+        expires_at=_aware(job.expires_at),
+        settings=json.loads(job.settings_json),
+        total=job.total,
+        error=job.error,
+        items=[
+            ItemView(
+                i.index,
+                i.filename,
+                i.status,
+                i.error,
+                json.loads(i.certificate_json) if i.certificate_json else None,
+                i.result_suffix,
+            )
+            for i in job.items
+        ],
     )
 
 
@@ -348,8 +392,16 @@ class JobRunner:
     """A thread that claims queued items, decodes them, submits them to the engine worker in groups (so
     same-size images share micro-batches) and records each outcome. It also expires old jobs."""
 
-    def __init__(self, store: JobStore, worker: Any, *, max_pixels: int, batch: int,
-                 task_timeout_s: float, cleanup_interval_s: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        worker: Any,
+        *,
+        max_pixels: int,
+        batch: int,
+        task_timeout_s: float,
+        cleanup_interval_s: float,
+    ) -> None:
         self.store = store
         self.worker = worker
         self.max_pixels = max_pixels
@@ -406,22 +458,33 @@ class JobRunner:
             try:
                 data = item.input_path.read_bytes()
             except OSError:
-                self.store.finish_item(item.job_id, item.index, status="failed",
-                                       error="the uploaded file is missing from the data directory")
+                self.store.finish_item(
+                    item.job_id,
+                    item.index,
+                    status="failed",
+                    error="the uploaded file is missing from the data directory",
+                )
                 continue
             try:
                 image = decode_image(data, max_pixels=self.max_pixels)
             except Exception as exc:
-                self.store.finish_item(item.job_id, item.index, status="failed",
-                                       error=from_engine_error(exc).message)
+                self.store.finish_item(
+                    item.job_id, item.index, status="failed", error=from_engine_error(exc).message
+                )
                 continue
             fmt = settings.get("format", "png")
             problem = format_problem(image, fmt)
             if problem:
                 self.store.finish_item(item.job_id, item.index, status="failed", error=problem)
                 continue
-            requests.append((item, ProtectRequest(image, config, fmt, settings.get("quality"),
-                                                  bool(settings.get("keep_exif", True)))))
+            requests.append(
+                (
+                    item,
+                    ProtectRequest(
+                        image, config, fmt, settings.get("quality"), bool(settings.get("keep_exif", True))
+                    ),
+                )
+            )
         if not requests:
             return
         futures = self.worker.submit_many([r for _, r in requests], block=True, timeout=None)
@@ -433,9 +496,14 @@ class JobRunner:
                 message = api.message if api.status < 500 else f"protection failed: {exc}"
                 self.store.finish_item(item.job_id, item.index, status="failed", error=message)
                 continue
-            self.store.finish_item(item.job_id, item.index, status="done",
-                                   certificate=out.certificate.model_dump(mode="json"),
-                                   result=out.data, suffix=out.suffix)
+            self.store.finish_item(
+                item.job_id,
+                item.index,
+                status="done",
+                certificate=out.certificate.model_dump(mode="json"),
+                result=out.data,
+                suffix=out.suffix,
+            )
 
 
 def attack_config_from(settings: dict[str, Any]) -> Any:
@@ -443,9 +511,13 @@ def attack_config_from(settings: dict[str, Any]) -> Any:
     from pca_attack import AttackConfig
 
     return AttackConfig(
-        eps=float(settings["eps"]), step=float(settings["step"]), steps=int(settings["steps"]),
-        preset=str(settings["preset"]), seed=int(settings["seed"]),
-        random_start=bool(settings["random_start"]), eot=settings.get("eot"),
+        eps=float(settings["eps"]),
+        step=float(settings["step"]),
+        steps=int(settings["steps"]),
+        preset=str(settings["preset"]),
+        seed=int(settings["seed"]),
+        random_start=bool(settings["random_start"]),
+        eot=settings.get("eot"),
     )
 
 

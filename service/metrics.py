@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,13 +21,18 @@ class Metrics:
             "pca_http_requests_total", "HTTP requests answered", ["method", "route", "status"], registry=r
         )
         self.latency = Histogram(
-            "pca_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "pca_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("pca_engine_queue_depth", "engine requests waiting", registry=r)
         self.in_flight = Gauge("pca_engine_in_flight", "images being protected right now", registry=r)
         self.images = Counter("pca_images_protected_total", "images protected", ["format"], registry=r)
-        self.image_failures = Counter("pca_engine_failures_total", "engine tasks that failed", ["code"], registry=r)
+        self.image_failures = Counter(
+            "pca_engine_failures_total", "engine tasks that failed", ["code"], registry=r
+        )
         self.rejected = Counter("pca_engine_rejected_total", "requests refused: queue full", registry=r)
         self.batches = Histogram(
             "pca_engine_batch_size", "images per micro-batch", buckets=(1, 2, 3, 4, 6, 8, 16, 32), registry=r
@@ -85,9 +89,8 @@ class MetricsMiddleware:
                 metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)
 
 
-def _route_template(scope: dict[str, Any]) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (``/v1/jobs/{job_id}``), prefix included."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(context, "path_format", None) or getattr(scope.get("route"), "path_format", None)
     return str(path) if path else "unmatched"
-
-

@@ -55,7 +55,12 @@ class EngineWorker:
     """A bounded queue in front of one Engine, served by one thread."""
 
     def __init__(
-        self, engine: Engine, *, queue_size: int = 16, max_batch: int = 4, metrics: Metrics | None = None,
+        self,
+        engine: Engine,
+        *,
+        queue_size: int = 16,
+        max_batch: int = 4,
+        metrics: Metrics | None = None,
         retry_after_s: int = 5,
     ) -> None:
         self.engine = engine
@@ -236,7 +241,10 @@ class EngineWorker:
         head = requests[0]
         t0 = time.perf_counter()
         results = self.engine.protect(
-            [r.image for r in requests], head.config, fmt=head.fmt, quality=head.quality,
+            [r.image for r in requests],
+            head.config,
+            fmt=head.fmt,
+            quality=head.quality,
             keep_exif=head.keep_exif,
         )
         elapsed = time.perf_counter() - t0

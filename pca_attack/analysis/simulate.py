@@ -13,19 +13,23 @@ side.  The losses match the calculators' ``loss`` (Gaussian normalising constant
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from scipy.optimize import minimize
 from torch import Tensor, nn
 
 from .linear_cvae import linear_cvae
 from .linear_hvae import linear_hvae
 from .linear_vae import linear_vae
 from .moments import FloatArray, InvalidParameterError, Moments, ResultMixin, resolve_moments
+from .population import Layout, Objective, cvae_objective, hvae_objective, minimize_restarts, vae_objective
 
 Kind = Literal["vae", "cvae", "hvae"]
 DT = torch.float64
@@ -73,8 +77,14 @@ class LinearVAEModel(nn.Module):
     def summary(self, m: Moments) -> dict[str, FloatArray]:
         with torch.no_grad():
             A = torch.as_tensor(m.Sxx, dtype=DT)
-            lam2 = torch.diagonal(self.W.T @ A @ self.W)
             var = torch.exp(2 * self.log_sigma)
+            if not self.log_sigma.requires_grad and bool(torch.all(var == var[0])):
+                # Fixed isotropic Sigma: the latent basis is not identified, so use singular values.
+                evals, V = torch.linalg.eigh(A)
+                lam = torch.linalg.svdvals((V * evals.clamp_min(0).sqrt()) @ V.T @ self.W)
+                var = torch.sort(var).values
+                return _per_dim(torch.linalg.svdvals(self.U), lam**2, var, _kl_gauss(lam**2, var, self.ee**2))
+            lam2 = torch.diagonal(self.W.T @ A @ self.W)
             return _per_dim(self.U.norm(dim=0), lam2, var, _kl_gauss(lam2, var, self.ee**2))
 
 
@@ -198,31 +208,68 @@ def _tensors(m: Moments) -> tuple[Tensor, Tensor, Tensor]:
     return A, B, C
 
 
-def fit_population(kind: Kind, m: Moments, *, latent_dim: int, restarts: int = 4, max_iter: int = 500,
-                   seed: int = 0, **params: Any) -> tuple[nn.Module, float]:
-    """Minimise the exact population objective with L-BFGS from ``restarts`` random starts; best wins."""
-    A, B, C = _tensors(m)
-    best: tuple[nn.Module, float] | None = None
-    for r in range(restarts):
-        model = build_model(kind, m, latent_dim=latent_dim, seed=seed + r, **params)
-        opt = torch.optim.LBFGS([p for p in model.parameters() if p.requires_grad], lr=1.0, max_iter=max_iter,
-                                tolerance_grad=1e-10, tolerance_change=1e-14, history_size=50,
-                                line_search_fn="strong_wolfe")
+def lbfgs_minimize(params: list[Tensor], loss_fn: Any, max_iter: int = 3000) -> float:
+    """Minimise ``loss_fn()`` (a scalar tensor) over float64 leaf tensors with SciPy's L-BFGS-B."""
+    sizes = [p.numel() for p in params]
 
-        def closure(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> Tensor:
-            opt.zero_grad()
-            loss = model.population_loss(A, B, C)  # type: ignore[operator]
-            loss.backward()
-            return loss
-
-        for _ in range(3):  # L-BFGS restarts its history each call; a few calls polish the optimum
-            opt.step(closure)
+    def value_and_grad(v: FloatArray) -> tuple[float, FloatArray]:
         with torch.no_grad():
-            value = float(model.population_loss(A, B, C))  # type: ignore[operator]
-        if math.isfinite(value) and (best is None or value < best[1]):
-            best = (model, value)
-    assert best is not None, "every restart diverged"
-    return best
+            for p, chunk in zip(params, np.split(v, np.cumsum(sizes)[:-1])):
+                p.copy_(torch.as_tensor(chunk, dtype=DT).view_as(p))
+        for p in params:
+            p.grad = None
+        loss = loss_fn()
+        loss.backward()
+        grad = np.concatenate([p.grad.numpy().ravel() if p.grad is not None else np.zeros(p.numel()) for p in params])
+        return float(loss.detach()), grad
+
+    x0 = np.concatenate([p.detach().numpy().ravel() for p in params])
+    res = minimize(value_and_grad, x0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-11, "maxcor": 30})
+    value, _ = value_and_grad(res.x)
+    return value
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit BLAS to one thread (tiny matrices; threads only contend) when threadpoolctl is present."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def population_objective(kind: Kind, m: Moments, *, latent_dim: int, **params: Any) -> tuple[Layout, Objective]:
+    """NumPy objective + gradient equal to ``build_model(kind, ...).population_loss``."""
+    A, B, C = (t.numpy() for t in _tensors(m))
+    if kind == "vae":
+        sigma = params.pop("sigma", None)
+        fixed = None if sigma is None else np.broadcast_to(np.asarray(sigma, dtype=np.float64), (latent_dim,)).copy()
+        return vae_objective(A, B, C, latent_dim, sigma=fixed, **params)
+    if kind == "cvae":
+        return cvae_objective(A, B, C, latent_dim, **params)
+    if kind == "hvae":
+        return hvae_objective(A, latent_dim, **params)
+    raise InvalidParameterError(f"kind must be 'vae', 'cvae' or 'hvae', got {kind!r}.")
+
+
+def fit_population(kind: Kind, m: Moments, *, latent_dim: int, restarts: int = 4, max_iter: int = 5000,
+                   seed: int = 0, **params: Any) -> tuple[nn.Module, float]:
+    """Minimise the exact population objective with L-BFGS from ``restarts`` random starts; best wins.
+
+    The optimisation runs on the NumPy objective (fast); the optimum is loaded into the PyTorch model.
+    """
+    lay, f = population_objective(kind, m, latent_dim=latent_dim, **dict(params))
+    with single_threaded_blas():
+        best, value = minimize_restarts(lay, f, restarts=restarts, seed=seed, max_iter=max_iter)
+    model = build_model(kind, m, latent_dim=latent_dim, seed=seed, **params)
+    with torch.no_grad():
+        for name, arr in best.items():
+            getattr(model, name).copy_(torch.as_tensor(arr, dtype=DT))
+    return model, value
 
 
 def fit_minibatch(kind: Kind, X: ArrayLike, Y: ArrayLike | None, *, latent_dim: int, steps: int = 30_000,

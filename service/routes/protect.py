@@ -18,10 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from pca_attack import AttackConfig, DecodedImage, ProtectedImage, decode_image
 from pca_attack.errors import ConfigError
 
-from ..deps import MetricsDep, ProtectParamsDep, SettingsDep, WorkerDep
-from ..errors import ApiError, ErrorResponse, from_engine_error
+from ..deps import ProtectParamsDep, SettingsDep, WorkerDep
+from ..errors import ApiError, from_engine_error
 from ..jobs import format_problem, output_name
-from ..schemas import ProtectJSON, ProtectParams
+from ..schemas import ErrorResponse, ProtectJSON, ProtectParams
 from ..settings import Settings
 from ..worker import ProtectRequest
 
@@ -41,10 +41,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 _IMAGE_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
 _CERT_HEADERS = {
-    "X-PCA-Linf-255": {"description": "measured Linf distance on the 0-255 scale", "schema": {"type": "string"}},
+    "X-PCA-Linf-255": {
+        "description": "measured Linf distance on the 0-255 scale",
+        "schema": {"type": "string"},
+    },
     "X-PCA-Budget-OK": {"description": "true when linf_255 <= eps", "schema": {"type": "string"}},
     "X-PCA-KL-Clean": {"description": "KL(q(z|input) || N(0,I)) per element", "schema": {"type": "string"}},
-    "X-PCA-KL-Protected": {"description": "KL(q(z|output) || N(0,I)) per element", "schema": {"type": "string"}},
+    "X-PCA-KL-Protected": {
+        "description": "KL(q(z|output) || N(0,I)) per element",
+        "schema": {"type": "string"},
+    },
     "X-PCA-Certificate": {"description": "the certificate JSON, base64url", "schema": {"type": "string"}},
 }
 
@@ -79,7 +85,9 @@ def check_eot(name: str) -> None:
     try:
         from pca_attack.eot import build_eot  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
-        raise ApiError(422, "invalid_parameter", "eot is not available in this version of the engine") from exc
+        raise ApiError(
+            422, "invalid_parameter", "eot is not available in this version of the engine"
+        ) from exc
     try:
         build_eot(name)
     except Exception as exc:
@@ -89,13 +97,23 @@ def check_eot(name: str) -> None:
 def attack_config(params: ProtectParams, settings: Settings) -> AttackConfig:
     """The validated AttackConfig of a request (422 when a value is out of range for this server)."""
     if params.steps > settings.max_steps:
-        raise ApiError(422, "invalid_parameter",
-                       f"steps={params.steps} is over this server's max_steps={settings.max_steps}")
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"steps={params.steps} is over this server's max_steps={settings.max_steps}",
+        )
     if params.eot:
         check_eot(params.eot)
     try:
-        return AttackConfig(eps=params.eps, step=params.step, steps=params.steps, preset=params.preset,
-                            seed=params.seed, random_start=params.random_start, eot=params.eot)
+        return AttackConfig(
+            eps=params.eps,
+            step=params.step,
+            steps=params.steps,
+            preset=params.preset,
+            seed=params.seed,
+            random_start=params.random_start,
+            eot=params.eot,
+        )
     except ConfigError as exc:
         raise ApiError(422, "invalid_parameter", str(exc)) from exc
 
@@ -109,8 +127,12 @@ async def wait_for(request: Request, future: Any, timeout: float, retry_after: i
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise ApiError(503, "timeout", f"the request did not finish within {timeout:g} s; retry later",
-                               headers={"Retry-After": str(retry_after)})
+                raise ApiError(
+                    503,
+                    "timeout",
+                    f"the request did not finish within {timeout:g} s; retry later",
+                    headers={"Retry-After": str(retry_after)},
+                )
             done, _ = await asyncio.wait({waiter}, timeout=min(0.25, remaining))
             if done:
                 return waiter.result()
@@ -125,10 +147,14 @@ async def wait_for(request: Request, future: Any, timeout: float, retry_after: i
             await asyncio.sleep(0)
 
 
-async def run_protect(request: Request, worker: Any, settings: Settings, req: ProtectRequest) -> ProtectedImage:
+async def run_protect(
+    request: Request, worker: Any, settings: Settings, req: ProtectRequest
+) -> ProtectedImage:
     future = worker.submit(req)
     try:
-        result: ProtectedImage = await wait_for(request, future, settings.request_timeout_s, settings.retry_after_s)
+        result: ProtectedImage = await wait_for(
+            request, future, settings.request_timeout_s, settings.retry_after_s
+        )
     except ApiError:
         raise
     except Exception as exc:
@@ -167,7 +193,6 @@ async def protect_image(
     request: Request,
     settings: SettingsDep,
     worker: WorkerDep,
-    metrics: MetricsDep,
     params: ProtectParamsDep,
     file: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, TIFF, BMP, still GIF)")],
     response_kind: Annotated[
@@ -187,8 +212,12 @@ async def protect_image(
     out = await run_protect(request, worker, settings, req)
     name = output_name(file.filename or "image", out.suffix)
     if response_kind == "json":
-        body = ProtectJSON(certificate=out.certificate, format=out.format,  # type: ignore[arg-type]
-                           filename=name, image_base64=base64.b64encode(out.data).decode("ascii"))
+        body = ProtectJSON(
+            certificate=out.certificate,
+            format=out.format,  # type: ignore[arg-type]
+            filename=name,
+            image_base64=base64.b64encode(out.data).decode("ascii"),
+        )
         return JSONResponse(body.model_dump(mode="json"))
     headers = {"Content-Disposition": f'attachment; filename="{name}"', **certificate_headers(out)}
     return Response(content=out.data, media_type=out.mime_type, headers=headers)

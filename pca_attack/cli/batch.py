@@ -1,0 +1,285 @@
+"""``pca-protect batch SRC DST``: protect a folder tree through a service (``--server``) or in-process
+(``--local``), resumable, atomic, with a progress bar, a summary table and a manifest.
+
+Exit codes: 0 all good, 1 some files failed (listed, and kept in the manifest) or the batch was
+aborted, 2 bad usage (e.g. DST inside SRC without ``--in-place``, server unreachable), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..batch import BatchReport, BatchRunner, DryRun, FileResult, Processor
+
+
+def _settings(
+    preset: str,
+    eps: float,
+    step: float,
+    steps: int,
+    seed: int,
+    random_start: bool,
+    fmt: str,
+    quality: int | None,
+    keep_exif: bool,
+    eot: str | None,
+) -> dict[str, Any]:
+    fmt = "jpeg" if fmt.lower() in ("jpg", "jpeg") else fmt.lower()
+    return {
+        "preset": preset,
+        "eps": eps,
+        "step": step,
+        "steps": steps,
+        "seed": seed,
+        "random_start": random_start,
+        "format": fmt,
+        "quality": quality,
+        "keep_exif": keep_exif,
+        "eot": eot,
+    }
+
+
+def _local_processor(settings: dict[str, Any], model: str, device: str, dtype: str) -> Processor:
+    from ..batch import EngineProcessor
+    from ..config import AttackConfig
+    from ..pipeline import Engine
+
+    config = AttackConfig(
+        eps=settings["eps"],
+        step=settings["step"],
+        steps=settings["steps"],
+        preset=settings["preset"],
+        seed=settings["seed"],
+        random_start=settings["random_start"],
+        eot=settings["eot"],
+    )
+    engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1)
+    return EngineProcessor(
+        engine, config, fmt=settings["format"], quality=settings["quality"], keep_exif=settings["keep_exif"]
+    )
+
+
+def _remote_processor(
+    settings: dict[str, Any], url: str, api_key: str | None, retries: int, timeout: float, jobs: int
+) -> Processor:
+    from service.client import PCAClient, PCAClientError, ProtectSettings
+
+    client = PCAClient(url, api_key=api_key, retries=retries, timeout=timeout, max_connections=max(4, jobs))
+    try:
+        client.health()
+    except PCAClientError as exc:
+        raise _UsageError(f"cannot reach the service at {url}: {exc.message}") from exc
+    return client.processor(ProtectSettings(**settings))
+
+
+class _UsageError(Exception):
+    """Printed and answered with exit code 2."""
+
+
+def _progress(console: Console) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.2f} files/s" if speed else "-- files/s", style="cyan")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        console=console,
+        transient=False,
+    )
+
+
+def _run_with_progress(runner: BatchRunner, console: Console) -> BatchReport:
+    state: dict[str, Any] = {}
+    with _progress(console) as bar:
+
+        def on_plan(total: int) -> None:
+            state["task"] = bar.add_task("protecting", total=total, failed=0)
+
+        def on_result(result: FileResult) -> None:
+            state["failed"] = state.get("failed", 0) + (result.status == "failed")
+            bar.update(state["task"], advance=1, failed=state["failed"])
+
+        return runner.run(on_plan=on_plan, on_result=on_result)
+
+
+def _summary(report: BatchReport, runner: BatchRunner, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title="pca-protect batch", show_header=True)
+    table.add_column("files")
+    table.add_column("count", justify="right")
+    for name, value in (
+        ("planned", report.total),
+        ("protected", report.done),
+        ("up to date (skipped)", report.skipped),
+        ("failed", len(report.failed)),
+    ):
+        table.add_row(name, str(value))
+    table.add_row("elapsed", f"{report.elapsed_s:.1f} s")
+    table.add_row("manifest", str(runner.manifest.path))
+    console.print(table)
+    for failure in report.failed:
+        console.print(f"FAILED {failure.rel}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
+    if report.aborted:
+        console.print(f"ABORTED: {report.aborted}; rerun the same command to resume", markup=False)
+    if report.interrupted:
+        console.print("INTERRUPTED: rerun the same command to resume", markup=False)
+
+
+def _print_dry_run(plan: DryRun, console: Console) -> None:
+    from collections import Counter
+
+    reasons = Counter(why for _, why in plan.todo)
+    console.print(f"dry run: {len(plan.todo)} to protect, {len(plan.up_to_date)} up to date")
+    for why, count in sorted(reasons.items()):
+        console.print(f"  {why}: {count}")
+    for task, why in plan.todo:
+        console.print(f"would protect {task.rel} -> {task.out_rel} ({why})", markup=False, highlight=False)
+
+
+def batch_command(
+    src: Annotated[Path, typer.Argument(help="Folder to protect (walked recursively).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder; the tree of SRC is mirrored into it.")],
+    server: Annotated[
+        str | None,
+        typer.Option("--server", envvar="PCA_SERVER", help="Service URL, e.g. http://127.0.0.1:8000."),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Use the in-process engine instead of a server.")
+    ] = False,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model for --local (registry name or folder).")
+    ] = "demo",
+    device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")
+    ] = "auto",
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="PCA_API_KEY", help="API key of the service (X-API-Key)."),
+    ] = None,
+    preset: Annotated[str, typer.Option("--preset", "-p", help="pca-, pca+, adaptive or pca-var.")] = "pca-",
+    eps: Annotated[float, typer.Option("--eps", "-e", help="Linf budget on the 0-255 scale.")] = 16.0,
+    step: Annotated[float, typer.Option("--step", help="PGD step on the 0-255 scale.")] = 2.0,
+    steps: Annotated[int, typer.Option("--steps", "-n", help="PGD iterations.")] = 40,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 3407,
+    random_start: Annotated[
+        bool, typer.Option("--random-start", help="Start from noise in the budget.")
+    ] = False,
+    eot: Annotated[str | None, typer.Option("--eot", help="Expectation-over-transformations preset.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: png, jpeg or webp.")] = "png",
+    quality: Annotated[int | None, typer.Option("--quality", "-q", help="JPEG/WebP quality 1-100.")] = None,
+    keep_exif: Annotated[bool, typer.Option("--keep-exif/--strip-exif", help="Copy EXIF to outputs.")] = True,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", "-i", help="Glob to keep (repeatable), e.g. '*.jpg'.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", "-x", help="Glob to skip (repeatable), e.g. 'raw/*'.")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight (--local: 1).")] = 4,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Allow DST == SRC or DST inside SRC.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be done; write nothing.")
+    ] = False,
+    write_csv: Annotated[bool, typer.Option("--csv", help="Also write DST/.pca-manifest.csv.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Then keep protecting new files until Ctrl-C.")
+    ] = False,
+    watch_timeout: Annotated[
+        float | None, typer.Option("--watch-timeout", help="Stop watching after this many seconds.")
+    ] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries of transient errors.")] = 6,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds.")] = 330.0,
+) -> None:
+    """Protect every image under SRC into DST (mirrored tree), resumably, with a manifest."""
+    from rich.console import Console
+
+    from ..batch import BatchError, BatchRunner
+
+    console, err = Console(), Console(stderr=True)
+    if bool(server) == bool(local):
+        err.print("[red]choose exactly one of --server URL or --local[/red]")
+        raise typer.Exit(2)
+    settings = _settings(preset, eps, step, steps, seed, random_start, fmt, quality, keep_exif, eot)
+    try:
+        if dry_run:
+            runner = BatchRunner(
+                src,
+                dst,
+                _unused_processor,
+                settings=settings,
+                fmt=settings["format"],
+                include=include or (),
+                exclude=exclude or (),
+                in_place=in_place,
+            )
+            _print_dry_run(runner.dry_run(), console)
+            return
+        BatchRunner(src, dst, _unused_processor, settings=settings, fmt=settings["format"], in_place=in_place)
+        if local:
+            processor, jobs = _local_processor(settings, model, device, dtype), 1
+        else:
+            assert server is not None
+            processor = _remote_processor(settings, server, api_key, retries, timeout, jobs)
+        runner = BatchRunner(
+            src,
+            dst,
+            processor,
+            settings=settings,
+            fmt=settings["format"],
+            jobs=jobs,
+            include=include or (),
+            exclude=exclude or (),
+            in_place=in_place,
+            write_csv=write_csv,
+        )
+    except (BatchError, _UsageError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+    report = _run_with_progress(runner, err)
+    if watch and report.ok:
+        err.print(f"watching {runner.src} for new or changed images (Ctrl-C to stop)", markup=False)
+        more = runner.watch(
+            timeout_s=watch_timeout,
+            on_result=lambda r: console.print(
+                f"{r.status} {r.rel}" + (f": {r.error}" if r.error else ""), markup=False, highlight=False
+            ),
+        )
+        report.done += more.done
+        report.skipped += more.skipped
+        report.failed.extend(more.failed)
+        report.aborted = report.aborted or more.aborted
+    _summary(report, runner, console)
+    if report.interrupted:
+        raise typer.Exit(130)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _unused_processor(path: Path, data: bytes) -> tuple[bytes, str, dict[str, Any]]:
+    raise RuntimeError("dry run: nothing is protected")

@@ -1,0 +1,207 @@
+"""The FastAPI app factory. ``create_app(settings)`` builds the app; its lifespan loads the model once,
+starts the engine worker and the job runner, resumes interrupted jobs and logs an environment dump.
+
+Run it with ``uvicorn service.app:create_app --factory`` (settings from ``PCA_*`` env) or
+``pca-protect serve``. Tests pass a ``Settings`` pointing at a tiny model, or a ready ``Engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pca_attack import Engine, __version__
+
+from .deps import ApiKeyDep
+from .errors import error_response, install_error_handlers
+from .jobs import JobRunner, JobStore
+from .metrics import Metrics, MetricsMiddleware
+from .routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
+from .settings import Settings
+from .worker import EngineWorker
+
+log = logging.getLogger("service")
+
+_MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the files
+
+
+def environment_dump(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """What runs where: versions, device, model, limits (logged at start)."""
+    import diffusers
+    import fastapi
+    import torch
+
+    enc = engine.encoder
+    cuda = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else None
+    return {
+        "pca_protect": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "fastapi": fastapi.__version__,
+        "device": str(enc.device),
+        "gpu": cuda,
+        "dtype": str(enc.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "model": enc.name,
+        "latent_channels": enc.latent_channels,
+        "encoder_parameters": enc.num_parameters(),
+        "decoder_loaded": engine.decoder is not None,
+        "settings": settings.redacted(),
+    }
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over the limit, checked on Content-Length and while streaming (chunked
+    uploads too), before the multipart parser spools anything to disk."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit_for(self, path: str) -> int:
+        per_file = self.settings.max_upload_bytes
+        if path.rstrip("/").endswith("/jobs"):
+            return per_file * self.settings.max_files_per_job + _MULTIPART_OVERHEAD
+        if path.rstrip("/").endswith("/diagnostics"):
+            return 2 * per_file + _MULTIPART_OVERHEAD
+        return per_file + _MULTIPART_OVERHEAD
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        message = f"request body is larger than the limit of {limit:,} bytes (max_upload_bytes per file)"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await error_response(413, "payload_too_large", message)(scope, receive, send)
+                    return
+        state = {"received": 0, "refused": False, "started": False}
+
+        async def limited_receive() -> Message:
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                state["received"] += len(msg.get("body", b""))
+                if state["received"] > limit:
+                    state["refused"] = True
+                    if not state["started"]:
+                        await error_response(413, "payload_too_large", message)(scope, receive, guarded_send)
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def guarded_send(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                if state["started"]:
+                    return
+                state["started"] = True
+                await send(msg)
+            elif msg["type"] == "http.response.body":
+                if state.get("finished"):
+                    return
+                if not msg.get("more_body", False):
+                    state["finished"] = True
+                await send(msg)
+            else:
+                await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not state["refused"]:
+                raise
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """Build the service. ``engine`` (optional) is used instead of loading ``settings.model``."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(
+            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        loaded = engine or Engine.from_spec(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            with_decoder=settings.with_decoder,
+            offline=settings.offline,
+            max_batch=settings.max_batch,
+        )
+        worker = EngineWorker(
+            loaded,
+            queue_size=settings.queue_size,
+            max_batch=settings.max_batch,
+            metrics=metrics,
+            retry_after_s=settings.retry_after_s,
+        )
+        store = JobStore(settings.db_url, settings.data_dir, settings.job_retention_s)
+        recovered = store.recover()
+        runner = JobRunner(
+            store,
+            worker,
+            max_pixels=settings.max_pixels,
+            batch=min(settings.max_batch, settings.queue_size),
+            task_timeout_s=max(settings.request_timeout_s, 3600.0),
+            cleanup_interval_s=settings.cleanup_interval_s,
+        )
+        app.state.engine, app.state.worker, app.state.store, app.state.runner = loaded, worker, store, runner
+        log.info("environment: %s", environment_dump(settings, loaded))
+        log.info("job recovery after start: %s", recovered)
+        worker.start()
+        runner.start()
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            metrics.ready.set(0)
+            runner.stop()
+            worker.stop()
+            store.close()
+            app.state.engine = app.state.worker = app.state.store = app.state.runner = None
+
+    app = FastAPI(
+        title="pca-protect",
+        version=__version__,
+        summary="Protect images against latent-diffusion editing with the Posterior Collapse Attack",
+        description="Upload images, get them back protected (same size, lossless unless asked), with a "
+        "certificate of the budget and of the measured posterior collapse. Batch jobs survive restarts.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = app.state.worker = app.state.store = app.state.runner = None
+    install_error_handlers(app)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+    v1.include_router(protect_router)
+    v1.include_router(jobs_router)
+    v1.include_router(diagnostics_router)
+    v1.include_router(models_router)
+    # ANALYSIS-ROUTER (pending): from .routes.analysis import router as analysis_router
+    # v1.include_router(analysis_router)
+    app.include_router(v1)
+    app.include_router(health_router)
+
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics_getter=lambda: metrics)
+    return app

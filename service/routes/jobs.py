@@ -1,0 +1,210 @@
+"""Batch jobs: POST /v1/jobs (202), GET /v1/jobs/{id}, GET /v1/jobs/{id}/results (zip),
+GET /v1/jobs/{id}/items/{index}, DELETE /v1/jobs/{id}."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Path, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from ..deps import MetricsDep, ProtectParamsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
+from ..errors import ApiError
+from ..jobs import JobView, output_name
+from ..schemas import ErrorResponse, Job, JobItem, JobProgress
+from .protect import ERROR_RESPONSES, attack_config, read_upload
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(description="job id (32 hex characters)", max_length=64)]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such job (unknown, deleted or expired)"}
+}
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"job {job_id[:64]!r} does not exist (unknown, deleted or expired)")
+
+
+def job_model(view: JobView) -> Job:
+    items = [
+        JobItem(
+            index=i.index,
+            filename=i.filename,
+            status=i.status,  # type: ignore[arg-type]
+            error=i.error,
+            certificate=i.certificate,  # type: ignore[arg-type]
+            download_url=f"/v1/jobs/{view.id}/items/{i.index}"
+            if i.status == "done" and i.result_suffix
+            else None,
+        )
+        for i in view.items
+    ]
+    return Job(
+        id=view.id,
+        status=view.status,  # type: ignore[arg-type]
+        total=view.total,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+        expires_at=view.expires_at,
+        settings=view.settings,
+        progress=JobProgress(total=view.total, done=view.done, failed=view.failed),
+        error=view.error,
+        items=items,
+    )
+
+
+@router.post(
+    "",
+    operation_id="jobs-create",
+    summary="Protect several images in the background",
+    status_code=202,
+    response_model=Job,
+    responses=ERROR_RESPONSES,
+)
+async def create_job(
+    settings: SettingsDep,
+    store: StoreDep,
+    runner: RunnerDep,
+    worker: WorkerDep,
+    params: ProtectParamsDep,
+    files: Annotated[list[UploadFile], File(description="the images (1 .. max_files_per_job)")],
+) -> JSONResponse:
+    """Accept the images, store them under the data directory and queue them; answer 202 with the job.
+    Items that turn out not to be readable images fail individually (see each item's `error`)."""
+    if not files:
+        raise ApiError(422, "invalid_parameter", "send at least one file in `files`")
+    if len(files) > settings.max_files_per_job:
+        raise ApiError(
+            413,
+            "too_many_files",
+            f"{len(files)} files sent; this server accepts at most {settings.max_files_per_job} per job",
+        )
+    attack_config(params, settings)  # validate now: a job with bad settings is refused, not failed later
+    uploads = []
+    for n, upload in enumerate(files):
+        data = await read_upload(upload, settings.max_upload_bytes, what=f"files[{n}]")
+        uploads.append((upload.filename, data))
+    view = store.create(uploads, params.model_dump(mode="json"))
+    runner.wake.set()
+    body = job_model(view).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{view.id}"})
+
+
+@router.get(
+    "/{job_id}",
+    operation_id="jobs-get",
+    summary="Status, progress and items of a job",
+    response_model=Job,
+    responses=_NOT_FOUND,
+)
+async def get_job(job_id: JobId, store: StoreDep) -> Job:
+    view = store.get(job_id)
+    if view is None:
+        raise _not_found(job_id)
+    return job_model(view)
+
+
+@router.get(
+    "/{job_id}/results",
+    operation_id="jobs-results",
+    summary="Zip of the protected images, their reports and a manifest",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+        **_NOT_FOUND,
+    },
+)
+async def job_results(job_id: JobId, store: StoreDep) -> Response:
+    """Everything finished so far: `<index>_<name>.<ext>` images, `<index>_<name>.json` certificates, and
+    `manifest.json` listing every item with its status and error."""
+    view = store.get(job_id)
+    if view is None:
+        raise _not_found(job_id)
+    buffer = io.BytesIO()
+    manifest = {"job": job_model(view).model_dump(mode="json", exclude={"items"}), "items": []}
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        for item in view.items:
+            entry: dict[str, object] = {
+                "index": item.index,
+                "filename": item.filename,
+                "status": item.status,
+                "error": item.error,
+            }
+            if item.status == "done" and item.result_suffix:
+                path = store.result_path(view.id, item.index, item.result_suffix)
+                if path.exists():
+                    name = f"{item.index:04d}_{output_name(item.filename, item.result_suffix)}"
+                    zf.write(path, name)
+                    report = name.rsplit(".", 1)[0] + ".json"
+                    zf.writestr(report, json.dumps(item.certificate, indent=2))
+                    entry.update(output=name, report=report, certificate=item.certificate)
+                else:
+                    entry.update(status="failed", error="result file missing from the data directory")
+            manifest["items"].append(entry)  # type: ignore[attr-defined]
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="job-{view.id}.zip"'},
+    )
+
+
+@router.get(
+    "/{job_id}/items/{index}",
+    operation_id="jobs-item",
+    summary="Download one protected image of a job",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            }
+        },
+        409: {"model": ErrorResponse, "description": "the item is not done (yet)"},
+        **_NOT_FOUND,
+    },
+)
+async def job_item(
+    job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)], store: StoreDep
+) -> Response:
+    view = store.get(job_id)
+    if view is None:
+        raise _not_found(job_id)
+    item = next((i for i in view.items if i.index == index), None)
+    if item is None:
+        raise ApiError(404, "not_found", f"job {job_id} has no item {index} (it has {view.total})")
+    if item.status != "done" or not item.result_suffix:
+        raise ApiError(
+            409, "not_ready", f"item {index} is {item.status}" + (f": {item.error}" if item.error else "")
+        )
+    path = store.result_path(view.id, index, item.result_suffix)
+    if not path.exists():
+        raise ApiError(404, "not_found", f"the result of item {index} is missing from the data directory")
+    media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}[item.result_suffix]
+    name = output_name(item.filename, item.result_suffix)
+    return Response(
+        path.read_bytes(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+@router.delete(
+    "/{job_id}",
+    operation_id="jobs-delete",
+    summary="Cancel a job and delete its files",
+    response_model=Job,
+    responses=_NOT_FOUND,
+)
+async def delete_job(job_id: JobId, store: StoreDep, metrics: MetricsDep) -> Job:
+    """Cancel the job if it is queued or running, delete its uploads and results, and return its final
+    state. The id answers 404 afterwards."""
+    view = store.cancel_and_delete(job_id)
+    if view is None:
+        raise _not_found(job_id)
+    metrics.jobs.labels(status="deleted").inc()
+    return job_model(view)

@@ -1,0 +1,86 @@
+"""Real publishing transformations and the red-team report: shapes, ranges, determinism, retention."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pca_attack import AttackConfig, ConfigError, Protector, load_decoder, load_encoder
+from pca_attack.registry import DEMO_MODEL_DIR
+from pca_attack.robustness import TRANSFORMS, apply_transform, redteam
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Small models on a shared 2-core box: one intra-op thread avoids OpenMP oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _image(h: int = 36, w: int = 44, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, h // 4, w // 4, generator=g), size=(h, w),
+                                             mode="bilinear", align_corners=False)
+    return (torch.round(smooth * 255) / 255).clamp(0, 1)  # (1, 3, H, W) on the uint8 grid
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_transformation_keeps_shape_range_grid_and_is_deterministic(name: str, tiny_vae_dir: Path) -> None:
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    decoder = load_decoder(str(tiny_vae_dir), device="cpu")
+    x = torch.cat([_image(), _image(seed=1)])  # (2, 3, 36, 44): not a multiple of 8
+    y1 = apply_transform(name, x, 7, encoder, decoder)
+    y2 = apply_transform(name, x, 7, encoder, decoder)
+    assert y1.shape == x.shape and y1.dtype == torch.float32
+    assert float(y1.min()) >= 0.0 and float(y1.max()) <= 1.0
+    assert torch.equal(y1, y2)
+    assert torch.allclose(y1 * 255, torch.round(y1 * 255), atol=1e-4)  # a publishable uint8 image
+    if name != "none":
+        assert not torch.equal(y1, x)
+
+
+def test_noise_depends_on_the_seed() -> None:
+    x = _image()
+    assert not torch.equal(apply_transform("noise-8", x, 0), apply_transform("noise-8", x, 1))
+
+
+def test_unknown_transformation_and_purify_without_decoder_fail_clearly(tiny_vae_dir: Path) -> None:
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    with pytest.raises(ConfigError, match="jpeg-75"):
+        apply_transform("jpeg-7", _image())
+    with pytest.raises(ConfigError, match="decoder"):
+        apply_transform("purify", _image(), encoder=encoder)
+
+
+def test_redteam_report_on_a_tiny_model(tiny_vae_dir: Path) -> None:
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    clean = _image(32, 40)
+    protected = Protector(encoder, AttackConfig(steps=3)).protect(clean).images
+    report = redteam(encoder, clean, protected, transforms=["jpeg-75", "blur-1"], seed=0)
+    assert [r.transform for r in report.rows] == ["none", "jpeg-75", "blur-1"]
+    assert report.row("none").retention == pytest.approx(1.0)
+    assert report.row("none").roundtrip_damage_db is None  # no decoder given
+    json.dumps(report.to_dict())
+    md = report.to_markdown()
+    assert md.count("\n") == 5 and "| jpeg-75 |" in md
+
+
+@pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo VAE not bundled yet")
+def test_strong_jpeg_lowers_retention_on_the_demo_model() -> None:
+    from skimage import data
+
+    encoder = load_encoder("demo", device="cpu")
+    decoder = load_decoder("demo", device="cpu")
+    clean = torch.from_numpy(data.astronaut()[64:192, 160:288]).permute(2, 0, 1)[None].float() / 255
+    protected = Protector(encoder, AttackConfig(steps=10)).protect(clean).images
+    report = redteam(encoder, clean, protected, decoder=decoder, transforms=["jpeg-75", "jpeg-50"])
+    assert report.row("none").latent_drift > 0.05  # the protection did something before the channel
+    for name in ("jpeg-75", "jpeg-50"):
+        assert 0.0 <= report.row(name).retention < 1.0
+    assert report.row("jpeg-50").retention < report.row("none").retention
