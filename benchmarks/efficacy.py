@@ -23,6 +23,7 @@ Prints JSON, writes ``docs/efficacy.json`` and ``docs/img/efficacy_*.png``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = ROOT / "pca_attack" / "assets" / "demo_vae"
 PRESET_NAMES = ("pca-", "pca+", "adaptive", "pca-var")
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "immunohistochemistry", "china", "flower")
 
@@ -126,110 +128,131 @@ def mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def photo_job(name: str, x: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
+    """Everything measured on one photo (runs in a worker process). x: (3, H, W)."""
     from pca_attack import AttackConfig, Protector, load_decoder, load_encoder
-    from pca_attack.robustness import jpeg, redteam
+    from pca_attack.diagnostics import latent_drift
+    from pca_attack.robustness import jpeg, redteam, transform_names
 
-    torch.set_num_threads(args.threads)
-    encoder = load_encoder(args.model, device="cpu")
-    decoder = load_decoder(args.model, device="cpu")
-    photos = load_photos(args.quick)
-    steps = args.steps
-    result: dict[str, Any] = {
-        "model": encoder.name, "quick": args.quick, "steps": steps, "eps": 16, "step": 2,
-        "threads": args.threads, "machine": platform.platform(), "torch": torch.__version__,
-        "photos": {n: list(x.shape[1:]) for n, x in photos.items()},
-    }
-    per_method: dict[str, list[dict[str, float]]] = {}
-    traces: dict[str, list[list[float]]] = {}
-    protected_plain: dict[str, torch.Tensor] = {}
-    reach: list[dict[str, Any]] = []
-    for name, x in photos.items():
-        x4 = x[None]  # (1, 3, H, W)
-        for preset in PRESET_NAMES:
-            cfg = AttackConfig(preset=preset, steps=steps, keep_best=False)  # reference loop
-            out = Protector(encoder, cfg).protect(x4)
-            row = damage(encoder, decoder, x, out.images[0]) | {"seconds": out.elapsed_s}
-            per_method.setdefault(preset, []).append(row)
-            trace = [*out.loss_trace[0].tolist()]
-            if preset == "pca-":
-                protected_plain[name] = out.images[0]
-                ref_final = float(out.final_loss[0])  # the reference's output: last iterate, quantised
-                trace_full = trace + [ref_final]
-                clean = trace_full[0]
-                traces.setdefault(preset, []).append([v / clean for v in trace_full])
-                # the engine's defaults iterate identically and keep the best: the same trace decides
-                default = AttackConfig()
-                reach.append({
-                    "photo": name, "reference_final_loss": ref_final, "clean_loss": clean,
-                    "steps_default_to_reach_reference": steps_to_reach(trace_full, ref_final),
-                    "default_keep_best": default.keep_best, "default_steps": default.steps,
-                })
-            elif preset == "pca+":
-                traces.setdefault(preset, []).append([v / trace[0] for v in trace])
+    torch.set_num_threads(opts["threads"])
+    encoder = load_encoder(opts["model"], device="cpu")
+    decoder = load_decoder(opts["model"], device="cpu")
+    steps, x4 = opts["steps"], x[None]  # (1, 3, H, W)
+    out: dict[str, Any] = {"photo": name, "methods": {}}
+    methods = PRESET_NAMES if name in opts["compare"] else ("pca-",)
+    for preset in methods:
+        cfg = AttackConfig(preset=preset, steps=steps, keep_best=False)  # the reference loop
+        res = Protector(encoder, cfg).protect(x4)
+        out["methods"][preset] = damage(encoder, decoder, x, res.images[0]) | {"seconds": res.elapsed_s}
+        if preset == "pca-":
+            protected = res.images[0]
+            ref_final = float(res.final_loss[0])  # the reference's output: last iterate, quantised
+            trace = [*res.loss_trace[0].tolist(), ref_final]  # trace[k] = loss after k steps
+            out["trace"] = [v / trace[0] for v in trace]
+            out["reach"] = {
+                "photo": name, "reference_final_loss": ref_final, "clean_loss": trace[0],
+                "steps_default_to_reach_reference": steps_to_reach(trace, ref_final),
+            }
+    if name in opts["compare"]:
         t0 = time.perf_counter()
         pg = photoguard(encoder, x4, 16.0, 2.0, steps)
-        per_method.setdefault("photoguard", []).append(
-            damage(encoder, decoder, x, pg[0]) | {"seconds": time.perf_counter() - t0}
-        )
-        print(f"[efficacy] {name} {tuple(x.shape[1:])} done", file=sys.stderr, flush=True)
-    result["per_method"] = {m: mean_dicts(rows) for m, rows in per_method.items()}
-    result["per_photo"] = {m: dict(zip(photos, rows, strict=True)) for m, rows in per_method.items()}
+        out["methods"]["photoguard"] = damage(encoder, decoder, x, pg[0]) | {"seconds": time.perf_counter() - t0}
+    if name in opts["eot_photos"]:
+        out["eot"] = {}
+        for label, cfg in (
+            ("plain", AttackConfig(steps=opts["eot_steps"], keep_best=False)),
+            ("eot", AttackConfig(steps=opts["eot_steps"], keep_best=False, eot=opts["eot"])),
+        ):
+            res = Protector(encoder, cfg).protect(x4)
+            before = latent_drift(encoder, x, res.images[0])
+            after = latent_drift(encoder, jpeg(x4, 75)[0], jpeg(res.images, 75)[0])
+            out["eot"][label] = {"drift_before": before, "drift_after_jpeg75": after,
+                                 "retention_jpeg75": after / max(before, 1e-12), "seconds": res.elapsed_s}
+            if label == "eot":
+                out["protected_eot"] = res.images[0]
+    names = [t for t in transform_names() if t != "purify" or name in opts["purify_photos"]]
+    with_rt = name in opts["roundtrip_photos"]
+    out["redteam_plain"] = redteam(encoder, x, protected, decoder=decoder, transforms=names, seed=0,
+                                   with_roundtrip=with_rt, purify_steps=opts["purify_steps"])
+    if "protected_eot" in out:
+        out["redteam_eot"] = redteam(encoder, x, out.pop("protected_eot"), decoder=decoder, transforms=names,
+                                     seed=0, with_roundtrip=with_rt, purify_steps=opts["purify_steps"])
+    print(f"[efficacy] {name} {tuple(x.shape[1:])} done", file=sys.stderr, flush=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run photo_job over the photos (``--jobs`` worker processes) and aggregate."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from pca_attack.robustness import merge_reports
+
+    photos = load_photos(args.quick)
+    names = list(photos)
+    by_size = sorted(names, key=lambda n: photos[n].shape[1] * photos[n].shape[2])
+    opts = {
+        "model": args.model, "threads": args.threads, "steps": args.steps, "eot": args.eot,
+        "eot_steps": args.eot_steps, "purify_steps": args.purify_steps,
+        "compare": by_size[: args.compare_images], "eot_photos": by_size[: args.eot_images],
+        "purify_photos": by_size[: args.purify_images], "roundtrip_photos": by_size[: args.roundtrip_images],
+    }
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            jobs = [pool.submit(photo_job, n, photos[n], opts) for n in names]
+            done = [j.result() for j in jobs]
+    else:
+        done = [photo_job(n, photos[n], opts) for n in names]
+    from pca_attack import AttackConfig, load_encoder
+
+    default = AttackConfig()
+    weights = sorted(DEMO_DIR.glob("*.safetensors")) if args.model == "demo" else []
+    result: dict[str, Any] = {
+        "weights_sha256": hashlib.sha256(weights[0].read_bytes()).hexdigest() if weights else None,
+        "model": load_encoder(args.model, device="cpu").name, "quick": args.quick, "steps": args.steps,
+        "eps": 16, "step": 2, "threads": args.threads, "jobs": args.jobs, "machine": platform.platform(),
+        "torch": torch.__version__, "photos": {n: list(photos[n].shape[1:]) for n in names},
+        "subsets": {k: v for k, v in opts.items() if isinstance(v, list)},
+        "engine_defaults": {"keep_best": default.keep_best, "steps": default.steps,
+                            "early_stop_patience": default.early_stop_patience},
+    }
+    per_method: dict[str, list[dict[str, float]]] = {}
+    for d in done:
+        for m, row in d["methods"].items():
+            per_method.setdefault(m, []).append(row)
+    result["per_method"] = {m: mean_dicts(rows) | {"photos": len(rows)} for m, rows in per_method.items()}
+    result["per_photo"] = {d["photo"]: d["methods"] for d in done}
+    reach = [d["reach"] for d in done]
     result["steps_to_reference"] = reach
     needed = [r["steps_default_to_reach_reference"] for r in reach]
     result["steps_to_reference_summary"] = {
         "max": None if None in needed else max(needed),
         "median": None if None in needed else float(np.median(needed)),
         "target": 20,
+        "note": "first k with min(loss of iterates 0..k) <= the reference's quantised 40-step loss; the "
+                "engine's defaults (keep_best) run the same iterates, so they need k steps",
     }
-    result["loss_curves"] = {m: np.mean(np.array(t), axis=0).tolist() for m, t in traces.items()}
-
-    # -- EoT vs plain at equal steps, measured after a real JPEG q75 ------------------------------------
-    eot_names = list(photos)[: args.eot_images]
-    rows_eot: dict[str, list[dict[str, float]]] = {"plain": [], "eot": []}
-    protected_eot: dict[str, torch.Tensor] = {}
-    for name in eot_names:
-        x4 = photos[name][None]
-        for label, cfg in (
-            ("plain", AttackConfig(steps=args.eot_steps, keep_best=False)),
-            ("eot", AttackConfig(steps=args.eot_steps, keep_best=False, eot=args.eot)),
-        ):
-            out = Protector(encoder, cfg).protect(x4)
-            p4 = out.images
-            from pca_attack.diagnostics import latent_drift
-
-            before = latent_drift(encoder, x4[0], p4[0])
-            after = latent_drift(encoder, jpeg(x4, 75)[0], jpeg(p4, 75)[0])
-            rows_eot[label].append({"drift_before": before, "drift_after_jpeg75": after,
-                                    "retention_jpeg75": after / max(before, 1e-12), "seconds": out.elapsed_s})
-            if label == "eot":
-                protected_eot[name] = p4[0]
-    plain_m, eot_m = mean_dicts(rows_eot["plain"]), mean_dicts(rows_eot["eot"])
+    result["loss_curves"] = {"pca-": np.mean(np.array([d["trace"] for d in done]), axis=0).tolist()}
+    eot_rows = [d["eot"] for d in done if "eot" in d]
+    plain_m = mean_dicts([r["plain"] for r in eot_rows])
+    eot_m = mean_dicts([r["eot"] for r in eot_rows])
     result["eot_vs_plain"] = {
-        "eot_preset": args.eot, "steps": args.eot_steps, "photos": eot_names,
+        "eot_preset": args.eot, "steps": args.eot_steps, "photos": opts["eot_photos"],
         "plain": plain_m, "eot": eot_m,
         "drift_after_jpeg75_gain": eot_m["drift_after_jpeg75"] / max(plain_m["drift_after_jpeg75"], 1e-12),
         "retention_gain": eot_m["retention_jpeg75"] / max(plain_m["retention_jpeg75"], 1e-12),
         "time_ratio": eot_m["seconds"] / max(plain_m["seconds"], 1e-12),
-        "eot_beats_plain_on": sum(
-            e["drift_after_jpeg75"] > p["drift_after_jpeg75"]
-            for p, e in zip(rows_eot["plain"], rows_eot["eot"], strict=True)
-        ),
-        "per_photo": {n: {"plain": p, "eot": e} for n, p, e in
-                      zip(eot_names, rows_eot["plain"], rows_eot["eot"], strict=True)},
+        "eot_beats_plain_on": sum(r["eot"]["drift_after_jpeg75"] > r["plain"]["drift_after_jpeg75"]
+                                  for r in eot_rows),
+        "per_photo": {d["photo"]: d["eot"] for d in done if "eot" in d},
     }
-
-    # -- red team ------------------------------------------------------------------------------------
-    rt_names = list(photos)[: args.redteam_images]
-    plain_rt = redteam(encoder, [photos[n] for n in rt_names], [protected_plain[n] for n in rt_names],
-                       decoder=decoder, seed=0)
-    result["redteam_plain"] = plain_rt.to_dict() | {"markdown": plain_rt.to_markdown(), "photos": rt_names}
-    eot_rt_names = [n for n in rt_names if n in protected_eot]
-    if eot_rt_names:
-        eot_rt = redteam(encoder, [photos[n] for n in eot_rt_names], [protected_eot[n] for n in eot_rt_names],
-                         decoder=decoder, seed=0)
-        result["redteam_eot"] = eot_rt.to_dict() | {"markdown": eot_rt.to_markdown(), "photos": eot_rt_names,
-                                                    "eot_preset": args.eot, "steps": args.eot_steps}
+    plain_rt = merge_reports([d["redteam_plain"] for d in done])
+    result["redteam_plain"] = plain_rt.to_dict() | {"markdown": plain_rt.to_markdown()}
+    eot_reports = [d["redteam_eot"] for d in done if "redteam_eot" in d]
+    if eot_reports:
+        eot_rt = merge_reports(eot_reports)
+        result["redteam_eot"] = eot_rt.to_dict() | {"markdown": eot_rt.to_markdown(), "eot_preset": args.eot,
+                                                    "steps": args.eot_steps}
     return result
 
 
@@ -303,14 +326,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="PGD steps (default 40, quick 4)")
     parser.add_argument("--eot", default="jpeg-75", help="EoT preset compared with the plain attack")
     parser.add_argument("--eot-steps", type=int, default=None, help="steps of the EoT comparison (default 20)")
-    parser.add_argument("--eot-images", type=int, default=8, help="photos in the EoT comparison")
-    parser.add_argument("--redteam-images", type=int, default=8, help="photos in the red-team table")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--compare-images", type=int, default=None,
+                        help="smallest photos on which pca+/adaptive/pca-var/PhotoGuard also run (default 2)")
+    parser.add_argument("--eot-images", type=int, default=None, help="photos in the EoT comparison (default 3)")
+    parser.add_argument("--purify-images", type=int, default=None, help="photos red-teamed with purification")
+    parser.add_argument("--purify-steps", type=int, default=None, help="Adam steps of the purification")
+    parser.add_argument("--roundtrip-images", type=int, default=None,
+                        help="photos whose red team also measures round-trip damage (decoder passes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per worker")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default 2, quick 1)")
     parser.add_argument("--out-json", type=Path, default=ROOT / "docs" / "efficacy.json")
     parser.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 40)
     args.eot_steps = args.eot_steps or (2 if args.quick else 20)
+    quick_or = {"compare_images": (1, 2), "eot_images": (1, 3), "purify_images": (1, 1),
+                "purify_steps": (2, 10), "roundtrip_images": (1, 2), "jobs": (1, 2)}
+    for key, (q, full) in quick_or.items():
+        if getattr(args, key) is None:
+            setattr(args, key, q if args.quick else full)
     start = time.perf_counter()
     result = run(args)
     result["plots"] = plots(result, args.img_dir)

@@ -259,6 +259,15 @@ def memory_worker(kind: str, spec: str, size: int, device_name: str, threads: in
     }
     if cuda:
         out["cuda_peak_load_bytes"] = torch.cuda.max_memory_allocated(device) - base_cuda
+    # diffusers memory-maps safetensors lazily on CPU: weights never read (the decoder's, in an encode
+    # loop) are not resident until touched. Touch every weight to measure what the model itself holds.
+    with torch.no_grad():
+        checksum = sum(float(t.float().sum()) for t in [*model.parameters(), *model.buffers()])
+    gc.collect()
+    out["weights_resident_bytes"] = _rss_now() - base_rss
+    out["checksum_finite"] = math.isfinite(checksum)
+    if cuda:
+        out["cuda_weights_bytes"] = torch.cuda.memory_allocated(device) - base_cuda
 
     if kind == "engine":
         Protector(model, REFERENCE_CONFIG.with_(steps=1)).protect(x)  # type: ignore[arg-type]
@@ -272,16 +281,6 @@ def memory_worker(kind: str, spec: str, size: int, device_name: str, threads: in
     out["peak_step_bytes"] = max(_rss_peak(), base_peak) - base_rss
     if cuda:
         out["cuda_peak_step_bytes"] = torch.cuda.max_memory_allocated(device) - base_cuda
-    # diffusers memory-maps safetensors lazily on CPU: weights never read (the decoder's, in an encode
-    # loop) are not resident until touched. Touch every weight to measure what the model itself holds.
-    gc.collect()
-    before = _rss_now()
-    with torch.no_grad():
-        checksum = sum(float(t.float().sum()) for t in [*model.parameters(), *model.buffers()])
-    out["weights_resident_bytes"] = out["resident_after_load_bytes"] + (_rss_now() - before)
-    out["checksum_finite"] = math.isfinite(checksum)
-    if cuda:
-        out["cuda_weights_bytes"] = torch.cuda.memory_allocated(device) - base_cuda
     return out
 
 
@@ -432,9 +431,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             + ("(torch.cuda.memory_allocated)" if device.type == "cuda" else "(RSS, /proc/self/statm)")
             + "; peak_load = peak while loading, peak_step = peak over load + one attack step at batch 1 "
             + ("(torch.cuda.max_memory_allocated)" if device.type == "cuda"
-               else "(VmHWM reset before loading; else getrusage ru_maxrss). On CPU diffusers memory-maps "
-                    "safetensors, so the whole VAE's untouched decoder weights are not resident during "
-                    "an encode-only step and its peak_load is small; load_encoder copies the tensors")
+               else "(VmHWM reset before loading; else getrusage ru_maxrss), the step running after every "
+                    "weight was touched. On CPU diffusers memory-maps safetensors, so the whole VAE's "
+                    "peak_load is small (weights are paged in when read); load_encoder copies them")
         )
 
     result: dict[str, Any] = {

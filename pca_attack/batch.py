@@ -90,9 +90,7 @@ def check_folders(src: Path, dst: Path, *, in_place: bool = False) -> tuple[Path
         if dst_r == src_r:
             raise BatchError(f"destination {dst} is the source folder; pass --in-place to allow it")
         if src_r in dst_r.parents:
-            raise BatchError(
-                f"destination {dst} is inside the source folder {src}; pass --in-place to allow it"
-            )
+            raise BatchError(f"destination {dst} is inside the source folder {src}; pass --in-place to allow it")
     return src_r, dst_r
 
 
@@ -516,8 +514,15 @@ class BatchRunner:
         pending: set[Future[FileResult]] = set()
         queue = iter(tasks)
 
-        def collect(futures: Iterable[Future[FileResult]]) -> None:
-            for fut in futures:
+        def collect(futures: Iterable[Future[FileResult]], *, quiet: bool = False) -> None:
+            """Record finished futures (each once); then re-raise the first worker exception."""
+            error: BaseException | None = None
+            for fut in list(futures):
+                pending.discard(fut)
+                exc = None if fut.cancelled() else fut.exception()
+                if fut.cancelled() or exc is not None:
+                    error = error or exc
+                    continue
                 result = fut.result()
                 if result.reason == "interrupted":
                     continue
@@ -525,6 +530,8 @@ class BatchRunner:
                 report.add(result)
                 if on_result is not None:
                     on_result(result)
+            if error is not None and not quiet:
+                raise error
 
         try:
             while True:
@@ -532,7 +539,7 @@ class BatchRunner:
                     pending.add(pool.submit(self._process, task))
                 if not pending:
                     break
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 collect(finished)
         except KeyboardInterrupt:
             report.interrupted = True
@@ -549,9 +556,9 @@ class BatchRunner:
         if report.interrupted or report.aborted:
             self.cancel.set()
             pool.shutdown(wait=False, cancel_futures=True)
+            pending.difference_update([f for f in pending if f.cancelled()])  # never notify a waiter
             finished, _ = wait(pending, timeout=self.grace_s)
-            collect(f for f in finished if not f.cancelled() and f.exception() is None)
-            pending.clear()
+            collect(finished, quiet=True)  # outputs already in place get their manifest line
         else:
             pool.shutdown(wait=True)
         if self.write_csv:
@@ -605,6 +612,7 @@ class BatchRunner:
         return total
 
     def _changed(self, changes: Iterable[tuple[Any, str]]) -> list[str]:
+        """Wanted files among the changes; a new folder is scanned (its files may predate its watch)."""
         rels: set[str] = set()
         for kind, raw in changes:
             if int(kind) == 3:  # watchfiles.Change.deleted
@@ -614,6 +622,8 @@ class BatchRunner:
                 rel = path.resolve().relative_to(self.src).as_posix()
             except ValueError:
                 continue
-            if path.is_file() and wanted(rel, self.include, self.exclude):
+            if path.is_dir():
+                rels.update(f"{rel}/{sub}" for sub in walk_sources(path))
+            elif path.is_file():
                 rels.add(rel)
-        return sorted(rels)
+        return sorted(r for r in rels if wanted(r, self.include, self.exclude))

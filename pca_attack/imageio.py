@@ -137,9 +137,10 @@ def decode_image(
         )
     if min(width, height) < MIN_SIDE:
         raise ImageTooSmallError(f"image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
-    if getattr(image, "n_frames", 1) > 1:
+    frames = int(getattr(image, "n_frames", 1))
+    if frames > 1:
         raise UnsupportedImageError(
-            f"animated or multi-frame image ({image.n_frames} frames) is not supported; "
+            f"animated or multi-frame image ({frames} frames) is not supported; "
             "export the frame you want to protect as a PNG"
         )
     try:

@@ -18,7 +18,8 @@ and the **retention** of T is ``drift_T / drift_identity`` (ratio of the drifts 
 two more ratios are reported: ``retention_roundtrip`` on the round-trip damage in dB
 (PSNR(D(E(T(clean))), T(clean)) - PSNR(D(E(T(protected))), T(clean))) and ``retention_loss`` on the gap
 of the collapse loss (mean KL to the preset's target per latent element, clean minus protected, sign
-flipped for maximise presets).
+flipped for maximise presets). ``retention_roundtrip`` is left empty when the damage before the channel
+is under 0.1 dB (a ratio of two noise-level numbers means nothing).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class Context:
     seed: int
     encoder: Encoder | None = None
     decoder: Decoder | None = None
+    purify_steps: int = 20  # Adam steps of the VAE purification
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ class Transformation:
 def _purify(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     if ctx.encoder is None or ctx.decoder is None:
         raise ConfigError("purification needs a model with a decoder")
-    return purify(x, ctx.encoder, ctx.decoder)
+    return purify(x, ctx.encoder, ctx.decoder, steps=ctx.purify_steps)
 
 
 TRANSFORMS: dict[str, Transformation] = {
@@ -206,7 +208,7 @@ TRANSFORMS: dict[str, Transformation] = {
         Transformation("noise-8", "Gaussian noise, std 8/255", lambda x, c: noise(x, 8.0, c.seed)),
         Transformation("cleaner", "4x bilateral + guided filter (AdverseCleaner-style)",
                        lambda x, c: cleaner(x)),
-        Transformation("purify", "IMPRESS-style VAE purification, 20 Adam steps", _purify,
+        Transformation("purify", "IMPRESS-style VAE purification (bounded Adam steps)", _purify,
                        needs_decoder=True),
     )
 }
@@ -218,12 +220,14 @@ def transform_names() -> list[str]:
 
 
 def apply_transform(name: str, x: torch.Tensor, seed: int = 0, encoder: Encoder | None = None,
-                    decoder: Decoder | None = None) -> torch.Tensor:
+                    decoder: Decoder | None = None, purify_steps: int = 20) -> torch.Tensor:
     """Apply the named transformation to (B, 3, H, W) in [0, 1]."""
     if name not in TRANSFORMS:
         raise ConfigError(f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[name](x, Context(seed, encoder, decoder))
+    return TRANSFORMS[name](x, Context(seed, encoder, decoder, purify_steps))
 
+
+MIN_DAMAGE_DB = 0.1  # below this round-trip damage before the channel, its retention is not reported
 
 # -- the red team ------------------------------------------------------------------------------------
 
@@ -297,7 +301,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _measure(encoder: Encoder, decoder: Decoder | None, tc: torch.Tensor, tp: torch.Tensor,
-             target: float | None, sign: float) -> dict[str, float | None]:
+             target: float | None, sign: float, with_roundtrip: bool) -> dict[str, float | None]:
     """Metrics of one transformed pair tc, tp: (1, 3, H, W)."""
     mu_c, lv_c = posterior(encoder, tc)
     mu_p, lv_p = posterior(encoder, tp)
@@ -311,7 +315,7 @@ def _measure(encoder: Encoder, decoder: Decoder | None, tc: torch.Tensor, tp: to
         "pixel_psnr_db": psnr(tp[0].cpu(), tc[0].cpu()),
     }
     out["gap"] = sign * (float(out["target_kl_clean"] or 0) - float(out["target_kl_protected"] or 0))
-    if decoder is not None:
+    if decoder is not None and with_roundtrip:
         rc = psnr(roundtrip(encoder, decoder, tc)[0], tc[0].cpu())
         rp = psnr(roundtrip(encoder, decoder, tp)[0], tc[0].cpu())
         out["roundtrip_psnr_clean_db"], out["roundtrip_psnr_protected_db"] = rc, rp
@@ -332,12 +336,15 @@ def redteam(
     transforms: Sequence[str] | None = None,
     seed: int = 0,
     preset: str = "pca-",
+    with_roundtrip: bool = True,
+    purify_steps: int = 20,
 ) -> RedteamReport:
     """Apply each transformation to clean and protected images and measure what collapse survives.
 
     engine_or_encoder: an ``Engine`` (its decoder is used if ``decoder`` is None) or an ``Encoder``.
     clean, protected: (3, H, W), (B, 3, H, W) or lists of (3, H, W) in [0, 1], paired by index.
     transforms: names from ``TRANSFORMS`` (default: all; 'purify' is skipped without a decoder).
+    with_roundtrip: also measure the round-trip damage (two decoder passes per transformation).
     """
     if isinstance(engine_or_encoder, Encoder):
         encoder = engine_or_encoder
@@ -363,14 +370,21 @@ def redteam(
         c4, p4 = c[None].float(), p[None].float()  # (1, 3, H, W)
         for n in names:
             s = seed + i
-            tc = apply_transform(n, c4, s, encoder, decoder)
-            tp = apply_transform(n, p4, s, encoder, decoder)
-            per[n].append(_measure(encoder, decoder, tc, tp, target, sign))
+            tc = apply_transform(n, c4, s, encoder, decoder, purify_steps)
+            tp = apply_transform(n, p4, s, encoder, decoder, purify_steps)
+            per[n].append(_measure(encoder, decoder, tc, tp, target, sign, with_roundtrip))
     report = RedteamReport(model=encoder.name, preset=preset, images=len(cs), seed=seed)
+    report.rows = _rows(names, {n: [m for m in per[n]] for n in names}, sign)
+    return report
+
+
+def _rows(names: list[str], per: dict[str, list[dict[str, float | None]]], sign: float) -> list[RedteamRow]:
+    """Average per-image measurements and form the retention ratios against the 'none' row."""
+    rows = []
     base = {k: _mean([m.get(k) for m in per["none"]]) for k in ("latent_drift", "gap", "roundtrip_damage_db")}
     for n in names:
         avg = {k: _mean([m.get(k) for m in per[n]]) for k in per[n][0]}
-        report.rows.append(RedteamRow(
+        rows.append(RedteamRow(
             transform=n,
             description=TRANSFORMS[n].description,
             latent_drift=float(avg["latent_drift"] or 0.0),
@@ -384,9 +398,29 @@ def redteam(
             roundtrip_psnr_clean_db=avg.get("roundtrip_psnr_clean_db"),
             roundtrip_psnr_protected_db=avg.get("roundtrip_psnr_protected_db"),
             roundtrip_damage_db=avg.get("roundtrip_damage_db"),
-            retention_roundtrip=_ratio(avg.get("roundtrip_damage_db"), base["roundtrip_damage_db"]),
+            retention_roundtrip=None if abs(base["roundtrip_damage_db"] or 0.0) < MIN_DAMAGE_DB
+            else _ratio(avg.get("roundtrip_damage_db"), base["roundtrip_damage_db"]),
         ))
-    return report
+    return rows
+
+
+def merge_reports(reports: Sequence[RedteamReport]) -> RedteamReport:
+    """Pool reports over disjoint image sets (e.g. from parallel workers) into one, image-weighted.
+
+    Transformations missing from some reports are averaged over the reports that have them."""
+    first = reports[0]
+    sign = 1.0 if PRESETS[first.preset].direction == "minimize" else -1.0
+    names = list(dict.fromkeys(r.transform for rep in reports for r in rep.rows))
+    per: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
+    for rep in reports:
+        for r in rep.rows:
+            m: dict[str, float | None] = {k: v for k, v in asdict(r).items() if isinstance(v, float) or v is None}
+            m["gap"] = sign * (r.target_kl_clean - r.target_kl_protected)
+            per[r.transform].extend([m] * rep.images)
+    merged = RedteamReport(model=first.model, preset=first.preset, images=sum(r.images for r in reports),
+                           seed=first.seed)
+    merged.rows = _rows(names, per, sign)
+    return merged
 
 
 __all__ = [
@@ -399,6 +433,7 @@ __all__ = [
     "cleaner",
     "guided_filter",
     "jpeg",
+    "merge_reports",
     "noise",
     "purify",
     "redteam",

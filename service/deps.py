@@ -29,9 +29,7 @@ def get_metrics(request: Request) -> Metrics:
 
 def _not_ready(request: Request) -> ApiError:
     retry = str(request.app.state.settings.retry_after_s)
-    return ApiError(
-        503, "not_ready", "the model is not loaded (yet); retry shortly", headers={"Retry-After": retry}
-    )
+    return ApiError(503, "not_ready", "the model is not loaded (yet); retry shortly", headers={"Retry-After": retry})
 
 
 def get_worker(request: Request) -> EngineWorker:
@@ -100,17 +98,13 @@ def protect_params(
     preset: Annotated[PresetName, Form(description="collapse-loss preset (see GET /v1/models)")] = "pca-",
     eps: Annotated[float, Form(gt=0, le=64, description="Linf budget on the 0-255 scale")] = 16.0,
     step: Annotated[float, Form(gt=0, le=64, description="PGD step size on the 0-255 scale")] = 2.0,
-    steps: Annotated[
-        int, Form(ge=1, le=10_000, description="PGD iterations (<= the server's max_steps)")
-    ] = 40,
+    steps: Annotated[int, Form(ge=1, le=10_000, description="PGD iterations (<= the server's max_steps)")] = 40,
     seed: Annotated[int, Form(ge=0, le=2**32 - 1, description="seed of random start / EOT")] = 3407,
     random_start: Annotated[bool, Form(description="start from uniform noise in the budget")] = False,
     format: Annotated[OutputFormat, Form(description="output format; png is lossless")] = "png",
     quality: Annotated[int | None, Form(ge=1, le=100, description="jpeg/webp quality")] = None,
     keep_exif: Annotated[bool, Form(description="copy the input's EXIF to the output")] = True,
-    eot: Annotated[
-        str | None, Form(max_length=64, description="expectation-over-transformations preset")
-    ] = None,
+    eot: Annotated[str | None, Form(max_length=64, description="expectation-over-transformations preset")] = None,
 ) -> ProtectParams:
     return ProtectParams(
         preset=preset,

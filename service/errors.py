@@ -66,9 +66,7 @@ def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
 def error_response(
     status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(
-        error_body(code, message, jsonable_encoder(detail)), status_code=status, headers=headers
-    )
+    return JSONResponse(error_body(code, message, jsonable_encoder(detail)), status_code=status, headers=headers)
 
 
 def from_engine_error(exc: Exception) -> ApiError:
@@ -79,9 +77,7 @@ def from_engine_error(exc: Exception) -> ApiError:
     if isinstance(exc, ImageTooLargeError):
         return ApiError(413, "image_too_large", message)
     if isinstance(exc, Image.DecompressionBombError):
-        return ApiError(
-            413, "image_too_large", f"image has too many pixels (decompression-bomb guard): {message}"
-        )
+        return ApiError(413, "image_too_large", f"image has too many pixels (decompression-bomb guard): {message}")
     if isinstance(exc, UnsupportedImageError):
         return ApiError(415, "unsupported_image", message)
     if isinstance(exc, ImageTooSmallError):
@@ -135,9 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = _clean_validation(list(exc.errors()))
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
-        message = (
-            f"invalid parameter {where}: {first['msg']}" if where else f"invalid request: {first['msg']}"
-        )
+        message = f"invalid parameter {where}: {first['msg']}" if where else f"invalid request: {first['msg']}"
         return error_response(422, "invalid_parameter", message, errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -60,11 +60,7 @@ def safe_filename(name: str | None, default: str = "image") -> str:
 
 def output_name(filename: str, suffix: str) -> str:
     """``photo.jpg`` + ``.png`` -> ``photo.png`` (sanitised)."""
-    stem = (
-        safe_filename(filename).rsplit(".", 1)[0]
-        if "." in safe_filename(filename)
-        else safe_filename(filename)
-    )
+    stem = safe_filename(filename).rsplit(".", 1)[0] if "." in safe_filename(filename) else safe_filename(filename)
     return f"{stem or 'image'}{suffix}"
 
 
@@ -238,10 +234,7 @@ class JobStore:
             settings = json.loads(job.settings_json)
             for item in items:
                 item.status = "running"
-            return [
-                ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings)
-                for i in items
-            ]
+            return [ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings) for i in items]
 
     def finish_item(
         self,
@@ -318,9 +311,7 @@ class JobStore:
                         counts["requeued"] += 1
                     else:
                         item.status = "failed"
-                        item.error = (
-                            "the uploaded file was lost (missing from the data directory after a restart)"
-                        )
+                        item.error = "the uploaded file was lost (missing from the data directory after a restart)"
                         counts["failed"] += 1
                 job.status = "queued" if any(i.status == "queued" for i in job.items) else job.status
                 job.updated_at = utcnow()
@@ -332,11 +323,7 @@ class JobStore:
         now = now or utcnow()
         with self.lock:
             with self.sessions.begin() as s:
-                ids = list(
-                    s.scalars(
-                        select(JobRow.id).where(JobRow.expires_at.is_not(None), JobRow.expires_at < now)
-                    )
-                )
+                ids = list(s.scalars(select(JobRow.id).where(JobRow.expires_at.is_not(None), JobRow.expires_at < now)))
                 if ids:
                     s.execute(delete(ItemRow).where(ItemRow.job_id.in_(ids)))
                     s.execute(delete(JobRow).where(JobRow.id.in_(ids)))
@@ -348,9 +335,7 @@ class JobStore:
 
     def has_work(self) -> bool:
         with self.sessions() as s:
-            return (
-                s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
-            )
+            return s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
 
 
 def _view(job: JobRow) -> JobView:
@@ -468,9 +453,7 @@ class JobRunner:
             try:
                 image = decode_image(data, max_pixels=self.max_pixels)
             except Exception as exc:
-                self.store.finish_item(
-                    item.job_id, item.index, status="failed", error=from_engine_error(exc).message
-                )
+                self.store.finish_item(item.job_id, item.index, status="failed", error=from_engine_error(exc).message)
                 continue
             fmt = settings.get("format", "png")
             problem = format_problem(image, fmt)
@@ -480,9 +463,7 @@ class JobRunner:
             requests.append(
                 (
                     item,
-                    ProtectRequest(
-                        image, config, fmt, settings.get("quality"), bool(settings.get("keep_exif", True))
-                    ),
+                    ProtectRequest(image, config, fmt, settings.get("quality"), bool(settings.get("keep_exif", True))),
                 )
             )
         if not requests:

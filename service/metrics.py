@@ -30,9 +30,7 @@ class Metrics:
         self.queue_depth = Gauge("pca_engine_queue_depth", "engine requests waiting", registry=r)
         self.in_flight = Gauge("pca_engine_in_flight", "images being protected right now", registry=r)
         self.images = Counter("pca_images_protected_total", "images protected", ["format"], registry=r)
-        self.image_failures = Counter(
-            "pca_engine_failures_total", "engine tasks that failed", ["code"], registry=r
-        )
+        self.image_failures = Counter("pca_engine_failures_total", "engine tasks that failed", ["code"], registry=r)
         self.rejected = Counter("pca_engine_rejected_total", "requests refused: queue full", registry=r)
         self.batches = Histogram(
             "pca_engine_batch_size", "images per micro-batch", buckets=(1, 2, 3, 4, 6, 8, 16, 32), registry=r

@@ -32,17 +32,13 @@ class ProtectParams(BaseModel):
     preset: PresetName = Field(default="pca-", description="collapse-loss preset (see GET /v1/models)")
     eps: float = Field(default=16.0, gt=0, le=64, description="Linf budget on the 0-255 scale")
     step: float = Field(default=2.0, gt=0, le=64, description="PGD step size on the 0-255 scale")
-    steps: int = Field(
-        default=40, ge=1, le=10_000, description="PGD iterations (capped by the server's max_steps)"
-    )
+    steps: int = Field(default=40, ge=1, le=10_000, description="PGD iterations (capped by the server's max_steps)")
     seed: int = Field(default=3407, ge=0, le=2**32 - 1, description="seed of the random start / EOT sampling")
     random_start: bool = Field(default=False, description="start from uniform noise inside the budget")
     format: OutputFormat = Field(default="png", description="output file format (png is lossless)")
     quality: int | None = Field(default=None, ge=1, le=100, description="quality of jpeg/webp output")
     keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
-    eot: str | None = Field(
-        default=None, max_length=64, description="expectation-over-transformations preset"
-    )
+    eot: str | None = Field(default=None, max_length=64, description="expectation-over-transformations preset")
 
 
 class ProtectJSON(BaseModel):

@@ -20,51 +20,29 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PCA_", extra="ignore", validate_default=True)
 
-    model: str = Field(
-        default="demo", min_length=1, description="registry name, diffusers folder or weights file"
-    )
-    device: str = Field(
-        default="auto", description="auto | cpu | cuda | cuda:N | mps (explicit devices must exist)"
-    )
+    model: str = Field(default="demo", min_length=1, description="registry name, diffusers folder or weights file")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps (explicit devices must exist)")
     dtype: Dtype = Field(default="auto", description="encoder dtype; auto = fp16 on CUDA, fp32 elsewhere")
-    offline: bool | None = Field(
-        default=None, description="never touch the network (None: follow HF_HUB_OFFLINE)"
-    )
+    offline: bool | None = Field(default=None, description="never touch the network (None: follow HF_HUB_OFFLINE)")
     with_decoder: bool = Field(default=True, description="also load the decoder for round-trip diagnostics")
 
-    data_dir: Path = Field(
-        default=Path("data"), description="uploads, results and the default SQLite database"
-    )
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/jobs.db"
-    )
+    data_dir: Path = Field(default=Path("data"), description="uploads, results and the default SQLite database")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/jobs.db")
 
-    max_upload_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1024, description="largest accepted file, in bytes"
-    )
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="largest accepted file, in bytes")
     max_pixels: int = Field(default=40_000_000, ge=64, description="largest accepted image, width x height")
-    max_files_per_job: int = Field(
-        default=64, ge=1, le=10_000, description="files accepted by one POST /v1/jobs"
-    )
-    max_steps: int = Field(
-        default=200, ge=1, le=10_000, description="cap on the PGD steps a request may ask for"
-    )
+    max_files_per_job: int = Field(default=64, ge=1, le=10_000, description="files accepted by one POST /v1/jobs")
+    max_steps: int = Field(default=200, ge=1, le=10_000, description="cap on the PGD steps a request may ask for")
 
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API keys (comma-separated in the env); empty = open"
     )
 
     queue_size: int = Field(default=16, ge=1, le=100_000, description="engine requests waiting at most")
-    max_batch: int = Field(
-        default=4, ge=1, le=256, description="same-size images protected in one micro-batch"
-    )
-    request_timeout_s: float = Field(
-        default=300.0, gt=0, description="longest a /v1/protect request may wait"
-    )
+    max_batch: int = Field(default=4, ge=1, le=256, description="same-size images protected in one micro-batch")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="longest a /v1/protect request may wait")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 429/503 answers")
-    job_retention_s: float = Field(
-        default=86_400.0, gt=0, description="finished jobs are deleted after this long"
-    )
+    job_retention_s: float = Field(default=86_400.0, gt=0, description="finished jobs are deleted after this long")
     cleanup_interval_s: float = Field(default=60.0, gt=0, description="how often expired jobs are looked for")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -110,9 +88,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
         elif "://" not in self.database_url:
-            raise ValueError(
-                f"database_url {self.database_url!r} is not a SQLAlchemy URL (e.g. sqlite:///x.db)"
-            )
+            raise ValueError(f"database_url {self.database_url!r} is not a SQLAlchemy URL (e.g. sqlite:///x.db)")
         return self
 
     @property

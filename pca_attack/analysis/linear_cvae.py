@@ -50,7 +50,7 @@ class LinearCVAEResult(ResultMixin):
 def residual_covariance(Sxx: FloatArray, Syy: FloatArray, Sxy: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Return ``(E, U2)``: residual covariance of y given x and the regression weights ``Sxy^T Sxx^{-1}``."""
     check_nonsingular("Sxx", Sxx)
-    U2 = np.linalg.solve(Sxx, Sxy).T  # (dy, dx)
+    U2 = np.asarray(np.linalg.solve(Sxx, Sxy).T, dtype=np.float64)  # (dy, dx)
     E = Syy - U2 @ Sxy
     return 0.5 * (E + E.T), U2
 
@@ -93,8 +93,18 @@ def linear_cvae(
     mode_loss = np.where(active, 0.5 * beta * (1 + 2 * kl), kappa / (2 * ed**2))
     unexplained = max(float(np.trace(E)) - float(kappa.sum()), 0.0) / (2 * ed**2)
     return LinearCVAEResult(
-        kappa=kappa, omega=omega, lam=lam, sigma=sigma, kl_per_dim=kl, collapsed=~active,
-        status=band_status(kappa / thr, tol), threshold=thr, loss=float(unexplained + mode_loss.sum()),
-        nll_constant=0.5 * m.dy * math.log(2 * math.pi * ed**2), n_active=int(active.sum()), U2=U2, E=E,
+        kappa=kappa,
+        omega=omega,
+        lam=lam,
+        sigma=sigma,
+        kl_per_dim=kl,
+        collapsed=~active,
+        status=band_status(kappa / thr, tol),
+        threshold=thr,
+        loss=float(unexplained + mode_loss.sum()),
+        nll_constant=0.5 * m.dy * math.log(2 * math.pi * ed**2),
+        n_active=int(active.sum()),
+        U2=U2,
+        E=E,
         params={"beta": beta, "eta_enc": ee, "eta_dec": ed, "tol": tol},
     )

@@ -52,7 +52,9 @@ class LinearHVAEResult(ResultMixin):
     params: dict[str, float] = field(default_factory=dict)
 
 
-def _learnable_mode(t: float, s1: float, b1: float, b2: float, ed: float, ee: float) -> tuple[float, float, list[float]]:
+def _learnable_mode(
+    t: float, s1: float, b1: float, b2: float, ed: float, ee: float
+) -> tuple[float, float, list[float]]:
     """(lam, omega, thresholds on theta) for learnable Sigma2."""
     c = ed / ee
     lam_i = s1 / (math.sqrt(b2) * ed) * math.sqrt(max(0.0, t**2 - b2 * ed**2))
@@ -141,14 +143,26 @@ def linear_hvae(
     parts = np.array([r[3] for r in rows]).reshape(k, 3)
     mean_collapsed = lam <= 0.0
     z2_collapsed = omega <= 0.0
-    status = ["indeterminate" if r[4] else ("collapsed" if mc else "active") for r, mc in zip(rows, mean_collapsed)]
+    status = [
+        "indeterminate" if r[4] else ("collapsed" if mc else "active")
+        for r, mc in zip(rows, mean_collapsed, strict=True)
+    ]
     unrepresented = float(np.sum(theta_all**2) - np.sum(theta**2)) / (2 * ed**2)
     case = "fixed" if s2_fixed is not None else ("I" if s1**2 >= (b2 / b1) * ed**2 else "II")
     return LinearHVAEResult(
-        theta=theta, lam=lam, omega=omega, sigma=sig, kl1_per_dim=parts[:, 1], kl2_per_dim=parts[:, 2],
-        kl_per_dim=parts[:, 1] + parts[:, 2], collapsed=mean_collapsed.copy(), mean_collapsed=mean_collapsed,
-        z2_collapsed=z2_collapsed, posterior_equals_prior=z2_collapsed & np.isclose(sig, ee, rtol=1e-9, atol=0.0),
-        status=status, case=case,
+        theta=theta,
+        lam=lam,
+        omega=omega,
+        sigma=sig,
+        kl1_per_dim=parts[:, 1],
+        kl2_per_dim=parts[:, 2],
+        kl_per_dim=parts[:, 1] + parts[:, 2],
+        collapsed=mean_collapsed.copy(),
+        mean_collapsed=mean_collapsed,
+        z2_collapsed=z2_collapsed,
+        posterior_equals_prior=z2_collapsed & np.isclose(sig, ee, rtol=1e-9, atol=0.0),
+        status=status,
+        case=case,
         loss=float(max(unrepresented, 0.0) + np.sum(parts[:, 0] + b1 * parts[:, 1] + b2 * parts[:, 2])),
         params={"beta1": b1, "beta2": b2, "sigma1": s1, "eta_enc": ee, "eta_dec": ed, "tol": tol}
         | ({} if s2_fixed is None else {"sigma2": s2_fixed}),

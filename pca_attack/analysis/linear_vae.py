@@ -76,7 +76,9 @@ def _fixed_sigmas(sigma: float | ArrayLike, k: int) -> FloatArray:
     s = np.asarray(sigma, dtype=np.float64)
     s = np.full(k, float(s)) if s.ndim == 0 else s
     if s.shape != (k,):
-        raise InvalidParameterError(f"sigma must be a scalar or have one entry per latent slot ({k}), got shape {s.shape}.")
+        raise InvalidParameterError(
+            f"sigma must be a scalar or have one entry per latent slot ({k}), got shape {s.shape}."
+        )
     for v in s:
         check_positive("sigma", float(v))
     return np.sort(s)  # smallest sigma paired with the largest zeta
@@ -120,7 +122,13 @@ def linear_vae(
 
 
 def _learnable(
-    zeta: FloatArray, beta: float, ee: float, ed: float, tol: float, unexplained: float, const: float,
+    zeta: FloatArray,
+    beta: float,
+    ee: float,
+    ed: float,
+    tol: float,
+    unexplained: float,
+    const: float,
     params: dict[str, float],
 ) -> LinearVAEResult:
     thr2 = beta * ed**2
@@ -134,17 +142,35 @@ def _learnable(
     mode_loss = np.where(active, 0.5 * beta * (1 + 2 * kl), zeta**2 / (2 * ed**2))
     collapsed = ~active
     return LinearVAEResult(
-        zeta=zeta, omega=omega, lam=lam, sigma=sigma, kl_per_dim=kl, collapsed=collapsed,
-        mean_collapsed=collapsed.copy(), posterior_equals_prior=collapsed.copy(),
-        status=band_status(zeta**2 / thr2, tol), threshold=np.full(zeta.size, math.sqrt(thr2)),
-        loss=float(unexplained + mode_loss.sum()), nll_constant=const, n_active=int(active.sum()),
-        complete_collapse=bool(collapsed.all()), learnable_sigma=True, params=params,
+        zeta=zeta,
+        omega=omega,
+        lam=lam,
+        sigma=sigma,
+        kl_per_dim=kl,
+        collapsed=collapsed,
+        mean_collapsed=collapsed.copy(),
+        posterior_equals_prior=collapsed.copy(),
+        status=band_status(zeta**2 / thr2, tol),
+        threshold=np.full(zeta.size, math.sqrt(thr2)),
+        loss=float(unexplained + mode_loss.sum()),
+        nll_constant=const,
+        n_active=int(active.sum()),
+        complete_collapse=bool(collapsed.all()),
+        learnable_sigma=True,
+        params=params,
     )
 
 
 def _fixed(
-    zeta: FloatArray, sigma: FloatArray, beta: float, ee: float, ed: float, tol: float, unexplained: float,
-    const: float, params: dict[str, float],
+    zeta: FloatArray,
+    sigma: FloatArray,
+    beta: float,
+    ee: float,
+    ed: float,
+    tol: float,
+    unexplained: float,
+    const: float,
+    params: dict[str, float],
 ) -> LinearVAEResult:
     sbc = math.sqrt(beta) * ed / ee  # sqrt(beta) * c
     thr = sbc * sigma
@@ -156,10 +182,20 @@ def _fixed(
     mean_collapsed = ~(zeta > thr)
     prior_sigma = np.isclose(sigma, ee, rtol=1e-9, atol=0.0)
     return LinearVAEResult(
-        zeta=zeta, omega=omega, lam=lam, sigma=sigma, kl_per_dim=kl, collapsed=mean_collapsed,
-        mean_collapsed=mean_collapsed, posterior_equals_prior=mean_collapsed & prior_sigma,
-        status=band_status(zeta / thr, tol), threshold=thr,
-        loss=float(unexplained + np.sum(recon + beta * kl)), nll_constant=const,
-        n_active=int((~mean_collapsed).sum()), complete_collapse=bool(mean_collapsed.all()),
-        learnable_sigma=False, params=params,
+        zeta=zeta,
+        omega=omega,
+        lam=lam,
+        sigma=sigma,
+        kl_per_dim=kl,
+        collapsed=mean_collapsed,
+        mean_collapsed=mean_collapsed,
+        posterior_equals_prior=mean_collapsed & prior_sigma,
+        status=band_status(zeta / thr, tol),
+        threshold=thr,
+        loss=float(unexplained + np.sum(recon + beta * kl)),
+        nll_constant=const,
+        n_active=int((~mean_collapsed).sum()),
+        complete_collapse=bool(mean_collapsed.all()),
+        learnable_sigma=False,
+        params=params,
     )

@@ -186,7 +186,9 @@ def perturbed_collapse(
     """
     Hc, Hp = as_matrix("H_clean", H_clean), as_matrix("H_perturbed", H_perturbed)
     if Hp.shape[1] != Hc.shape[1]:
-        raise ShapeMismatchError(f"H_perturbed must have {Hc.shape[1]} feature columns like H_clean, got {Hp.shape[1]}.")
+        raise ShapeMismatchError(
+            f"H_perturbed must have {Hc.shape[1]} feature columns like H_clean, got {Hp.shape[1]}."
+        )
     lab_c, C = _labels(labels, Hc.shape[0])
     lab_p, Cp = _labels(labels if perturbed_labels is None else perturbed_labels, Hp.shape[0])
     if Cp != C:
@@ -289,15 +291,26 @@ def deep_linear_mse_geometry(
         f0, fr = f(0.0), (f(best_root) if roots else math.nan)
         x_k = best_root if roots and fr < f0 else 0.0
         near = roots and abs(fr - f0) <= tol * abs(f0)
-        rows.append((x_k, best_root, f0, fr, f(x_k), "indeterminate" if near else ("active" if x_k > 0 else "collapsed")))
+        rows.append(
+            (x_k, best_root, f0, fr, f(x_k), "indeterminate" if near else ("active" if x_k > 0 else "collapsed"))
+        )
     x = np.array([r[0] for r in rows])
     p2 = N * lh * x**M
     h2 = p2 / (p2 + N * lh) ** 2
     return DeepLinearGeometry(
-        n_k=n, x=x, root=np.array([r[1] for r in rows]), f_at_zero=np.array([r[2] for r in rows]),
-        f_at_root=np.array([r[3] for r in rows]), p2=p2, w_norm2=p2.copy(), h_norm2=h2,
-        logit=p2 / (p2 + N * lh), collapsed=x <= 0, status=[r[5] for r in rows],
-        loss=float(sum(r[4] for r in rows)), gram_diag=h2.copy(),
+        n_k=n,
+        x=x,
+        root=np.array([r[1] for r in rows]),
+        f_at_zero=np.array([r[2] for r in rows]),
+        f_at_root=np.array([r[3] for r in rows]),
+        p2=p2,
+        w_norm2=p2.copy(),
+        h_norm2=h2,
+        logit=p2 / (p2 + N * lh),
+        collapsed=x <= 0,
+        status=[r[5] for r in rows],
+        loss=float(sum(r[4] for r in rows)),
+        gram_diag=h2.copy(),
         params={"depth": M, "lambda_H": lh, "N": N} | {f"lambda_W{i + 1}": float(v) for i, v in enumerate(lw)},
     )
 

@@ -46,8 +46,17 @@ def _kl_terms(mean_sq: FloatArray, v: FloatArray, prior_var: float) -> float:
     return float(0.5 * np.sum((mean_sq + v) / prior_var - 1 - np.log(v / prior_var)))
 
 
-def vae_objective(A: FloatArray, B: FloatArray, C: FloatArray, dz: int, *, beta: float = 1.0, eta_enc: float = 1.0,
-                  eta_dec: float = 1.0, sigma: FloatArray | None = None) -> tuple[Layout, Objective]:
+def vae_objective(
+    A: FloatArray,
+    B: FloatArray,
+    C: FloatArray,
+    dz: int,
+    *,
+    beta: float = 1.0,
+    eta_enc: float = 1.0,
+    eta_dec: float = 1.0,
+    sigma: FloatArray | None = None,
+) -> tuple[Layout, Objective]:
     """Linear VAE: W (dx, dz), U (dy, dz), log_sigma (dz) unless ``sigma`` (dz,) is fixed."""
     dx, dy = A.shape[0], B.shape[0]
     shapes: dict[str, tuple[int, ...]] = {"W": (dx, dz), "U": (dy, dz)}
@@ -74,8 +83,16 @@ def vae_objective(A: FloatArray, B: FloatArray, C: FloatArray, dz: int, *, beta:
     return lay, f
 
 
-def cvae_objective(A: FloatArray, B: FloatArray, C: FloatArray, dz: int, *, beta: float = 1.0, eta_enc: float = 1.0,
-                   eta_dec: float = 1.0) -> tuple[Layout, Objective]:
+def cvae_objective(
+    A: FloatArray,
+    B: FloatArray,
+    C: FloatArray,
+    dz: int,
+    *,
+    beta: float = 1.0,
+    eta_enc: float = 1.0,
+    eta_dec: float = 1.0,
+) -> tuple[Layout, Objective]:
     """Linear CVAE: W1 (dz, dx), W2 (dz, dy), U1 (dy, dz), U2 (dy, dx), log_sigma (dz)."""
     dx, dy = A.shape[0], B.shape[0]
     lay = Layout({"W1": (dz, dx), "W2": (dz, dy), "U1": (dy, dz), "U2": (dy, dx), "log_sigma": (dz,)})
@@ -105,8 +122,17 @@ def cvae_objective(A: FloatArray, B: FloatArray, C: FloatArray, dz: int, *, beta
     return lay, f
 
 
-def hvae_objective(A: FloatArray, dz: int, *, beta1: float = 1.0, beta2: float = 1.0, sigma1: float = 1.0,
-                   eta_enc: float = 1.0, eta_dec: float = 1.0, sigma2: float | None = None) -> tuple[Layout, Objective]:
+def hvae_objective(
+    A: FloatArray,
+    dz: int,
+    *,
+    beta1: float = 1.0,
+    beta2: float = 1.0,
+    sigma1: float = 1.0,
+    eta_enc: float = 1.0,
+    eta_dec: float = 1.0,
+    sigma2: float | None = None,
+) -> tuple[Layout, Objective]:
     """Two-level linear HVAE: W1 (dz, dx), U1 (dx, dz), W2 (dz, dz), U2 (dz, dz), log_sigma (dz)."""
     dx = A.shape[0]
     shapes: dict[str, tuple[int, ...]] = {"W1": (dz, dx), "U1": (dx, dz), "W2": (dz, dz), "U2": (dz, dz)}
@@ -126,7 +152,11 @@ def hvae_objective(A: FloatArray, dz: int, *, beta1: float = 1.0, beta2: float =
         T = eye - U2 @ W2
         TP, WP = T @ P, W2 @ P
         k1 = np.sum(TP * T) + np.sum(U2**2 * v)
-        loss = recon / (2 * ed2) + beta1 * (k1 / (2 * ed2) + kl1_const) + beta2 * _kl_terms(np.sum(WP * W2, axis=1), v, ee2)
+        loss = (
+            recon / (2 * ed2)
+            + beta1 * (k1 / (2 * ed2) + kl1_const)
+            + beta2 * _kl_terms(np.sum(WP * W2, axis=1), v, ee2)
+        )
         GP = U1.T @ U1 / (2 * ed2) + beta1 * T.T @ T / (2 * ed2) + beta2 * W2.T @ W2 / (2 * ee2)  # d loss / d P
         g = {
             "W1": (-2 * U1.T @ A) / (2 * ed2) + 2 * GP @ W1 @ A,
@@ -141,14 +171,20 @@ def hvae_objective(A: FloatArray, dz: int, *, beta1: float = 1.0, beta2: float =
     return lay, f
 
 
-def minimize_restarts(lay: Layout, f: Objective, *, restarts: int = 4, seed: int = 0, init_scale: float = 0.5,
-                      max_iter: int = 5000) -> tuple[dict[str, FloatArray], float]:
+def minimize_restarts(
+    lay: Layout, f: Objective, *, restarts: int = 4, seed: int = 0, init_scale: float = 0.5, max_iter: int = 5000
+) -> tuple[dict[str, FloatArray], float]:
     """L-BFGS-B from ``restarts`` random starts; returns the best parameters and objective value."""
     rng = np.random.default_rng(seed)
     best: tuple[FloatArray, float] | None = None
     for _ in range(restarts):
-        res = minimize(f, init_scale * rng.normal(size=lay.size), jac=True, method="L-BFGS-B",
-                       options={"maxiter": max_iter, "maxfun": 2 * max_iter, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 30})
+        res = minimize(
+            f,
+            init_scale * rng.normal(size=lay.size),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": max_iter, "maxfun": 2 * max_iter, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 30},
+        )
         value = f(res.x)[0]
         if math.isfinite(value) and (best is None or value < best[1]):
             best = (res.x, value)

@@ -47,8 +47,19 @@ def _kl_gauss(mean_sq: Tensor, var: Tensor, prior_var: float) -> Tensor:
 class LinearVAEModel(nn.Module):
     """q(z|x) = N(W^T x, diag(sigma^2)), p(y|z) = N(U z, eta_dec^2 I)."""
 
-    def __init__(self, dx: int, dy: int, dz: int, *, beta: float = 1.0, eta_enc: float = 1.0, eta_dec: float = 1.0,
-                 sigma: ArrayLike | float | None = None, seed: int = 0, init_scale: float = 0.5) -> None:
+    def __init__(
+        self,
+        dx: int,
+        dy: int,
+        dz: int,
+        *,
+        beta: float = 1.0,
+        eta_enc: float = 1.0,
+        eta_dec: float = 1.0,
+        sigma: ArrayLike | float | None = None,
+        seed: int = 0,
+        init_scale: float = 0.5,
+    ) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.beta, self.ee, self.ed = beta, eta_enc, eta_dec
@@ -91,8 +102,18 @@ class LinearVAEModel(nn.Module):
 class LinearCVAEModel(nn.Module):
     """q(z|x,y) = N(W1 x + W2 y, diag(sigma^2)), p(y|z,x) = N(U1 z + U2 x, eta_dec^2 I)."""
 
-    def __init__(self, dx: int, dy: int, dz: int, *, beta: float = 1.0, eta_enc: float = 1.0, eta_dec: float = 1.0,
-                 seed: int = 0, init_scale: float = 0.5) -> None:
+    def __init__(
+        self,
+        dx: int,
+        dy: int,
+        dz: int,
+        *,
+        beta: float = 1.0,
+        eta_enc: float = 1.0,
+        eta_dec: float = 1.0,
+        seed: int = 0,
+        init_scale: float = 0.5,
+    ) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.beta, self.ee, self.ed = beta, eta_enc, eta_dec
@@ -131,8 +152,20 @@ class LinearCVAEModel(nn.Module):
 class LinearHVAEModel(nn.Module):
     """Two-level linear HVAE with fixed sigma1 and learnable (or fixed) diagonal Sigma2."""
 
-    def __init__(self, dx: int, dz: int, *, beta1: float = 1.0, beta2: float = 1.0, sigma1: float = 1.0,
-                 eta_enc: float = 1.0, eta_dec: float = 1.0, sigma2: float | None = None, seed: int = 0, init_scale: float = 0.5) -> None:
+    def __init__(
+        self,
+        dx: int,
+        dz: int,
+        *,
+        beta1: float = 1.0,
+        beta2: float = 1.0,
+        sigma1: float = 1.0,
+        eta_enc: float = 1.0,
+        eta_dec: float = 1.0,
+        sigma2: float | None = None,
+        seed: int = 0,
+        init_scale: float = 0.5,
+    ) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.b1, self.b2, self.s1, self.ee, self.ed = beta1, beta2, sigma1, eta_enc, eta_dec
@@ -185,8 +218,10 @@ def _per_dim(omega: Tensor, lam2: Tensor, var: Tensor, kl: Tensor) -> dict[str, 
     """Per-latent-dimension values, dimensions ordered by KL (descending)."""
     order = torch.argsort(kl, descending=True)
     return {
-        "omega": omega[order].numpy(), "lam": lam2.clamp_min(0).sqrt()[order].numpy(),
-        "sigma": var.sqrt()[order].numpy(), "kl_per_dim": kl[order].numpy(),
+        "omega": omega[order].numpy(),
+        "lam": lam2.clamp_min(0).sqrt()[order].numpy(),
+        "sigma": var.sqrt()[order].numpy(),
+        "kl_per_dim": kl[order].numpy(),
     }
 
 
@@ -214,7 +249,7 @@ def lbfgs_minimize(params: list[Tensor], loss_fn: Any, max_iter: int = 3000) -> 
 
     def value_and_grad(v: FloatArray) -> tuple[float, FloatArray]:
         with torch.no_grad():
-            for p, chunk in zip(params, np.split(v, np.cumsum(sizes)[:-1])):
+            for p, chunk in zip(params, np.split(v, np.cumsum(sizes)[:-1]), strict=True):
                 p.copy_(torch.as_tensor(chunk, dtype=DT).view_as(p))
         for p in params:
             p.grad = None
@@ -224,8 +259,13 @@ def lbfgs_minimize(params: list[Tensor], loss_fn: Any, max_iter: int = 3000) -> 
         return float(loss.detach()), grad
 
     x0 = np.concatenate([p.detach().numpy().ravel() for p in params])
-    res = minimize(value_and_grad, x0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-11, "maxcor": 30})
+    res = minimize(
+        value_and_grad,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-11, "maxcor": 30},
+    )
     value, _ = value_and_grad(res.x)
     return value
 
@@ -256,8 +296,9 @@ def population_objective(kind: Kind, m: Moments, *, latent_dim: int, **params: A
     raise InvalidParameterError(f"kind must be 'vae', 'cvae' or 'hvae', got {kind!r}.")
 
 
-def fit_population(kind: Kind, m: Moments, *, latent_dim: int, restarts: int = 4, max_iter: int = 5000,
-                   seed: int = 0, **params: Any) -> tuple[nn.Module, float]:
+def fit_population(
+    kind: Kind, m: Moments, *, latent_dim: int, restarts: int = 4, max_iter: int = 5000, seed: int = 0, **params: Any
+) -> tuple[nn.Module, float]:
     """Minimise the exact population objective with L-BFGS from ``restarts`` random starts; best wins.
 
     The optimisation runs on the NumPy objective (fast); the optimum is loaded into the PyTorch model.
@@ -272,18 +313,37 @@ def fit_population(kind: Kind, m: Moments, *, latent_dim: int, restarts: int = 4
     return model, value
 
 
-def fit_minibatch(kind: Kind, X: ArrayLike, Y: ArrayLike | None, *, latent_dim: int, steps: int = 30_000,
-                  batch_size: int = 128, lr: float = 3e-3, lr_final: float = 3e-4, switch: float = 0.5,
-                  seed: int = 0, **params: Any) -> nn.Module:
-    """Adam on the reparameterised minibatch negative ELBO; ``lr`` for ``switch`` of the steps, then ``lr_final``."""
+def fit_minibatch(
+    kind: Kind,
+    X: ArrayLike,
+    Y: ArrayLike | None,
+    *,
+    latent_dim: int,
+    steps: int = 30_000,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    lr_final: float = 3e-4,
+    switch: float = 0.5,
+    average_last: float = 0.1,
+    seed: int = 0,
+    **params: Any,
+) -> nn.Module:
+    """Adam on the reparameterised minibatch negative ELBO; ``lr`` for ``switch`` of the steps, then ``lr_final``.
+
+    The returned parameters are averaged over the last ``average_last`` fraction of the steps
+    (Polyak-Ruppert averaging), which removes most of the minibatch jitter; 0 disables it.
+    """
     m = resolve_moments(X=X, Y=Y)
     x = torch.as_tensor(np.asarray(X, dtype=np.float64), dtype=DT)
     y = torch.as_tensor(np.asarray(Y if Y is not None else X, dtype=np.float64), dtype=DT)
     model = build_model(kind, m, latent_dim=latent_dim, seed=seed, **params)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(seed + 12345)
     n = x.shape[0]
     bs = min(batch_size, n)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    avg_start = steps - max(1, int(average_last * steps)) if average_last > 0 else steps
+    sums = [torch.zeros_like(p) for p in trainable]
+    opt = torch.optim.Adam(trainable, lr=lr)
     for step in range(steps):
         if step == int(switch * steps):
             for group in opt.param_groups:
@@ -293,6 +353,14 @@ def fit_minibatch(kind: Kind, X: ArrayLike, Y: ArrayLike | None, *, latent_dim: 
         loss = model.minibatch_loss(x[idx], y[idx], gen)  # type: ignore[operator]
         loss.backward()
         opt.step()
+        if step >= avg_start:
+            with torch.no_grad():
+                for acc, p in zip(sums, trainable, strict=True):
+                    acc += p
+    if avg_start < steps:
+        with torch.no_grad():
+            for acc, p in zip(sums, trainable, strict=True):
+                p.copy_(acc / (steps - avg_start))
     return model
 
 
@@ -327,6 +395,8 @@ def theory_vs_trained(
     restarts: int = 4,
     steps: int = 30_000,
     batch_size: int = 128,
+    lr: float = 3e-3,
+    lr_final: float = 3e-4,
     seed: int = 0,
     **params: Any,
 ) -> TheoryComparison:
@@ -349,7 +419,9 @@ def theory_vs_trained(
     elif method == "minibatch":
         if X is None:
             raise InvalidParameterError("method='minibatch' needs data X (and Y), not moments.")
-        model = fit_minibatch(kind, X, Y, latent_dim=k, steps=steps, batch_size=batch_size, seed=seed, **params)
+        model = fit_minibatch(
+            kind, X, Y, latent_dim=k, steps=steps, batch_size=batch_size, lr=lr, lr_final=lr_final, seed=seed, **params
+        )
         with torch.no_grad():
             trained_loss = float(model.population_loss(*_tensors(m)))  # type: ignore[operator]
     else:
@@ -357,7 +429,11 @@ def theory_vs_trained(
     trained = _sorted(model.summary(m))  # type: ignore[operator]
     th = _sorted({key: getattr(theory, key) for key in trained})
     return TheoryComparison(
-        kind=kind, method=method, theory=th, trained=trained,
+        kind=kind,
+        method=method,
+        theory=th,
+        trained=trained,
         max_abs_diff={key: float(np.max(np.abs(th[key] - trained[key]))) for key in trained},
-        theory_loss=float(theory.loss), trained_loss=trained_loss,
+        theory_loss=float(theory.loss),
+        trained_loss=trained_loss,
     )

@@ -275,8 +275,13 @@ def batch_command(
         report.failed.extend(more.failed)
         report.aborted = report.aborted or more.aborted
     _summary(report, runner, console)
-    if report.interrupted:
-        raise typer.Exit(130)
+    if report.interrupted:  # workers may still wait on the network: leave now (outputs are atomic)
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     if not report.ok:
         raise typer.Exit(1)
 

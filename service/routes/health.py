@@ -12,9 +12,7 @@ from ..schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get(
-    "/healthz", operation_id="health-live", summary="Liveness: the process answers", response_model=Health
-)
+@router.get("/healthz", operation_id="health-live", summary="Liveness: the process answers", response_model=Health)
 async def healthz() -> Health:
     return Health(status="ok")
 

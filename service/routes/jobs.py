@@ -21,7 +21,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(description="job id (32 hex characters)", max_length=64)]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "no such job (unknown, deleted or expired)"}
+    404: {"model": ErrorResponse, "description": "no such job (unknown, deleted or expired)"},
+    422: {"model": ErrorResponse, "description": "malformed job id or index"},
 }
 
 
@@ -37,9 +38,7 @@ def job_model(view: JobView) -> Job:
             status=i.status,  # type: ignore[arg-type]
             error=i.error,
             certificate=i.certificate,  # type: ignore[arg-type]
-            download_url=f"/v1/jobs/{view.id}/items/{i.index}"
-            if i.status == "done" and i.result_suffix
-            else None,
+            download_url=f"/v1/jobs/{view.id}/items/{i.index}" if i.status == "done" and i.result_suffix else None,
         )
         for i in view.items
     ]
@@ -170,9 +169,7 @@ async def job_results(job_id: JobId, store: StoreDep) -> Response:
         **_NOT_FOUND,
     },
 )
-async def job_item(
-    job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)], store: StoreDep
-) -> Response:
+async def job_item(job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)], store: StoreDep) -> Response:
     view = store.get(job_id)
     if view is None:
         raise _not_found(job_id)
@@ -180,9 +177,7 @@ async def job_item(
     if item is None:
         raise ApiError(404, "not_found", f"job {job_id} has no item {index} (it has {view.total})")
     if item.status != "done" or not item.result_suffix:
-        raise ApiError(
-            409, "not_ready", f"item {index} is {item.status}" + (f": {item.error}" if item.error else "")
-        )
+        raise ApiError(409, "not_ready", f"item {index} is {item.status}" + (f": {item.error}" if item.error else ""))
     path = store.result_path(view.id, index, item.result_suffix)
     if not path.exists():
         raise ApiError(404, "not_found", f"the result of item {index} is missing from the data directory")

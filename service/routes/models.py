@@ -33,9 +33,7 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
         ),
         default_preset=DEFAULT_PRESET,
         presets=[
-            PresetInfo(
-                name=p.name, target_variance=p.target_variance, direction=p.direction, summary=p.summary
-            )
+            PresetInfo(name=p.name, target_variance=p.target_variance, direction=p.direction, summary=p.summary)
             for p in PRESETS.values()
         ],
         limits=Limits(

@@ -85,9 +85,7 @@ def check_eot(name: str) -> None:
     try:
         from pca_attack.eot import build_eot  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
-        raise ApiError(
-            422, "invalid_parameter", "eot is not available in this version of the engine"
-        ) from exc
+        raise ApiError(422, "invalid_parameter", "eot is not available in this version of the engine") from exc
     try:
         build_eot(name)
     except Exception as exc:
@@ -147,14 +145,10 @@ async def wait_for(request: Request, future: Any, timeout: float, retry_after: i
             await asyncio.sleep(0)
 
 
-async def run_protect(
-    request: Request, worker: Any, settings: Settings, req: ProtectRequest
-) -> ProtectedImage:
+async def run_protect(request: Request, worker: Any, settings: Settings, req: ProtectRequest) -> ProtectedImage:
     future = worker.submit(req)
     try:
-        result: ProtectedImage = await wait_for(
-            request, future, settings.request_timeout_s, settings.retry_after_s
-        )
+        result: ProtectedImage = await wait_for(request, future, settings.request_timeout_s, settings.retry_after_s)
     except ApiError:
         raise
     except Exception as exc:
@@ -180,8 +174,7 @@ def certificate_headers(out: ProtectedImage) -> dict[str, str]:
     response_model=None,
     responses={
         200: {
-            "description": "the protected image (default) or, with ?response=json, JSON with it and its "
-            "certificate",
+            "description": "the protected image (default) or, with ?response=json, JSON with it and its certificate",
             "model": ProtectJSON,
             "content": {"image/png": _IMAGE_SCHEMA, "image/jpeg": _IMAGE_SCHEMA, "image/webp": _IMAGE_SCHEMA},
             "headers": _CERT_HEADERS,

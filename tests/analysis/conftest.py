@@ -1,4 +1,4 @@
-"""Shared fixtures for the analysis tests: few torch threads, a `slow` marker, small problems."""
+"""Analysis tests: one BLAS/torch thread, `slow` tests only on request (PCA_RUN_SLOW=1 or -m slow)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: long-running check (run with PCA_RUN_SLOW=1)")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("PCA_RUN_SLOW") == "1":
+    markexpr = str(config.getoption("markexpr", "") or "")
+    if os.environ.get("PCA_RUN_SLOW") == "1" or ("slow" in markexpr and "not slow" not in markexpr):
         return
     skip = pytest.mark.skip(reason="slow; set PCA_RUN_SLOW=1 to run")
     for item in items:
@@ -22,19 +19,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _few_threads() -> Iterator[None]:
     """Tiny matrices: multi-threaded BLAS/torch only adds contention (10x slower on a busy box)."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl ships with scipy/sklearn setups
         yield
-        return
-    with threadpool_limits(limits=1):
-        yield
+    else:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def random_spd(eigs: list[float], seed: int = 0) -> np.ndarray:

@@ -8,7 +8,11 @@ import pytest
 from pca_attack.analysis import linear_hvae
 from pca_attack.analysis.simulate import theory_vs_trained
 
-from .conftest import random_spd
+
+def random_spd(eigs: list[float], seed: int = 0) -> np.ndarray:
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigs), len(eigs))))
+    return np.asarray(Q @ np.diag(eigs) @ Q.T)
+
 
 CASES = [
     # case I (sigma1^2 > beta2/beta1 eta_dec^2): z1 means collapse below sqrt(beta2) eta_dec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -75,8 +76,19 @@ class LiveServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
@@ -140,10 +152,8 @@ def manifest_lines(dst: Path) -> list[dict]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
     return out
 
 
@@ -161,7 +171,7 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def failed_lines(output: str) -> set[str]:
-    return {line[len("FAILED "):].split(": ", 1)[0] for line in output.splitlines() if line.startswith("FAILED ")}
+    return {line[len("FAILED ") :].split(": ", 1)[0] for line in output.splitlines() if line.startswith("FAILED ")}
 
 
 @pytest.fixture(scope="session")

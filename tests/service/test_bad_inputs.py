@@ -90,9 +90,21 @@ def test_bad_upload_is_refused_with_a_message(client: TestClient, name: str) -> 
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("eps", "0"), ("eps", "65"), ("eps", "-1"), ("eps", "abc"), ("steps", "0"), ("steps", "100000"),
-        ("step", "0"), ("preset", "pca*"), ("format", "gif"), ("quality", "0"), ("quality", "101"),
-        ("seed", "-5"), ("random_start", "maybe"), ("keep_exif", "sometimes"), ("eot", "no-such-eot"),
+        ("eps", "0"),
+        ("eps", "65"),
+        ("eps", "-1"),
+        ("eps", "abc"),
+        ("steps", "0"),
+        ("steps", "100000"),
+        ("step", "0"),
+        ("preset", "pca*"),
+        ("format", "gif"),
+        ("quality", "0"),
+        ("quality", "101"),
+        ("seed", "-5"),
+        ("random_start", "maybe"),
+        ("keep_exif", "sometimes"),
+        ("eot", "no-such-eot"),
     ],
 )
 def test_bad_parameter_is_422(client: TestClient, field: str, value: str) -> None:

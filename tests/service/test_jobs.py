@@ -140,8 +140,14 @@ def test_settings_validate() -> None:
     import pytest
     from pydantic import ValidationError
 
-    for bad in ({"queue_size": 0}, {"device": "tpu"}, {"max_batch": 0}, {"api_keys": "short"},
-                {"database_url": "jobs.db"}, {"dtype": "fp8"}):
+    for bad in (
+        {"queue_size": 0},
+        {"device": "tpu"},
+        {"max_batch": 0},
+        {"api_keys": "short"},
+        {"database_url": "jobs.db"},
+        {"dtype": "fp8"},
+    ):
         with pytest.raises(ValidationError):
             Settings(**bad)  # type: ignore[arg-type]
     s = Settings(api_keys="key-one-123, key-two-456", data_dir="/tmp/pca-x")  # type: ignore[arg-type]

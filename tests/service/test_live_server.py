@@ -3,6 +3,7 @@ bounded schemathesis run (no 5xx)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from .conftest import LiveServer, png_bytes
 
 
 def test_live_protect_and_health(live_server: LiveServer) -> None:
-    r = httpx.post(live_server.url + "/v1/protect", files={"file": ("a.png", png_bytes())},
-                   data={"steps": "2"}, timeout=60)
+    r = httpx.post(
+        live_server.url + "/v1/protect", files={"file": ("a.png", png_bytes())}, data={"steps": "2"}, timeout=60
+    )
     assert r.status_code == 200, r.text
     assert r.headers["x-pca-budget-ok"] == "true"
     assert httpx.get(live_server.url + "/healthz").status_code == 200
@@ -29,8 +31,12 @@ def test_20_concurrent_requests_with_a_small_queue(live_server: LiveServer) -> N
     data = png_bytes(64, 64)
 
     def one(i: int) -> httpx.Response:
-        return httpx.post(live_server.url + "/v1/protect", files={"file": (f"{i}.png", data)},
-                          data={"steps": "5", "seed": str(i)}, timeout=120)
+        return httpx.post(
+            live_server.url + "/v1/protect",
+            files={"file": (f"{i}.png", data)},
+            data={"steps": "5", "seed": str(i)},
+            timeout=120,
+        )
 
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(one, range(20)))
@@ -42,8 +48,12 @@ def test_20_concurrent_requests_with_a_small_queue(live_server: LiveServer) -> N
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["code"] in ("queue_full", "timeout", "not_ready")
     assert httpx.get(live_server.url + "/readyz").status_code == 200
-    assert httpx.post(live_server.url + "/v1/protect", files={"file": ("z.png", data)},
-                      data={"steps": "2"}, timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            live_server.url + "/v1/protect", files={"file": ("z.png", data)}, data={"steps": "2"}, timeout=60
+        ).status_code
+        == 200
+    )
     metrics = httpx.get(live_server.url + "/metrics").text
     assert "pca_engine_queue_depth 0.0" in metrics
 
@@ -51,18 +61,18 @@ def test_20_concurrent_requests_with_a_small_queue(live_server: LiveServer) -> N
 def test_disconnected_client_frees_its_slot(live_server: LiveServer) -> None:
     data = png_bytes(128, 128)
     for i in range(4):  # clients that give up long before the attack ends
-        try:
-            httpx.post(live_server.url + "/v1/protect", files={"file": (f"{i}.png", data)},
-                       data={"steps": "10"}, timeout=0.3)
-        except httpx.TimeoutException:
-            pass
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(
+                live_server.url + "/v1/protect", files={"file": (f"{i}.png", data)}, data={"steps": "10"}, timeout=0.3
+            )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if httpx.get(live_server.url + "/readyz").json()["detail"]["queue_depth"] == 0:
             break
         time.sleep(0.2)
-    r = httpx.post(live_server.url + "/v1/protect", files={"file": ("ok.png", png_bytes())},
-                   data={"steps": "2"}, timeout=60)
+    r = httpx.post(
+        live_server.url + "/v1/protect", files={"file": ("ok.png", png_bytes())}, data={"steps": "2"}, timeout=60
+    )
     assert r.status_code == 200
 
 
@@ -111,23 +121,37 @@ def test_job_survives_kill_9_and_restart(tiny_vae: Path, tmp_path: Path) -> None
         restarted.stop()
 
 
-@pytest.mark.skipif(shutil.which("schemathesis") is None and shutil.which(
-    str(Path(sys.executable).parent / "schemathesis")) is None, reason="schemathesis CLI not installed")
+@pytest.mark.skipif(
+    shutil.which("schemathesis") is None and shutil.which(str(Path(sys.executable).parent / "schemathesis")) is None,
+    reason="schemathesis CLI not installed",
+)
 def test_schemathesis_finds_no_server_errors(live_server: LiveServer, tmp_path: Path) -> None:
     exe = shutil.which(str(Path(sys.executable).parent / "schemathesis")) or "schemathesis"
     cmd = [
-        exe, "run", live_server.url + "/openapi.json",
-        "--checks", "not_a_server_error",
-        "--max-examples", "8",
-        "--phases", "examples,coverage,fuzzing",
-        "--seed", "1",
-        "--workers", "1",
-        "--request-timeout", "30",
-        "--max-time", "45",
-        "--generation-database", "none",
-        "--suppress-health-check", "all",
+        exe,
+        "run",
+        live_server.url + "/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "5",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--max-time",
+        "30",
+        "--generation-database",
+        "none",
+        "--suppress-health-check",
+        "all",
         "--no-color",
-        "--rate-limit", "auto",
+        "--rate-limit",
+        "auto",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

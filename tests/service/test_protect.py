@@ -55,16 +55,18 @@ def test_protect_is_deterministic_for_a_seed(client: TestClient) -> None:
 
 
 def test_protect_webp_and_rgba(client: TestClient) -> None:
-    r = client.post("/v1/protect", files={"file": ("x.png", png_bytes(32, 32, mode="RGBA"))},
-                    data={**FORM, "format": "webp"})
+    r = client.post(
+        "/v1/protect", files={"file": ("x.png", png_bytes(32, 32, mode="RGBA"))}, data={**FORM, "format": "webp"}
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/webp"
     assert Image.open(io.BytesIO(r.content)).mode == "RGBA"
 
 
 def test_rgba_as_jpeg_is_refused_with_a_reason(client: TestClient) -> None:
-    r = client.post("/v1/protect", files={"file": ("x.png", png_bytes(32, 32, mode="RGBA"))},
-                    data={**FORM, "format": "jpeg"})
+    r = client.post(
+        "/v1/protect", files={"file": ("x.png", png_bytes(32, 32, mode="RGBA"))}, data={**FORM, "format": "jpeg"}
+    )
     assert r.status_code == 422
     assert "alpha" in r.json()["error"]["message"]
 

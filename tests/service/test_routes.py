@@ -52,8 +52,14 @@ def test_health_ready_metrics(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["detail"]["worker_alive"]
     client.post("/v1/protect", files={"file": ("a.png", png_bytes())}, data={"steps": "2"})
     text = client.get("/metrics").text
-    for name in ("pca_http_requests_total", "pca_http_request_duration_seconds", "pca_engine_queue_depth",
-                 "pca_images_protected_total", "pca_attack_steps_per_second", "pca_attack_steps_total"):
+    for name in (
+        "pca_http_requests_total",
+        "pca_http_request_duration_seconds",
+        "pca_engine_queue_depth",
+        "pca_images_protected_total",
+        "pca_attack_steps_per_second",
+        "pca_attack_steps_total",
+    ):
         assert name in text
     assert 'route="/v1/protect"' in text
     assert 'pca_images_protected_total{format="png"} 1.0' in text

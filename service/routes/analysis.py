@@ -1,0 +1,81 @@
+"""`/analysis` routes: the posterior-collapse calculators and neural-collapse metrics over JSON.
+
+Self-contained (imports nothing else from ``service``): the app mounts ``router`` under ``/v1``.
+Invalid inputs (non-PSD or singular moments, mismatched shapes, ...) answer 422 with the
+calculator's message.  Handlers are plain ``def`` so FastAPI runs the CPU work in its threadpool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, HTTPException
+
+from pca_attack.analysis import linear_cvae, linear_hvae, linear_vae, neural_collapse_metrics
+from service.schemas_analysis import (
+    LinearCVAERequest,
+    LinearCVAEResponse,
+    LinearHVAERequest,
+    LinearHVAEResponse,
+    LinearVAERequest,
+    LinearVAEResponse,
+    NeuralCollapseRequest,
+    NeuralCollapseResponse,
+)
+
+router = APIRouter(prefix="/analysis", tags=["analysis"])
+
+R = TypeVar("R")
+
+
+def _run(fn: Callable[..., Any], response: type[R], **kwargs: Any) -> R:
+    try:
+        result = fn(**kwargs)
+    except ValueError as exc:  # AnalysisInputError and friends: the message says what to fix
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    return response.model_validate(result.to_dict())  # type: ignore[attr-defined, no-any-return]
+
+
+@router.post(
+    "/linear-vae",
+    operation_id="analysis-linear-vae",
+    response_model=LinearVAEResponse,
+    summary="Optimal linear VAE: per-mode collapse",
+)
+def post_linear_vae(body: LinearVAERequest) -> LinearVAEResponse:
+    """Closed-form optimum of the linear (beta-)VAE for data or second moments."""
+    return _run(linear_vae, LinearVAEResponse, **body.model_dump())
+
+
+@router.post(
+    "/linear-cvae",
+    operation_id="analysis-linear-cvae",
+    response_model=LinearCVAEResponse,
+    summary="Optimal linear conditional VAE: collapse from x-y correlation",
+)
+def post_linear_cvae(body: LinearCVAERequest) -> LinearCVAEResponse:
+    """Closed-form optimum of the linear CVAE (residual covariance E = Syy - Sxy^T Sxx^-1 Sxy)."""
+    return _run(linear_cvae, LinearCVAEResponse, **body.model_dump())
+
+
+@router.post(
+    "/linear-hvae",
+    operation_id="analysis-linear-hvae",
+    response_model=LinearHVAEResponse,
+    summary="Optimal two-level linear hierarchical VAE",
+)
+def post_linear_hvae(body: LinearHVAERequest) -> LinearHVAEResponse:
+    """Closed-form optimum of the two-level linear HVAE (learnable or fixed Sigma2)."""
+    return _run(linear_hvae, LinearHVAEResponse, **body.model_dump())
+
+
+@router.post(
+    "/neural-collapse",
+    operation_id="analysis-neural-collapse",
+    response_model=NeuralCollapseResponse,
+    summary="Neural-collapse metrics NC1-NC4",
+)
+def post_neural_collapse(body: NeuralCollapseRequest) -> NeuralCollapseResponse:
+    """NC1-NC4 of features, labels and an optional classifier."""
+    return _run(neural_collapse_metrics, NeuralCollapseResponse, **body.model_dump())
