@@ -2,7 +2,8 @@
 
 * :func:`sweep_beta` - active modes of a calculator as beta varies;
 * :func:`correlation_sweep` - active CVAE modes as the x-y correlation rho grows
-  (``x = rho y / std(y) + sqrt(1 - rho^2) xi``; ``rho=None`` means x independent of y);
+  (``x = rho y / std(y) + sqrt(1 - rho^2) xi``; ``rho=None`` means x independent of y), from exact
+  moments (:func:`correlated_moments`) or from samples (:func:`correlated_pair`);
 * :func:`plot_singular_values`, :func:`plot_active_vs_beta`, :func:`plot_active_vs_correlation`.
 
 matplotlib is imported inside the plotting functions so that importing this module stays cheap.
@@ -27,8 +28,15 @@ def sweep_beta(calculator: Callable[..., Any], betas: Sequence[float], **inputs:
     return {"beta": [float(b) for b in betas], "n_active": [float(c) for c in counts]}
 
 
+DEFAULT_VARIANCES = (4.0, 1.25, 1.04, 1.01)  # each crosses beta=1 at a different rho of the sweep
+
+
 def correlated_pair(
-    rho: float | None, *, n: int = 20_000, variances: Sequence[float] = (3.0, 2.0, 1.4, 1.1), seed: int = 0
+    rho: float | None,
+    *,
+    n: int = 20_000,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+    seed: int = 0,
 ) -> tuple[FloatArray, FloatArray]:
     """Synthetic (X, Y) with ``x = rho y/std(y) + sqrt(1 - rho^2) xi``; ``rho=None``: independent."""
     rng = np.random.default_rng(seed)
@@ -42,19 +50,35 @@ def correlated_pair(
     return X, Y
 
 
+def correlated_moments(rho: float | None, variances: Sequence[float] = DEFAULT_VARIANCES) -> dict[str, FloatArray]:
+    """Exact (population) moments of :func:`correlated_pair`: ``Sxx = I``, ``Sxy = rho diag(std y)``."""
+    v = np.asarray(variances, dtype=np.float64)
+    r = 0.0 if rho is None else float(rho)
+    return {"Sxx": np.eye(v.size), "Syy": np.diag(v), "Sxy": r * np.diag(np.sqrt(v))}
+
+
 def correlation_sweep(
     rhos: Sequence[float | None] = (None, 1 / 8, 1 / 4, 1 / 2, 1.0),
     *,
     beta: float = 1.0,
+    sampled: bool = False,
     n: int = 20_000,
     seed: int = 0,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
     **params: Any,
 ) -> dict[str, list[Any]]:
-    """Active CVAE modes for each correlation ``rho`` (``None`` = independent), with the kappas."""
+    """Active CVAE modes for each correlation ``rho`` (``None`` = independent), with the kappas.
+
+    ``sampled=False`` uses the exact population moments (E = diag(var (1 - rho^2))); ``sampled=True``
+    draws ``n`` samples per rho, so sampling noise can blur modes near the threshold.
+    """
     out: dict[str, list[Any]] = {"rho": [], "n_active": [], "kappa": []}
     for rho in rhos:
-        X, Y = correlated_pair(rho, n=n, seed=seed)
-        res = linear_cvae(X, Y, beta=beta, **params)
+        if sampled:
+            X, Y = correlated_pair(rho, n=n, seed=seed, variances=variances)
+            res = linear_cvae(X, Y, beta=beta, **params)
+        else:
+            res = linear_cvae(beta=beta, **correlated_moments(rho, variances), **params)
         out["rho"].append(0.0 if rho is None else float(rho))
         out["n_active"].append(res.n_active)
         out["kappa"].append(res.kappa.tolist())

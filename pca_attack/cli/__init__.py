@@ -3,6 +3,7 @@
     pca-protect protect INPUT... -o OUTDIR     protect files/folders in-process
     pca-protect models list|download            manage the Hugging Face cache
     pca-protect diagnose IMAGE [PROTECTED]      posterior statistics of an image or a pair
+    pca-protect batch SRC DST --server URL      resumable folder batch (or --local)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from .._version import __version__
+from .batch import batch_command
 from .diagnose import diagnose_command
 from .models_cmd import models_app
 from .protect import protect_command
@@ -44,6 +46,7 @@ def _root(
 
 app.command("protect")(protect_command)
 app.command("diagnose")(diagnose_command)
+app.command("batch")(batch_command)
 app.add_typer(models_app, name="models")
 
 

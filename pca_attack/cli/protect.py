@@ -7,8 +7,6 @@ certificate beside it (``<output name>.json``). Inputs are never overwritten.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -28,21 +26,6 @@ from .options import (
     StepOpt,
     StepsOpt,
 )
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Path, Path]]:
@@ -93,6 +76,7 @@ def protect_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..batch import atomic_write
     from ..config import AttackConfig
     from ..errors import PCAError
     from ..imageio import normalise_format

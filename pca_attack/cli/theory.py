@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import typer
@@ -266,7 +266,8 @@ def sweep_beta_cmd(
 @theory_app.command("sweep-correlation")
 def sweep_correlation_cmd(
     beta: Beta = 1.0,
-    n: Annotated[int, typer.Option(help="Synthetic samples per rho.")] = 20_000,
+    sampled: Annotated[bool, typer.Option(help="Draw samples instead of using exact moments.")] = False,
+    n: Annotated[int, typer.Option(help="Synthetic samples per rho (with --sampled).")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     plot: PlotOut = None,
     json_out: JsonOut = None,
@@ -274,7 +275,7 @@ def sweep_correlation_cmd(
     """Linear CVAE on synthetic x = rho y + sqrt(1-rho^2) xi: active modes fall as rho grows."""
     from pca_attack.analysis.plots import correlation_sweep, plot_active_vs_correlation
 
-    sweep = correlation_sweep(beta=beta, n=n, seed=seed)
+    sweep = correlation_sweep(beta=beta, sampled=sampled, n=n, seed=seed)
     table = Table(title=f"CVAE active modes vs correlation (beta={beta:g})")
     table.add_column("rho", justify="right")
     table.add_column("active modes", justify="right")

@@ -1,8 +1,10 @@
 """Minibatch reparameterised-ELBO training agrees with the closed form (reference §E tolerances).
 
-The default variant trains 2,000 large-batch steps with a faster first learning rate and checks the
-reference's test tolerance (0.02 absolute or 2% relative); the slow variant (PCA_RUN_SLOW=1) is
-the reference protocol (batch 128, Adam 3e-3 then 3e-4, 30k steps) with its tight bounds.
+The default variant trains 2,000 large-batch steps (batch 1024, Adam 1e-2 then 3e-4, parameters
+averaged over the last 10% of steps) and checks the reference's test tolerance (0.02 absolute or 2%
+relative) plus its |d omega| <= 4e-3 and KL/dim <= 0.006 bounds.  The slow variant (PCA_RUN_SLOW=1
+or ``-m slow``) is the reference protocol (batch 128, Adam 3e-3 then 3e-4, 30k steps) with all three
+bounds, including |d sigma| <= 1.1e-3.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def gaussian(n: int, variances: list[float], seed: int = 0) -> np.ndarray:
 
 
 def within(cmp, abs_tol: float = 0.02, rel_tol: float = 0.02) -> None:
+    assert cmp.max_abs_diff["omega"] <= 4e-3, cmp.max_abs_diff
+    assert cmp.max_abs_diff["kl_per_dim"] <= 6e-3, cmp.max_abs_diff
     for key in cmp.trained:
         th, tr = cmp.theory[key], cmp.trained[key]
         ok = np.abs(th - tr) <= np.maximum(abs_tol, rel_tol * np.abs(th))

@@ -17,10 +17,11 @@ from pca_attack.analysis.plots import (
 
 
 def test_correlation_sweep_library() -> None:
-    sweep = correlation_sweep(n=5000)
+    sweep = correlation_sweep()  # exact moments: rho = independent, 1/8, 1/4, 1/2, 1
     assert sweep["rho"] == [0.0, 1 / 8, 1 / 4, 1 / 2, 1.0]
-    assert sweep["n_active"] == sorted(sweep["n_active"], reverse=True)
-    assert sweep["n_active"][0] > sweep["n_active"][-1] == 0
+    assert sweep["n_active"] == [4, 3, 2, 1, 0]  # strictly falling as rho grows
+    sampled = correlation_sweep([None, 0.5, 1.0], sampled=True, n=5000)
+    assert sampled["n_active"][0] > sampled["n_active"][1] > sampled["n_active"][2] == 0
 
 
 def test_plots_are_pngs(tmp_path: Path) -> None:
@@ -31,7 +32,7 @@ def test_plots_are_pngs(tmp_path: Path) -> None:
     theory = {"omega": res.omega, "lam": res.lam, "sigma": res.sigma}
     paths = [
         plot_active_vs_beta({"vae": sweep}, tmp_path / "a.png"),
-        plot_active_vs_correlation(correlation_sweep(n=2000), tmp_path / "b.png"),
+        plot_active_vs_correlation(correlation_sweep(), tmp_path / "b.png"),
         plot_singular_values(theory, theory, tmp_path / "sub" / "c.png"),
     ]
     for p in paths:

@@ -155,3 +155,4 @@ def test_schemathesis_finds_no_server_errors(live_server: LiveServer, tmp_path: 
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Tested: " in result.stdout and "passed" in result.stdout, result.stdout[-3000:]

@@ -109,3 +109,12 @@ def test_cancelled_request_frees_its_slot(client: TestClient) -> None:
         if not f.cancelled():
             f.result(timeout=60)
     assert worker.depth == 0
+
+
+def test_request_timeout_is_503_with_retry_after(tiny_vae: Path, tmp_path: Path) -> None:
+    settings = make_settings(tiny_vae, tmp_path / "d", request_timeout_s=0.01, max_steps=10)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/protect", files={"file": ("a.png", png_bytes(128, 128))}, data={"steps": "10"})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "timeout" and int(r.headers["retry-after"]) >= 1
+        assert client.get("/readyz").status_code == 200
