@@ -60,7 +60,7 @@ def load_photos(quick: bool) -> dict[str, torch.Tensor]:
         if quick:
             h, w = a.shape[:2]
             a = a[(h - 96) // 2 : (h - 96) // 2 + 96, (w - 128) // 2 : (w - 128) // 2 + 128]
-        out[name] = torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1).float() / 255.0
+        out[name] = torch.from_numpy(np.array(a[..., :3])).permute(2, 0, 1).float() / 255.0
     return out
 
 
@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eot", default="jpeg-75", help="EoT preset compared with the plain attack")
     parser.add_argument("--eot-steps", type=int, default=None, help="steps of the EoT comparison (default 20)")
     parser.add_argument("--compare-images", type=int, default=None,
-                        help="smallest photos on which pca+/adaptive/pca-var/PhotoGuard also run (default 2)")
-    parser.add_argument("--eot-images", type=int, default=None, help="photos in the EoT comparison (default 3)")
+                        help="smallest photos on which pca+/adaptive/pca-var/PhotoGuard also run (default 1)")
+    parser.add_argument("--eot-images", type=int, default=None, help="photos in the EoT comparison (default 2)")
     parser.add_argument("--purify-images", type=int, default=None, help="photos red-teamed with purification")
     parser.add_argument("--purify-steps", type=int, default=None, help="Adam steps of the purification")
     parser.add_argument("--roundtrip-images", type=int, default=None,
@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 40)
     args.eot_steps = args.eot_steps or (2 if args.quick else 20)
-    quick_or = {"compare_images": (1, 2), "eot_images": (1, 3), "purify_images": (1, 1),
-                "purify_steps": (2, 10), "roundtrip_images": (1, 2), "jobs": (1, 2)}
+    quick_or = {"compare_images": (1, 1), "eot_images": (1, 2), "purify_images": (1, 1),
+                "purify_steps": (2, 10), "roundtrip_images": (1, 1), "jobs": (1, 2)}
     for key, (q, full) in quick_or.items():
         if getattr(args, key) is None:
             setattr(args, key, q if args.quick else full)

@@ -49,7 +49,7 @@ def main() -> None:
         cmp.theory,
         cmp.trained,
         args.out / "theory_singular_values.png",
-        title=f"Linear VAE, beta=1: closed form (o) vs minibatch Adam (x), {args.steps} steps",
+        title=f"Linear VAE, beta=1: closed form (o) vs minibatch Adam (x, {args.steps} steps)",
     )
 
     betas = list(np.geomspace(0.05, 10, 40))

@@ -25,7 +25,7 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # diffusers' DiagonalGaussianDistribution 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, what: str) -> None:
     sub = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(sub, strict=False)
+    missing, unexpected = module.load_state_dict(sub, strict=False, assign=True)
     if missing or unexpected:
         raise ModelLoadError(
             f"{what} weights do not match the config: {len(missing)} missing (e.g. {missing[:3]}), "
@@ -130,23 +130,25 @@ def build_encoder(
     arch = _architecture(config)
     latent = int(config.get("latent_channels", 4))
     try:
-        body = DiffusersEncoder(
-            in_channels=int(config.get("in_channels", 3)),
-            out_channels=latent,
-            down_block_types=arch["down_block_types"],
-            block_out_channels=arch["block_out_channels"],
-            layers_per_block=arch["layers_per_block"],
-            norm_num_groups=arch["norm_num_groups"],
-            act_fn=arch["act_fn"],
-            double_z=True,
-            mid_block_add_attention=arch["mid_block_add_attention"],
-        )
+        with torch.device("meta"):  # no random init: the weights are assigned from the file below
+            body = DiffusersEncoder(
+                in_channels=int(config.get("in_channels", 3)),
+                out_channels=latent,
+                down_block_types=arch["down_block_types"],
+                block_out_channels=arch["block_out_channels"],
+                layers_per_block=arch["layers_per_block"],
+                norm_num_groups=arch["norm_num_groups"],
+                act_fn=arch["act_fn"],
+                double_z=True,
+                mid_block_add_attention=arch["mid_block_add_attention"],
+            )
     except Exception as exc:
         raise ModelLoadError(f"config of {source.label} does not describe a KL-VAE encoder: {exc}") from exc
     _load_strict(body, state, "encoder.", "encoder")
     quant_conv: nn.Module | None = None
     if config.get("use_quant_conv", True):
-        quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1)
+        with torch.device("meta"):
+            quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1)
         _load_strict(quant_conv, state, "quant_conv.", "quant_conv")
     return Encoder(body, quant_conv, name=source.label, config=config, device=device, dtype=dtype)
 
@@ -162,20 +164,22 @@ def build_decoder(
         raise ModelLoadError(f"{source.label} has no decoder weights (an encoder-only file?)")
     arch = _architecture(config)
     latent = int(config.get("latent_channels", 4))
-    body = DiffusersDecoder(
-        in_channels=latent,
-        out_channels=int(config.get("out_channels", 3)),
-        up_block_types=arch["up_block_types"],
-        block_out_channels=arch["block_out_channels"],
-        layers_per_block=arch["layers_per_block"],
-        norm_num_groups=arch["norm_num_groups"],
-        act_fn=arch["act_fn"],
-        mid_block_add_attention=arch["mid_block_add_attention"],
-    )
+    with torch.device("meta"):  # no random init: the weights are assigned from the file below
+        body = DiffusersDecoder(
+            in_channels=latent,
+            out_channels=int(config.get("out_channels", 3)),
+            up_block_types=arch["up_block_types"],
+            block_out_channels=arch["block_out_channels"],
+            layers_per_block=arch["layers_per_block"],
+            norm_num_groups=arch["norm_num_groups"],
+            act_fn=arch["act_fn"],
+            mid_block_add_attention=arch["mid_block_add_attention"],
+        )
     _load_strict(body, state, "decoder.", "decoder")
     post: nn.Module | None = None
     if config.get("use_post_quant_conv", True):
-        post = nn.Conv2d(latent, latent, 1)
+        with torch.device("meta"):
+            post = nn.Conv2d(latent, latent, 1)
         _load_strict(post, state, "post_quant_conv.", "post_quant_conv")
     return Decoder(body, post, name=source.label, device=device, dtype=dtype)
 

@@ -24,6 +24,7 @@ from .errors import error_response, install_error_handlers
 from .jobs import JobRunner, JobStore
 from .metrics import Metrics, MetricsMiddleware
 from .routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
+from .routes.analysis import router as analysis_router
 from .settings import Settings
 from .worker import EngineWorker
 
@@ -195,8 +196,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     v1.include_router(jobs_router)
     v1.include_router(diagnostics_router)
     v1.include_router(models_router)
-    # ANALYSIS-ROUTER (pending): from .routes.analysis import router as analysis_router
-    # v1.include_router(analysis_router)
+    v1.include_router(analysis_router)
     app.include_router(v1)
     app.include_router(health_router)
 

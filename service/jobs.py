@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -17,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import (
     DateTime,
@@ -182,7 +183,8 @@ class JobStore:
         return self.job_dir(job_id) / f"{int(index):05d}.out{suffix}"
 
     # -- creating and reading -----------------------------------------------------------------------
-    def create(self, files: list[tuple[str | None, bytes]], settings: dict[str, Any]) -> JobView:
+    def create(self, files: list[tuple[str | None, bytes | BinaryIO]], settings: dict[str, Any]) -> JobView:
+        """Store the uploads (bytes, or file objects copied in chunks) and queue a job for them."""
         job_id = uuid.uuid4().hex
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True)
@@ -362,13 +364,16 @@ def _view(job: JobRow) -> JobView:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
+    """Write to a temporary name, fsync, rename: a crash never leaves a half-written file behind."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        if isinstance(data, bytes | bytearray):
+            fh.write(data)
+        else:
+            data.seek(0)
+            shutil.copyfileobj(data, fh, 1024 * 1024)
         fh.flush()
-        import os
-
         os.fsync(fh.fileno())
     tmp.replace(path)
 
@@ -396,6 +401,11 @@ class JobRunner:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._inflight: dict[str, list[Any]] = {}  # job id -> futures waiting in the engine queue
+
+    def cancel(self, job_id: str) -> int:
+        """Drop a deleted job's images still waiting in the engine queue (frees their slots)."""
+        return sum(1 for f in self._inflight.get(job_id, []) if f.cancel())
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pca-job-runner", daemon=True)
@@ -469,9 +479,23 @@ class JobRunner:
         if not requests:
             return
         futures = self.worker.submit_many([r for _, r in requests], block=True, timeout=None)
+        self._inflight[claimed[0].job_id] = futures
+        try:
+            self._collect(requests, futures)
+        finally:
+            self._inflight.pop(claimed[0].job_id, None)
+
+    def _collect(self, requests: list[tuple[ClaimedItem, Any]], futures: list[Any]) -> None:
+        from concurrent.futures import CancelledError
+
+        from .errors import from_engine_error
+
         for (item, _), future in zip(requests, futures, strict=True):
             try:
                 out = future.result(timeout=self.task_timeout_s)
+            except CancelledError:
+                self.store.finish_item(item.job_id, item.index, status="cancelled", error="job cancelled")
+                continue
             except Exception as exc:
                 api = from_engine_error(exc)
                 message = api.message if api.status < 500 else f"protection failed: {exc}"

@@ -91,8 +91,12 @@ def _figure(title: str) -> tuple[Any, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.set_title(title)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=110)
+    ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return fig, ax
 
@@ -122,6 +126,9 @@ def plot_singular_values(
         color = f"C{i}"
         ax.plot(modes, theory[key], "o", mfc="none", ms=10, color=color, label=f"{key} theory")
         ax.plot(modes, trained[key], "x", ms=8, color=color, label=f"{key} trained")
+    from matplotlib.ticker import AutoLocator
+
+    ax.yaxis.set_major_locator(AutoLocator())
     ax.set_xlabel("mode (sorted)")
     ax.set_ylabel("value")
     ax.legend(fontsize=8)
@@ -133,7 +140,7 @@ def plot_active_vs_beta(sweeps: dict[str, dict[str, list[float]]], path: str | P
     fig, ax = _figure("Active latent modes vs beta")
     for label, sw in sweeps.items():
         ax.step(sw["beta"], sw["n_active"], where="post", label=label)
-    ax.set_xscale("log")
+    ax.set_xscale("log")  # replaces the integer x locator
     ax.set_xlabel("beta")
     ax.set_ylabel("active modes")
     ax.legend(fontsize=8)

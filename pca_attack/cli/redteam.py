@@ -73,6 +73,10 @@ def redteam_command(
         str | None, typer.Option("--transforms", "-t", help="Comma-separated subset (default: all).")
     ] = None,
     max_images: Annotated[int, typer.Option("--max-images", help="Use at most this many images.")] = 16,
+    roundtrip: Annotated[
+        bool, typer.Option("--roundtrip/--no-roundtrip", help="Also measure round-trip damage (decoder passes).")
+    ] = True,
+    purify_steps: Annotated[int, typer.Option("--purify-steps", help="Adam steps of the VAE purification.")] = 20,
     offline: OfflineOpt = False,
 ) -> None:
     """Protect the image(s), push them through real publishing channels, report what collapse survives."""
@@ -106,7 +110,8 @@ def redteam_command(
             protecteds.append(decode_image(result.data).to_tensor())  # the bytes actually written
             certs.append({"file": str(path), **result.certificate.model_dump()})
             console.print(f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
-        report = redteam(engine, cleans, protecteds, transforms=names, seed=seed, preset=preset)
+        report = redteam(engine, cleans, protecteds, transforms=names, seed=seed, preset=preset,
+                         with_roundtrip=roundtrip, purify_steps=purify_steps)
     except PCAError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..deps import MetricsDep, ProtectParamsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
 from ..errors import ApiError
@@ -83,11 +84,17 @@ async def create_job(
             f"{len(files)} files sent; this server accepts at most {settings.max_files_per_job} per job",
         )
     attack_config(params, settings)  # validate now: a job with bad settings is refused, not failed later
-    uploads = []
+    uploads: list[tuple[str | None, bytes | BinaryIO]] = []
     for n, upload in enumerate(files):
-        data = await read_upload(upload, settings.max_upload_bytes, what=f"files[{n}]")
-        uploads.append((upload.filename, data))
-    view = store.create(uploads, params.model_dump(mode="json"))
+        if upload.size is None:  # size unknown: read it (bounded) to check the limit
+            uploads.append((upload.filename, await read_upload(upload, settings.max_upload_bytes, f"files[{n}]")))
+        elif upload.size > settings.max_upload_bytes:
+            raise ApiError(
+                413, "file_too_large", f"files[{n}] is larger than the limit of {settings.max_upload_bytes:,} bytes"
+            )
+        else:  # spooled by the multipart parser: copied to the data directory in chunks, not held in memory
+            uploads.append((upload.filename, upload.file))
+    view = await run_in_threadpool(store.create, uploads, params.model_dump(mode="json"))
     runner.wake.set()
     body = job_model(view).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{view.id}"})
@@ -195,10 +202,11 @@ async def job_item(job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)
     response_model=Job,
     responses=_NOT_FOUND,
 )
-async def delete_job(job_id: JobId, store: StoreDep, metrics: MetricsDep) -> Job:
+async def delete_job(job_id: JobId, store: StoreDep, runner: RunnerDep, metrics: MetricsDep) -> Job:
     """Cancel the job if it is queued or running, delete its uploads and results, and return its final
     state. The id answers 404 afterwards."""
     view = store.cancel_and_delete(job_id)
+    runner.cancel(job_id)
     if view is None:
         raise _not_found(job_id)
     metrics.jobs.labels(status="deleted").inc()
