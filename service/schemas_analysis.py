@@ -159,7 +159,7 @@ class LinearHVAEResponse(_ModeResult):
 class NeuralCollapseResponse(BaseModel):
     n_classes: int = Field(..., description="Number of classes C.")
     nc1: float = Field(..., description="Tr(Sigma_W Sigma_B^+)/C (pseudo-inverse truncated to rank C-1).")
-    nc1_trace_ratio: float = Field(..., description="Tr Sigma_W / Tr Sigma_B.")
+    nc1_trace_ratio: float | None = Field(..., description="Tr Sigma_W / Tr Sigma_B (null if Tr Sigma_B = 0).")
     nc2_equinorm_means: float = Field(..., description="std/mean of centred class-mean norms.")
     nc2_equiangular_means: float = Field(..., description="mean |cos + 1/(C-1)| over class-mean pairs.")
     nc2_cos_std_means: float = Field(..., description="std of the class-mean pair cosines.")

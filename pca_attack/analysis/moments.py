@@ -223,7 +223,7 @@ def band_status(ratio: FloatArray, tol: float) -> list[str]:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Recursively convert numpy arrays/scalars and dataclasses to plain JSON types."""
+    """Recursively convert numpy arrays/scalars and dataclasses to plain JSON types (NaN/inf -> None)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, np.ndarray):
@@ -237,7 +237,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer, int)):
         return int(value)
     if isinstance(value, (np.floating, float)):
-        return float(value)
+        return float(value) if math.isfinite(value) else None  # NaN/inf are not JSON: None
     return value
 
 

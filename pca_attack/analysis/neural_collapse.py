@@ -115,11 +115,13 @@ def neural_collapse_metrics(
     keep = keep[ev[keep] > 1e-12 * max(float(ev.max()), 1e-300)]
     pinv = (V[:, keep] / ev[keep]) @ V[:, keep].T
     tr_b = float(np.trace(sigma_b))
+    if tr_b <= 1e-300:
+        raise AnalysisInputError("all class means are equal (zero between-class spread): NC metrics are undefined.")
     cos = _cosines(Mt)
     res = NeuralCollapseResult(
         n_classes=C,
         nc1=float(np.trace(sigma_w @ pinv) / C),
-        nc1_trace_ratio=float(np.trace(sigma_w) / tr_b) if tr_b > 0 else math.inf,
+        nc1_trace_ratio=float(np.trace(sigma_w) / tr_b),
         nc2_equinorm_means=_equinorm(Mt),
         nc2_equiangular_means=float(np.mean(np.abs(cos + 1 / (C - 1)))),
         nc2_cos_std_means=float(np.std(cos)),

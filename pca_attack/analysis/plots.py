@@ -78,7 +78,8 @@ def correlation_sweep(
             X, Y = correlated_pair(rho, n=n, seed=seed, variances=variances)
             res = linear_cvae(X, Y, beta=beta, **params)
         else:
-            res = linear_cvae(beta=beta, **correlated_moments(rho, variances), **params)
+            mom = correlated_moments(rho, variances)
+            res = linear_cvae(Sxx=mom["Sxx"], Syy=mom["Syy"], Sxy=mom["Sxy"], beta=beta, **params)
         out["rho"].append(0.0 if rho is None else float(rho))
         out["n_active"].append(res.n_active)
         out["kappa"].append(res.kappa.tolist())
@@ -90,7 +91,6 @@ def _figure(title: str) -> tuple[Any, Any]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=110)

@@ -72,6 +72,8 @@ def test_bad_inputs() -> None:
         neural_collapse_metrics(H, labels, W.T)
     with pytest.raises(AnalysisInputError, match="classes without samples"):
         neural_collapse_metrics(H, np.where(labels == 1, 2, labels))
+    with pytest.raises(AnalysisInputError, match="class means are equal"):
+        neural_collapse_metrics(np.ones((4, 2)), [0, 0, 1, 1])
     with pytest.raises(AnalysisInputError, match="at least 2 classes"):
         neural_collapse_metrics(H, np.zeros(len(labels), dtype=int))
 
