@@ -4,6 +4,7 @@
     pca-protect models list|download            manage the Hugging Face cache
     pca-protect diagnose IMAGE [PROTECTED]      posterior statistics of an image or a pair
     pca-protect batch SRC DST --server URL      resumable folder batch (or --local)
+    pca-protect serve --model NAME              the REST service (see openapi.yaml)
     pca-protect theory ...                      posterior-collapse theory calculators and plots
 """
 
@@ -19,6 +20,7 @@ from .batch import batch_command
 from .diagnose import diagnose_command
 from .models_cmd import models_app
 from .protect import protect_command
+from .serve import serve_command
 from .theory import theory_app
 
 app = typer.Typer(
@@ -49,6 +51,7 @@ def _root(
 app.command("protect")(protect_command)
 app.command("diagnose")(diagnose_command)
 app.command("batch")(batch_command)
+app.command("serve")(serve_command)
 app.add_typer(models_app, name="models")
 app.add_typer(theory_app, name="theory")
 

@@ -82,13 +82,12 @@ async def decode_upload(data: bytes, settings: Settings, what: str = "file") -> 
 
 def check_eot(name: str) -> None:
     """422 unless ``name`` is an expectation-over-transformations preset the engine knows."""
-    try:
-        from pca_attack.eot import build_eot  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise ApiError(422, "invalid_parameter", "eot is not available in this version of the engine") from exc
+    from pca_attack.eot import build_eot
+    from pca_attack.errors import ConfigError
+
     try:
         build_eot(name)
-    except Exception as exc:
+    except ConfigError as exc:
         raise ApiError(422, "invalid_parameter", f"unknown eot {name!r}: {exc}") from exc
 
 
