@@ -65,6 +65,15 @@ def quantize(
     return q_int / lv
 
 
+def step_size(config: AttackConfig, step: int) -> float:
+    """PGD step (0-255 scale) at iteration ``step``: constant (the reference), or a cosine decay from
+    ``step_peak`` x step down to step / 2 (big moves first, fine moves at the end)."""
+    if config.step_schedule == "constant" or config.steps <= 1:
+        return config.step
+    start, end = config.step * config.step_peak, config.step / 2.0
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / (config.steps - 1)))
+
+
 class Protector:
     """Protect images against latent-diffusion editing by collapsing the VAE encoder's posterior."""
 
@@ -81,7 +90,7 @@ class Protector:
         c = self.config
         return (
             f"Protector(model={self.encoder.name!r}, preset={c.preset!r}, eps={c.eps:g}/255, "
-            f"step={c.step:g}/255, steps={c.steps}, random_start={c.random_start}, seed={c.seed}, "
+            f"step={c.step:g}/255 ({c.step_schedule}), steps={c.steps}, random_start={c.random_start}, seed={c.seed}, "
             f"keep_best={c.keep_best}, early_stop_patience={c.early_stop_patience}, eot={c.eot!r})"
         )
 
@@ -137,7 +146,7 @@ class Protector:
         batch = x.shape[0]
         gray = (grayscale if grayscale is not None else torch.zeros(batch, dtype=torch.bool)).to(device)
         lv = (levels if levels is not None else torch.full((batch,), 255.0)).to(device, torch.float32)
-        eps, alpha = cfg.eps / 255.0, cfg.step / 255.0
+        eps = cfg.eps / 255.0
         sign = objective_sign(cfg.loss_preset.direction)
         target = self.target_variance(x)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -168,7 +177,7 @@ class Protector:
             best_step = torch.where(better, torch.full_like(best_step, step), best_step)
 
             grad = torch.where(gray.view(-1, 1, 1, 1), grad.sum(dim=1, keepdim=True).expand_as(grad), grad)
-            x_adv = x_adv.detach() - alpha * grad.sign()
+            x_adv = x_adv.detach() - step_size(cfg, step) / 255.0 * grad.sign()
             eta = torch.clamp(x_adv - x, min=-eps, max=eps)
             x_adv = torch.clamp(x + eta, min=0.0, max=1.0).detach()
             steps_run = step + 1
@@ -177,7 +186,8 @@ class Protector:
 
         with torch.no_grad():
             if cfg.keep_best:
-                last_obj = sign * self.loss(x_adv, target)  # loss of the last iterate (never evaluated above)
+                # loss of the last iterate (never evaluated above), with the same estimator as the others
+                last_obj = sign * self.loss(x_adv, target, generator)
                 take_last = last_obj < best_obj
                 chosen = torch.where(take_last.view(-1, 1, 1, 1), x_adv, best)
             else:  # the last iterate is returned as is: no need to pay a forward pass for its loss

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pca_attack.registry import DEMO_MODEL_DIR
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: more threads only add contention on shared CI cores
 
 
 def make_tiny_vae(folder: Path, *, latent_channels: int = 4, quant_conv: bool = True, seed: int = 0) -> Path:

@@ -30,7 +30,10 @@ def test_efficacy_benchmark_quick_mode(tiny_vae_dir: Path, tmp_path: Path) -> No
     assert saved["quick"] is True and len(saved["photos"]) == 2
     assert set(saved["per_method"]) == {"pca-", "pca+", "adaptive", "pca-var", "photoguard"}
     assert saved["per_method"]["pca-"]["latent_drift"] > 0
-    assert len(saved["loss_curves"]["pca-"]) == result["steps"] + 1
+    for curve in ("pca- (engine defaults)", "pca- (reference loop)"):
+        assert len(saved["loss_curves"][curve]) == result["steps"] + 1
+    summary = saved["steps_to_reference_summary"]
+    assert set(summary["mean_default_over_reference_by_steps"]) == {str(result["steps"])}
     assert {"plain", "eot", "retention_gain", "time_ratio"} <= set(saved["eot_vs_plain"])
     assert saved["redteam_plain"]["rows"][0]["transform"] == "none"
     for name in ("loss_curves", "methods", "redteam"):
