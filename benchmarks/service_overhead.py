@@ -97,6 +97,7 @@ def start_server(model: str, threads: int, data_dir: Path, max_batch: int, queue
         "PCA_QUEUE_SIZE": str(queue),
         "PCA_LOG_LEVEL": "warning",
         "OMP_NUM_THREADS": str(threads),
+        "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads of one process must not spin against the other
         "MKL_NUM_THREADS": str(threads),
     }
     cmd = [
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.repeats, args.requests = 64, 2, 4
 
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool (see server env)
     import httpx
     import torch
 
