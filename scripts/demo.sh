@@ -18,5 +18,5 @@ for report in sorted(pathlib.Path("protected").glob("*.json")):
     c = json.loads(report.read_text())
     print(f"{report.name}: linf={c['linf_255']:.0f}/255 psnr={c['psnr_db']:.1f} dB "
           f"kl {c['kl_clean']:.3f} -> {c['kl_protected']:.3f}, latent drift {c['latent_drift']:.2f}, "
-          f"round-trip PSNR {c['roundtrip_psnr_clean_db']} -> {c['roundtrip_psnr_protected_db']} dB")
+          f"round-trip PSNR {c['roundtrip_psnr_clean_db']:.1f} -> {c['roundtrip_psnr_protected_db']:.1f} dB")
 PY
