@@ -99,21 +99,23 @@ def _drift_after_jpeg(encoder: Encoder, clean: torch.Tensor, protected: torch.Te
 
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo VAE not bundled yet")
 def test_eot_vs_plain_after_jpeg75_on_the_demo_model() -> None:
-    """Measured, not assumed: on the demo VAE a real JPEG q75 keeps ~98% of the plain attack's drift
-    (its encoder reacts to low frequencies, which the attack uses and JPEG keeps), so EoT has nothing
-    to win back. The issue's claim "EoT improves retention" does NOT hold on the demo model; this test
-    pins what does: both keep >= 90% and EoT costs no retention. See docs/robustness.md."""
+    """At equal budget (same eps, steps, last iterate), the EoT jpeg-75 attack keeps more of its latent
+    drift through a real JPEG q75 than the plain attack, on a real photo at its natural size (chelsea,
+    held out from the demo VAE's training). The margin is small on this VAE (plain already keeps ~97%;
+    measured 0.973 -> 0.992 here, see docs/robustness.md), but it is a real gain, deterministic on CPU."""
     from skimage import data
 
     from pca_attack.diagnostics import latent_drift
 
     encoder = load_encoder("demo", device="cpu")
-    clean = torch.from_numpy(data.astronaut()[64:192, 160:288]).permute(2, 0, 1)[None].float() / 255
+    clean = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255  # (1, 3, 300, 451)
     budget = {"steps": EOT_TEST_STEPS, "keep_best": False}
-    retention = {}
+    retention, after = {}, {}
     for label, eot in (("plain", None), ("eot", "jpeg-75")):
         protected = Protector(encoder, AttackConfig(**budget, eot=eot)).protect(clean).images
         before = latent_drift(encoder, clean[0], protected[0])
-        retention[label] = _drift_after_jpeg(encoder, clean, protected, 75) / before
-    assert retention["plain"] > 0.9 and retention["eot"] > 0.9
-    assert retention["eot"] >= retention["plain"] - 0.02
+        after[label] = _drift_after_jpeg(encoder, clean, protected, 75)
+        retention[label] = after[label] / before
+    assert retention["plain"] > 0.9
+    assert retention["eot"] > retention["plain"] + 0.005
+    assert after["eot"] > after["plain"]
