@@ -163,6 +163,12 @@ class Diagnostics(BaseModel):
     )
     linf_255: float | None = Field(default=None, description="max pixel difference on the 0-255 scale")
     l2_255: float | None = Field(default=None, description="Euclidean norm of the difference, 0-255 scale")
+    redteam: dict[str, Any] | None = Field(
+        default=None,
+        description="with `redteam=true` on a pair: for each publishing channel (JPEG, WebP, resize, blur, "
+        "noise, cleaner, VAE purification), the latent drift after the channel and its retention "
+        "(drift after / drift before; 1 = protection kept, 0 = erased) — pca_attack.robustness.redteam",
+    )
 
 
 class Health(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from pca_attack import Engine
 from pca_attack.diagnostics import image_stats, pair_stats
@@ -42,6 +42,11 @@ async def diagnostics(
     worker: WorkerDep,
     file: Annotated[UploadFile, File(description="the image (the clean one of a pair)")],
     protected: Annotated[UploadFile | None, File(description="optional protected version of `file`")] = None,
+    redteam: Annotated[
+        bool,
+        Form(description="pairs only: also measure what survives JPEG, WebP, resizing, blur, noise, a "
+             "filter cleaner and VAE purification (slower: several encoder passes per channel)"),
+    ] = False,
 ) -> Diagnostics:
     """How collapsed is the encoder's posterior q(z|x) for this image? KL to N(0, I) and to each preset's
     target, per-latent-channel summaries and, when the model has a decoder, round-trip PSNR. With
@@ -58,6 +63,8 @@ async def diagnostics(
                 f"`protected` is {other.width} x {other.height} but `file` is "
                 f"{clean.width} x {clean.height}; a pair must have the same size",
             )
+    if redteam and other is None:
+        raise ApiError(422, "invalid_parameter", "redteam=true needs a pair: send `protected` as well as `file`")
     x_clean = clean.to_tensor()  # (3, H, W)
     x_other = other.to_tensor() if other is not None else None
 
@@ -66,6 +73,10 @@ async def diagnostics(
             return {"image": image_stats(engine.encoder, x_clean, engine.decoder)}
         stats = pair_stats(engine.encoder, x_clean, x_other, engine.decoder)
         stats["image"] = stats.pop("clean")
+        if redteam:
+            from pca_attack.robustness import redteam as run_redteam
+
+            stats["redteam"] = run_redteam(engine, x_clean, x_other, with_roundtrip=False).to_dict()
         return stats
 
     future = worker.call(run)

@@ -38,6 +38,22 @@ def test_diagnostics_pair(client: TestClient) -> None:
     assert r.status_code == 415 and r.json()["error"]["message"].startswith("protected")
 
 
+def test_diagnostics_pair_with_redteam(client: TestClient) -> None:
+    clean = png_bytes(32, 24)
+    protected = client.post("/v1/protect", files={"file": ("a.png", clean)}, data={"steps": "2"}).content
+    r = client.post(
+        "/v1/diagnostics",
+        files={"file": ("a.png", clean), "protected": ("p.png", protected)},
+        data={"redteam": "true"},
+    )
+    assert r.status_code == 200, r.text
+    rows = {row["transform"]: row for row in r.json()["redteam"]["rows"]}
+    assert {"none", "jpeg-75", "resize-0.5", "cleaner"} <= set(rows)
+    assert rows["none"]["retention"] == 1.0
+    alone = client.post("/v1/diagnostics", files={"file": ("a.png", clean)}, data={"redteam": "true"})
+    assert alone.status_code == 422 and "pair" in alone.json()["error"]["message"]
+
+
 def test_models(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     assert body["model"]["latent_channels"] == 4 and body["model"]["device"] == "cpu"
