@@ -5,6 +5,7 @@
     pca-protect diagnose IMAGE [PROTECTED]      posterior statistics of an image or a pair
     pca-protect batch SRC DST --server URL      resumable folder batch (or --local)
     pca-protect serve --model NAME              the REST service (see openapi.yaml)
+    pca-protect redteam IMAGE_OR_FOLDER         protect, then measure what survives JPEG, resizing, ...
     pca-protect theory ...                      posterior-collapse theory calculators and plots
 """
 
@@ -20,6 +21,7 @@ from .batch import batch_command
 from .diagnose import diagnose_command
 from .models_cmd import models_app
 from .protect import protect_command
+from .redteam import redteam_command
 from .serve import serve_command
 from .theory import theory_app
 
@@ -52,6 +54,7 @@ app.command("protect")(protect_command)
 app.command("diagnose")(diagnose_command)
 app.command("batch")(batch_command)
 app.command("serve")(serve_command)
+app.command("redteam")(redteam_command)
 app.add_typer(models_app, name="models")
 app.add_typer(theory_app, name="theory")
 

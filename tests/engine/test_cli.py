@@ -74,6 +74,12 @@ def test_diagnose_pair(tiny_vae_dir: Path, tmp_path: Path, photo: Callable) -> N
     assert stats["clean"]["roundtrip_psnr_db"] is not None
 
 
+def test_every_subcommand_is_registered() -> None:
+    for command in ("protect", "diagnose", "models", "batch", "serve", "redteam", "theory"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+
+
 def test_version_and_models_list() -> None:
     assert runner.invoke(app, ["--version"]).output.startswith("pca-protect ")
     listing = runner.invoke(app, ["models", "list"])
