@@ -1,7 +1,8 @@
 """The Posterior Collapse Attack as a batched Linf sign-PGD on the encoder's posterior.
 
 Modelled on torchattacks' ``PGD``: hyper-parameters live in ``AttackConfig``; ``protect`` holds only the
-loop; gradients come from ``torch.autograd.grad`` with respect to the input (the encoder is frozen).
+loop; gradients come from ``torch.autograd.grad`` with respect to the input (the encoder is frozen); the
+update rule (reference sign step, or the default per-pixel sign-Rprop) lives in ``pca_attack.updates``.
 Differences from the reference loop, all on purpose: the best iterate is kept (optional), images of any
 size are reflect-padded to the encoder's multiple and cropped back, grayscale images get a
 channel-tied perturbation (so they stay grayscale), and the result is rounded to the image's integer
@@ -22,6 +23,7 @@ from .config import AttackConfig
 from .errors import ConfigError
 from .losses import objective_sign, pca_loss
 from .models import Encoder
+from .updates import make_update
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -65,15 +67,6 @@ def quantize(
     return q_int / lv
 
 
-def step_size(config: AttackConfig, step: int) -> float:
-    """PGD step (0-255 scale) at iteration ``step``: constant (the reference), or a cosine decay from
-    ``step_peak`` x step down to step / 2 (big moves first, fine moves at the end)."""
-    if config.step_schedule == "constant" or config.steps <= 1:
-        return config.step
-    start, end = config.step * config.step_peak, config.step / 2.0
-    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / (config.steps - 1)))
-
-
 class Protector:
     """Protect images against latent-diffusion editing by collapsing the VAE encoder's posterior."""
 
@@ -90,9 +83,15 @@ class Protector:
         c = self.config
         return (
             f"Protector(model={self.encoder.name!r}, preset={c.preset!r}, eps={c.eps:g}/255, "
-            f"step={c.step:g}/255 ({c.step_schedule}), steps={c.steps}, random_start={c.random_start}, seed={c.seed}, "
+            f"step={c.step:g}/255 ({self._rule()}), steps={c.steps}, random_start={c.random_start}, seed={c.seed}, "
             f"keep_best={c.keep_best}, early_stop_patience={c.early_stop_patience}, eot={c.eot!r})"
         )
+
+    def _rule(self) -> str:
+        c = self.config
+        if c.update == "rprop":
+            return f"rprop x{c.rprop_init:g} etas={c.rprop_etas} range={c.rprop_range}"
+        return f"sign, {c.step_schedule}"
 
     # -- loss ----------------------------------------------------------------------------------------
     def posterior(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +150,8 @@ class Protector:
         target = self.target_variance(x)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
 
-        x_adv = x.clone()
+        x_adv = x.clone()  # (B, 3, H, W)
+        update = make_update(cfg, x_adv)
         if cfg.random_start:
             noise = torch.empty(x.shape).uniform_(-eps, eps, generator=generator).to(device)
             noise = torch.where(gray.view(-1, 1, 1, 1), noise[:, :1].expand_as(noise), noise)
@@ -177,7 +177,7 @@ class Protector:
             best_step = torch.where(better, torch.full_like(best_step, step), best_step)
 
             grad = torch.where(gray.view(-1, 1, 1, 1), grad.sum(dim=1, keepdim=True).expand_as(grad), grad)
-            x_adv = x_adv.detach() - step_size(cfg, step) / 255.0 * grad.sign()
+            x_adv = x_adv.detach() - update.move(grad, step)
             eta = torch.clamp(x_adv - x, min=-eps, max=eps)
             x_adv = torch.clamp(x + eta, min=0.0, max=1.0).detach()
             steps_run = step + 1

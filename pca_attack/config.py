@@ -61,10 +61,11 @@ DEFAULT_PRESET = "pca-"
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """Hyper-parameters of the protective Linf sign-PGD. Defaults follow the reference implementation
+    """Hyper-parameters of the protective Linf PGD. Defaults follow the reference implementation
     (eps 16, step 2, 40 steps, no random start, seed 3407) except two measured improvements: the best
-    iterate is returned instead of the last, and the step follows a cosine schedule (3x step decaying to
-    step/2) instead of staying constant. ``REFERENCE_CONFIG`` restores the reference loop exactly."""
+    iterate is returned instead of the last, and each pixel moves with its own sign-Rprop step (see
+    ``pca_attack.updates``) instead of the same constant step. ``REFERENCE_CONFIG`` restores the reference
+    loop exactly."""
 
     eps: float = 16.0  # Linf budget on the 0-255 scale (16 -> 16/255)
     step: float = 2.0  # PGD step size on the 0-255 scale
@@ -72,8 +73,12 @@ class AttackConfig:
     preset: str = DEFAULT_PRESET  # name in PRESETS, or "custom" with target_variance + direction
     target_variance: float | None = None  # v for preset "custom" (ignored otherwise)
     direction: Direction | None = None  # direction for preset "custom" (ignored otherwise)
-    step_schedule: Literal["constant", "cosine"] = "cosine"  # PGD step per iteration (reference: constant)
-    step_peak: float = 3.0  # cosine schedule: first step = step_peak * step, decaying to step / 2
+    update: Literal["rprop", "sign"] = "rprop"  # per-pixel step sizes (rprop) or one step for all (reference: sign)
+    rprop_init: float = 2.0  # rprop: first per-pixel step = rprop_init * step
+    rprop_etas: tuple[float, float] = (0.7, 1.2)  # rprop: step factor after a sign flip, after a held sign
+    rprop_range: tuple[float, float] = (0.125, 4.0)  # rprop: per-pixel step bounds, in units of step
+    step_schedule: Literal["constant", "cosine"] = "cosine"  # sign rule: step per iteration (reference: constant)
+    step_peak: float = 3.0  # sign rule, cosine schedule: first step = step_peak * step, decaying to step / 2
     random_start: bool = False  # start from uniform noise in the budget instead of 0 (reference: off)
     seed: int = 3407  # seed for random start and any stochastic transformation (reference: 3407)
     keep_best: bool = True  # return the best iterate per image (the reference returns the last)
@@ -96,6 +101,16 @@ class AttackConfig:
             raise ConfigError(f"step_schedule={self.step_schedule!r}; use 'constant' or 'cosine'")
         if not 0 < self.step_peak <= 16:
             raise ConfigError("step_peak must be in (0, 16]")
+        if self.update not in ("rprop", "sign"):
+            raise ConfigError(f"update={self.update!r}; use 'rprop' (default) or 'sign' (the reference rule)")
+        shrink, grow = self.rprop_etas
+        if not (0 < shrink <= 1 <= grow <= 10):
+            raise ConfigError(f"rprop_etas={self.rprop_etas}; need 0 < shrink <= 1 <= grow <= 10, e.g. (0.7, 1.2)")
+        low, high = self.rprop_range
+        if not (0 < low <= self.rprop_init <= high):
+            raise ConfigError(
+                f"rprop_range={self.rprop_range} with rprop_init={self.rprop_init}; need 0 < low <= init <= high"
+            )
         if self.eot_samples < 1:
             raise ConfigError("eot_samples must be >= 1")
         if self.preset == "custom":
@@ -124,4 +139,5 @@ class AttackConfig:
         return asdict(self)
 
 
-REFERENCE_CONFIG = AttackConfig(keep_best=False, step_schedule="constant")  # the reference loop: last iterate
+# the reference loop: one constant sign step for every pixel, last iterate returned
+REFERENCE_CONFIG = AttackConfig(keep_best=False, update="sign", step_schedule="constant")

@@ -34,6 +34,7 @@ def test_efficacy_benchmark_quick_mode(tiny_vae_dir: Path, tmp_path: Path) -> No
         assert len(saved["loss_curves"][curve]) == result["steps"] + 1
     summary = saved["steps_to_reference_summary"]
     assert set(summary["mean_default_over_reference_by_steps"]) == {str(result["steps"])}
+    assert summary["sign_cosine_20_over_reference"]["worst"] > 0  # the ablation of the update rule ran
     assert {"plain", "eot", "retention_gain", "time_ratio"} <= set(saved["eot_vs_plain"])
     assert saved["redteam_plain"]["rows"][0]["transform"] == "none"
     for name in ("loss_curves", "methods", "redteam"):
