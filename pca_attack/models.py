@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .devices import dtype_name, resolve_device, resolve_dtype
+from .devices import conv_memory_format, dtype_name, resolve_device, resolve_dtype
 from .errors import ModelLoadError
 from .weights import ModelSource, load_config_and_tensors, resolve_source
 
@@ -33,10 +33,14 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str,
         )
 
 
-def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    module.to(device=device, dtype=dtype)
+def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """Move to device/dtype in the device's convolution layout, eval mode, no weight gradients."""
+    memory_format = conv_memory_format(device)
+    # nn.Module.to accepts memory_format at runtime (documented); its type stubs omit it
+    module.to(device=device, dtype=dtype, memory_format=memory_format)  # type: ignore[call-overload]
     module.eval()
     module.requires_grad_(False)
+    return memory_format
 
 
 class Encoder(nn.Module):
@@ -62,11 +66,12 @@ class Encoder(nn.Module):
         self.scaling_factor = float(config.get("scaling_factor", 0.18215))
         self.device = device
         self.dtype = dtype
-        _freeze(self, device, dtype)
+        self.memory_format = _freeze(self, device, dtype)
 
     def forward(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior of images in [0, 1]; spatial sizes must be multiples of ``downsample_factor``."""
-        h = self.encoder(x01.to(self.dtype) * 2.0 - 1.0)  # (B, 2C, H/f, W/f)
+        x = (x01.to(self.dtype) * 2.0 - 1.0).contiguous(memory_format=self.memory_format)  # (B, 3, H, W)
+        h = self.encoder(x)  # (B, 2C, H/f, W/f)
         moments = self.quant_conv(h) if self.quant_conv is not None else h  # (B, 2C, H/f, W/f)
         mean, logvar = torch.chunk(moments, 2, dim=1)  # each (B, C, H/f, W/f)
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
@@ -94,10 +99,10 @@ class Decoder(nn.Module):
         self.name = name
         self.device = device
         self.dtype = dtype
-        _freeze(self, device, dtype)
+        self.memory_format = _freeze(self, device, dtype)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.to(self.dtype)
+        z = z.to(self.dtype).contiguous(memory_format=self.memory_format)  # (B, C, h, w)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return ((self.decoder(z).float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, H, W)

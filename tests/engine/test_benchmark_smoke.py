@@ -49,7 +49,7 @@ def test_quick_run_reports_every_key(quick_result: tuple[dict, dict]) -> None:
                 "per_step_s", "engine_over_bare", "naive_over_engine", "engine_amortised_over_bare",
                 "engine_fixed_cost_s", "cpu_time", "images_per_s", "throughput", "memory",
                 "encoder_over_full_memory", "encoder_over_full_param_bytes", "targets", "meets_targets",
-                "losses_bit_identical", "raw_seconds"):
+                "losses_bit_identical", "losses_match", "loss_trace_max_rel_diff", "raw_seconds"):
         assert key in result, key
     assert result["device"] == "cpu" and result["dtype"] == "float32"
     assert result["threads"] == 1 and result["size"] == 64 and result["steps"] == 2
@@ -92,5 +92,6 @@ def test_quick_run_numbers_are_finite_and_positive(quick_result: tuple[dict, dic
 
 def test_engine_losses_match_the_naive_reference(quick_result: tuple[dict, dict]) -> None:
     result, _ = quick_result
-    assert result["losses_bit_identical"] is True
-    assert result["loss_trace_max_abs_diff"] == 0.0
+    # the engine runs channels_last, the naive loop NCHW: equal up to float rounding, not bit for bit
+    assert result["losses_match"] is True
+    assert 0.0 <= result["loss_trace_max_rel_diff"] <= 1e-5
