@@ -18,6 +18,8 @@ are the *ratios*, not the absolute seconds (which depend on the machine and on w
   The engine's per-step losses are checked against the naive loop's: equal up to float rounding (max
   relative difference <= 1e-5; the engine runs its convolutions channels_last, the naive loop NCHW, so
   sums are taken in a different order and the results are no longer bit-identical).
+* ``bare_nchw_over_bare``: the same bare loop with the encoder's convolutions in NCHW instead of the
+  engine's layout (channels_last on CPU/CUDA, ``pca_attack.devices.conv_memory_format``): what the layout buys.
 * images/s of ``protect`` (same N steps) at batch 1, 2 and 4.
 * memory of the encoder-only engine against the whole VAE, each measured in a fresh subprocess:
   parameter + buffer bytes, peak RSS growth while loading (``resource.getrusage``; on CUDA
@@ -147,6 +149,16 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, An
     out = fn()
     sync(device)
     return time.perf_counter() - start, time.process_time() - cpu_start, out
+
+
+def nchw_copy(encoder: Any) -> Any:
+    """A copy of a loaded ``Encoder`` whose convolutions run NCHW (contiguous), whatever the device."""
+    import copy
+
+    twin = copy.deepcopy(encoder)
+    twin.to(memory_format=torch.contiguous_format)
+    twin.memory_format = torch.contiguous_format
+    return twin
 
 
 # -- the three loops ---------------------------------------------------------------------------------
@@ -324,6 +336,8 @@ def summarise(raw: dict[str, list[float]], steps: int) -> dict[str, Any]:
         "engine_amortised_over_bare": _ratio(engine_amortised, bare_step),
         "naive_over_engine_amortised": _ratio(naive_step, engine_amortised),
         "naive_over_bare": _ratio(naive_step, bare_step),
+        # the engine's conv layout (channels_last on CPU/CUDA) against NCHW, same encoder, same bare loop
+        "bare_nchw_over_bare": _ratio(med["bare_nchw"], med["bare"]),
         "paired_ratio_medians": {"engine_over_bare": statistics.median(paired_eob),
                                  "naive_over_engine": statistics.median(paired_noe)},
     }
@@ -354,6 +368,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       else "SD-1.x-sized AutoencoderKL (random weights)")
 
     encoder = load_encoder(spec, device=args.device, dtype="float32")
+    encoder_nchw = nchw_copy(encoder)  # the same encoder with NCHW convolutions, for the layout ratio
     full = {"vae": load_full_vae(spec, device)}  # a holder, emptied before the memory subprocesses
     x1, image_desc = test_image(args.size, 1)
     x1 = x1.to(device)
@@ -367,12 +382,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_1": lambda: engine(x1, cfg_one),
         "engine_n": lambda: engine(x1, cfg),
         "bare": lambda: bare_loop(encoder, x1, steps),
+        "bare_nchw": lambda: bare_loop(encoder_nchw, x1, steps),
         "naive": lambda: naive_reference_loop(full["vae"], x1, steps, cfg.eps / 255, cfg.step / 255),
     }
 
     # warm-up (allocator, oneDNN primitive caches, lazy imports), one step each
     engine(x1, cfg_one)
     bare_loop(encoder, x1, 1)
+    bare_loop(encoder_nchw, x1, 1)
     naive_reference_loop(full["vae"], x1, 1)
 
     raw: dict[str, dict[str, list[float]]] = {clock: {n: [] for n in runners} for clock in ("wall", "cpu")}

@@ -91,9 +91,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 def conv_memory_format(device: torch.device) -> torch.memory_format:
     """Memory layout for the VAE's convolutions on ``device``.
 
-    channels_last (NHWC) on CPU and CUDA: measured ~10-15% faster per attack step on CPU (oneDNN) for the
-    demo encoder at 512x512 and an SD-1.x-sized encoder at 256x256 (``benchmarks/engine_speed.py``), and
-    the layout cuDNN's tensor-core kernels prefer. Contiguous (NCHW) elsewhere (MPS), where it is unmeasured.
+    channels_last (NHWC) on CPU and CUDA: on CPU (oneDNN) the bare attack step of an SD-1.x-sized encoder
+    at 256x256 measured 1.06x faster than NCHW (``benchmarks/engine_speed.py``, ``bare_nchw_over_bare``);
+    on CUDA it is the layout cuDNN's tensor-core kernels prefer (not measured here: no GPU).
+    Contiguous (NCHW) elsewhere (MPS), where it is unmeasured.
     The results differ from NCHW only by float rounding (a different summation order).
     """
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format

@@ -34,10 +34,18 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str,
 
 
 def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """Move to device/dtype in the device's convolution layout, eval mode, no weight gradients."""
+    """Move to device/dtype, in the device's convolution layout, eval mode, no weight gradients.
+
+    Every tensor is copied into memory the module owns: 4-D conv weights in the device's layout
+    (``conv_memory_format``), the rest contiguous. On CPU this also detaches the module from the weights
+    file's memory map, which would otherwise stay alive (and keep the pages the layout change read resident:
+    about twice the encoder's weights) for as long as any one tensor still viewed it.
+    """
     memory_format = conv_memory_format(device)
-    # nn.Module.to accepts memory_format at runtime (documented); its type stubs omit it
-    module.to(device=device, dtype=dtype, memory_format=memory_format)  # type: ignore[call-overload]
+    module.to(device=device, dtype=dtype)
+    for tensor in [*module.parameters(), *module.buffers()]:
+        layout = memory_format if tensor.dim() == 4 else torch.contiguous_format
+        tensor.data = torch.empty_like(tensor.data, memory_format=layout).copy_(tensor.data)
     module.eval()
     module.requires_grad_(False)
     return memory_format

@@ -54,6 +54,7 @@ def test_quick_run_reports_every_key(quick_result: tuple[dict, dict]) -> None:
     assert result["device"] == "cpu" and result["dtype"] == "float32"
     assert result["threads"] == 1 and result["size"] == 64 and result["steps"] == 2
     assert set(result["per_step_s"]) == {"engine", "engine_amortised", "bare", "naive"}
+    assert _finite(result["bare_nchw_over_bare"]) and result["bare_nchw_over_bare"] > 0
     assert set(result["images_per_s"]) == {"1", "2", "4"}
     assert set(result["memory"]["workers"]) == {"engine", "full_frozen", "naive"}
     assert set(result["meets_targets"]) == {"engine_over_bare", "naive_over_engine", "encoder_over_full_memory"}

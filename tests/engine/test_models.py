@@ -203,3 +203,12 @@ def test_cpu_encoder_runs_channels_last_and_matches_nchw(tiny_vae_dir: Path) -> 
     assert torch.allclose(logvar, logvar_ref, rtol=1e-4, atol=1e-5)
     (grad,) = torch.autograd.grad(mean.sum(), x)
     assert grad.shape == x.shape and torch.isfinite(grad).all()
+
+
+
+def test_conv_layout_policy_per_device() -> None:
+    from pca_attack.devices import conv_memory_format
+
+    assert conv_memory_format(torch.device("cpu")) == torch.channels_last
+    assert conv_memory_format(torch.device("cuda")) == torch.channels_last
+    assert conv_memory_format(torch.device("mps")) == torch.contiguous_format
