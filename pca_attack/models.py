@@ -42,10 +42,10 @@ def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torc
     about twice the encoder's weights) for as long as any one tensor still viewed it.
     """
     memory_format = conv_memory_format(device)
-    module.to(device=device, dtype=dtype)
-    for tensor in [*module.parameters(), *module.buffers()]:
+    for tensor in [*module.parameters(), *module.buffers()]:  # one copy each: device, dtype and layout at once
         layout = memory_format if tensor.dim() == 4 else torch.contiguous_format
-        tensor.data = torch.empty_like(tensor.data, memory_format=layout).copy_(tensor.data)
+        target_dtype = dtype if tensor.is_floating_point() else tensor.dtype  # as nn.Module.to casts
+        tensor.data = tensor.data.to(device=device, dtype=target_dtype, memory_format=layout, copy=True)
     module.eval()
     module.requires_grad_(False)
     return memory_format

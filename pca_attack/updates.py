@@ -66,12 +66,8 @@ class RpropUpdate:
     def move(self, grad: torch.Tensor, step: int) -> torch.Tensor:
         sign = grad.sign()  # (B, 3, H, W)
         agreement = sign * self.previous_sign  # +1 held, -1 flipped, 0 first step or zero gradient
-        factor = torch.where(
-            agreement > 0,
-            torch.full_like(sign, self.grow),
-            torch.where(agreement < 0, torch.full_like(sign, self.shrink), torch.ones_like(sign)),
-        )
-        self.size = (self.size * factor).clamp(self.low, self.high)
+        factor = torch.where(agreement > 0, self.grow, torch.where(agreement < 0, self.shrink, 1.0))
+        self.size = (self.size * factor).clamp(self.low, self.high)  # (B, 3, H, W)
         self.previous_sign = sign
         return self.size * sign
 
