@@ -12,7 +12,7 @@ On >= 8 real photos that ship inside scikit-image / scikit-learn, at their natur
   iterate kept) need to reach the reference's 40-step loss (last iterate, quantised, no best-keeping);
 * EoT vs plain at equal steps: latent drift after a real JPEG q75 (absolute, and as retention = drift
   after / drift before), with the wall-time ratio;
-* the red-team table (``pca_attack.robustness.redteam``) of the plain pca- protection and of the EoT one.
+* the red-team table (``pca_attack.redteam``) of the plain pca- protection and of the EoT one.
 
 Prints JSON, writes ``docs/efficacy.json`` and ``docs/img/efficacy_*.png``.
 
@@ -69,7 +69,7 @@ def photoguard(encoder: Any, x: torch.Tensor, eps: float, step: float, steps: in
 
     x: (1, 3, H, W). Returns (1, 3, H, W) on the uint8 grid within eps/255 of x.
     """
-    from pca_attack.attack import pad_to_multiple, quantize
+    from pca_attack.attack.pgd import pad_to_multiple, quantize
 
     f = encoder.downsample_factor
     with torch.no_grad():
@@ -90,8 +90,8 @@ def damage(encoder: Any, decoder: Any, x: torch.Tensor, p: torch.Tensor) -> dict
     """Collapse and damage metrics of one pair x, p: (3, H, W)."""
     from skimage.metrics import structural_similarity
 
-    from pca_attack.diagnostics import latent_drift, posterior, psnr, roundtrip
-    from pca_attack.losses import mean_kl_per_element
+    from pca_attack.attack.losses import mean_kl_per_element
+    from pca_attack.certify.diagnostics import latent_drift, posterior, psnr, roundtrip
 
     rt_x = roundtrip(encoder, decoder, x[None])[0]  # (3, H, W)
     rt_p = roundtrip(encoder, decoder, p[None])[0]
@@ -131,8 +131,8 @@ def mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
 def photo_job(name: str, x: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
     """Everything measured on one photo (runs in a worker process). x: (3, H, W)."""
     from pca_attack import REFERENCE_CONFIG, AttackConfig, Protector, load_decoder, load_encoder
-    from pca_attack.diagnostics import latent_drift
-    from pca_attack.robustness import jpeg, redteam, transform_names
+    from pca_attack.certify.diagnostics import latent_drift
+    from pca_attack.redteam.report import jpeg, redteam, transform_names
 
     torch.set_num_threads(opts["threads"])
     encoder = load_encoder(opts["model"], device="cpu")
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from pca_attack.robustness import merge_reports
+    from pca_attack.redteam.report import merge_reports
 
     photos = load_photos(args.quick)
     names = list(photos)

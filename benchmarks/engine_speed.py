@@ -19,7 +19,7 @@ are the *ratios*, not the absolute seconds (which depend on the machine and on w
   relative difference <= 1e-5; the engine runs its convolutions channels_last, the naive loop NCHW, so
   sums are taken in a different order and the results are no longer bit-identical).
 * ``bare_nchw_over_bare``: the same bare loop with the encoder's convolutions in NCHW instead of the
-  engine's layout (channels_last on CPU/CUDA, ``pca_attack.devices.conv_memory_format``): what the layout buys.
+  engine's layout (channels_last on CPU/CUDA, ``pca_attack.models.devices.conv_memory_format``): what the layout buys.
 * images/s of ``protect`` (same N steps) at batch 1, 2 and 4.
 * memory of the encoder-only engine against the whole VAE, each measured in a fresh subprocess:
   parameter + buffer bytes, peak RSS growth while loading (``resource.getrusage``; on CUDA
@@ -101,7 +101,7 @@ def load_full_vae(spec: str, device: torch.device) -> torch.nn.Module:
     """The whole diffusers AutoencoderKL (decoder included) for the same spec ``load_encoder`` takes."""
     from diffusers import AutoencoderKL
 
-    from pca_attack.weights import resolve_source
+    from pca_attack.models.weights import resolve_source
 
     source = resolve_source(spec)
     if source.kind == "file":

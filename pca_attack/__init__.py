@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
-    "ProtectResult": "attack",
-    "Protector": "attack",
-    "DEFAULT_PRESET": "config",
-    "PRESETS": "config",
-    "REFERENCE_CONFIG": "config",
-    "AttackConfig": "config",
-    "LossPreset": "config",
+    "ProtectResult": "attack.pgd",
+    "Protector": "attack.pgd",
+    "DEFAULT_PRESET": "attack.config",
+    "PRESETS": "attack.config",
+    "REFERENCE_CONFIG": "attack.config",
+    "AttackConfig": "attack.config",
+    "LossPreset": "attack.config",
     "ConfigError": "errors",
     "DeviceUnavailableError": "errors",
     "ImageError": "errors",
@@ -35,20 +35,20 @@ _EXPORTS: dict[str, str] = {
     "ModelNotFoundError": "errors",
     "PCAError": "errors",
     "UnsupportedImageError": "errors",
-    "DecodedImage": "imageio",
-    "decode_image": "imageio",
-    "encode_image": "imageio",
-    "kl_to_gaussian": "losses",
-    "pca_loss": "losses",
-    "Decoder": "models",
-    "Encoder": "models",
-    "clear_cache": "models",
-    "load_decoder": "models",
-    "load_encoder": "models",
+    "DecodedImage": "io.images",
+    "decode_image": "io.images",
+    "encode_image": "io.images",
+    "kl_to_gaussian": "attack.losses",
+    "pca_loss": "attack.losses",
+    "Decoder": "models.encoder",
+    "Encoder": "models.encoder",
+    "clear_cache": "models.encoder",
+    "load_decoder": "models.encoder",
+    "load_encoder": "models.encoder",
     "Engine": "pipeline",
     "ProtectedImage": "pipeline",
-    "REGISTRY": "registry",
-    "Certificate": "report",
+    "REGISTRY": "models.registry",
+    "Certificate": "certify.report",
 }
 
 __all__ = [
@@ -96,8 +96,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # static type checkers see the eager imports
-    from .attack import Protector, ProtectResult
-    from .config import DEFAULT_PRESET, PRESETS, REFERENCE_CONFIG, AttackConfig, LossPreset
+    from .attack.config import DEFAULT_PRESET, PRESETS, REFERENCE_CONFIG, AttackConfig, LossPreset
+    from .attack.losses import kl_to_gaussian, pca_loss
+    from .attack.pgd import Protector, ProtectResult
+    from .certify.report import Certificate
     from .errors import (
         ConfigError,
         DeviceUnavailableError,
@@ -109,9 +111,7 @@ if TYPE_CHECKING:  # static type checkers see the eager imports
         PCAError,
         UnsupportedImageError,
     )
-    from .imageio import DecodedImage, decode_image, encode_image
-    from .losses import kl_to_gaussian, pca_loss
-    from .models import Decoder, Encoder, clear_cache, load_decoder, load_encoder
+    from .io.images import DecodedImage, decode_image, encode_image
+    from .models.encoder import Decoder, Encoder, clear_cache, load_decoder, load_encoder
+    from .models.registry import REGISTRY
     from .pipeline import Engine, ProtectedImage
-    from .registry import REGISTRY
-    from .report import Certificate

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .attack import Protector
-from .config import AttackConfig
-from .errors import ModelLoadError, ModelNotFoundError
-from .imageio import (
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.pgd import Protector
+from pca_attack.certify.report import Certificate, certificate
+from pca_attack.errors import ModelLoadError, ModelNotFoundError
+from pca_attack.io.images import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     decode_image,
@@ -25,8 +26,7 @@ from .imageio import (
     normalise_format,
     tensor_to_array,
 )
-from .models import Decoder, Encoder, load_decoder, load_encoder
-from .report import Certificate, certificate
+from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder
 
 
 @dataclass

@@ -16,5 +16,5 @@ python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
 
 echo "== ruff" && ruff check .
-echo "== mypy" && mypy pca_attack service
+echo "== mypy" && mypy pca_attack service pca_client pca_cli
 echo "== pytest" && python -m pytest -q -m "not slow" -p no:cacheprovider "$@"

@@ -2,7 +2,7 @@
 
 Start it with ``pca-protect serve`` or ``uvicorn service.app:create_app --factory``.
 
-``create_app`` and ``Settings`` are imported lazily, so ``import service.client`` stays light (no torch,
+``create_app`` and ``Settings`` are imported lazily, so ``import pca_client`` stays light (no torch,
 no FastAPI) for programs that only talk to a running server.
 """
 
@@ -11,19 +11,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import create_app
-    from .settings import Settings
+    from service.app import create_app
+    from service.settings import Settings
 
 __all__ = ["Settings", "create_app"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .app import create_app
+        from service.app import create_app
 
         return create_app
     if name == "Settings":
-        from .settings import Settings
+        from service.settings import Settings
 
         return Settings
     raise AttributeError(f"module 'service' has no attribute {name!r}")

@@ -18,15 +18,14 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pca_attack import Engine, __version__
-
-from .deps import ApiKeyDep
-from .errors import error_response, install_error_handlers
-from .jobs import JobRunner, JobStore
-from .metrics import Metrics, MetricsMiddleware
-from .routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
-from .routes.analysis import router as analysis_router
-from .settings import Settings
-from .worker import EngineWorker
+from service.deps import ApiKeyDep
+from service.errors import error_response, install_error_handlers
+from service.jobs import JobRunner, JobStore
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
+from service.routes.analysis import router as analysis_router
+from service.settings import Settings
+from service.worker import EngineWorker
 
 log = logging.getLogger("service")
 

@@ -10,13 +10,12 @@ from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from pca_attack import Engine
-
-from .errors import ApiError
-from .jobs import JobRunner, JobStore
-from .metrics import Metrics
-from .schemas import OutputFormat, PresetName, ProtectParams
-from .settings import Settings
-from .worker import EngineWorker
+from service.errors import ApiError
+from service.jobs import JobRunner, JobStore
+from service.metrics import Metrics
+from service.schemas import OutputFormat, PresetName, ProtectParams
+from service.settings import Settings
+from service.worker import EngineWorker
 
 
 def get_settings(request: Request) -> Settings:

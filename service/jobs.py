@@ -442,9 +442,8 @@ class JobRunner:
 
     def _process(self, claimed: list[ClaimedItem]) -> None:
         from pca_attack import decode_image
-
-        from .errors import from_engine_error
-        from .worker import ProtectRequest
+        from service.errors import from_engine_error
+        from service.worker import ProtectRequest
 
         settings = claimed[0].settings
         config = attack_config_from(settings)
@@ -488,7 +487,7 @@ class JobRunner:
     def _collect(self, requests: list[tuple[ClaimedItem, Any]], futures: list[Any]) -> None:
         from concurrent.futures import CancelledError
 
-        from .errors import from_engine_error
+        from service.errors import from_engine_error
 
         for (item, _), future in zip(requests, futures, strict=True):
             try:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pca_attack.report import Certificate
+from pca_attack.certify.report import Certificate
 
 PresetName = Literal["pca-", "pca+", "adaptive", "pca-var"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -167,7 +167,7 @@ class Diagnostics(BaseModel):
         default=None,
         description="with `redteam=true` on a pair: for each publishing channel (JPEG, WebP, resize, blur, "
         "noise, cleaner, VAE purification), the latent drift after the channel and its retention "
-        "(drift after / drift before; 1 = protection kept, 0 = erased) — pca_attack.robustness.redteam",
+        "(drift after / drift before; 1 = protection kept, 0 = erased) — pca_attack.redteam",
     )
 
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pca_attack import AttackConfig, DecodedImage, Engine, ProtectedImage
-
-from .errors import QueueFullError
-from .metrics import Metrics
+from service.errors import QueueFullError
+from service.metrics import Metrics
 
 log = logging.getLogger("service.worker")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pca_attack.registry import DEMO_MODEL_DIR
+from pca_attack.models.registry import DEMO_MODEL_DIR
 
 torch.set_num_threads(1)  # tiny models: more threads only add contention on shared CI cores
 

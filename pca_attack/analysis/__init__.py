@@ -6,10 +6,10 @@ Calculators (closed forms from ``collapse-theory.md``) take data ``X``/``Y`` (N,
 the theory against training live in :mod:`pca_attack.analysis.simulate` (imported lazily: it needs torch).
 """
 
-from .linear_cvae import LinearCVAEResult, linear_cvae, residual_covariance
-from .linear_hvae import LinearHVAEResult, linear_hvae
-from .linear_vae import LinearVAEResult, linear_vae, whitened_singular_values
-from .moments import (
+from pca_attack.analysis.linear_cvae import LinearCVAEResult, linear_cvae, residual_covariance
+from pca_attack.analysis.linear_hvae import LinearHVAEResult, linear_hvae
+from pca_attack.analysis.linear_vae import LinearVAEResult, linear_vae, whitened_singular_values
+from pca_attack.analysis.moments import (
     AnalysisInputError,
     InvalidParameterError,
     Moments,
@@ -19,7 +19,7 @@ from .moments import (
     moments_from_data,
     resolve_moments,
 )
-from .neural_collapse import (
+from pca_attack.analysis.neural_collapse import (
     DeepLinearGeometry,
     NeuralCollapseResult,
     PerturbedCollapseResult,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .moments import (
+from pca_attack.analysis.moments import (
     DEFAULT_TOL,
     FloatArray,
     InvalidParameterError,

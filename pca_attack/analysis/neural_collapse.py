@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import brentq
 
-from .moments import (
+from pca_attack.analysis.moments import (
     DEFAULT_TOL,
     AnalysisInputError,
     FloatArray,

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .linear_cvae import linear_cvae
-from .moments import FloatArray
+from pca_attack.analysis.linear_cvae import linear_cvae
+from pca_attack.analysis.moments import FloatArray
 
 
 def sweep_beta(calculator: Callable[..., Any], betas: Sequence[float], **inputs: Any) -> dict[str, list[float]]:

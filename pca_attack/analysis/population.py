@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from .moments import FloatArray
+from pca_attack.analysis.moments import FloatArray
 
 Objective = Callable[[FloatArray], tuple[float, FloatArray]]
 

@@ -25,11 +25,18 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
-from .linear_cvae import linear_cvae
-from .linear_hvae import linear_hvae
-from .linear_vae import linear_vae
-from .moments import FloatArray, InvalidParameterError, Moments, ResultMixin, resolve_moments
-from .population import Layout, Objective, cvae_objective, hvae_objective, minimize_restarts, vae_objective
+from pca_attack.analysis.linear_cvae import linear_cvae
+from pca_attack.analysis.linear_hvae import linear_hvae
+from pca_attack.analysis.linear_vae import linear_vae
+from pca_attack.analysis.moments import FloatArray, InvalidParameterError, Moments, ResultMixin, resolve_moments
+from pca_attack.analysis.population import (
+    Layout,
+    Objective,
+    cvae_objective,
+    hvae_objective,
+    minimize_restarts,
+    vae_objective,
+)
 
 Kind = Literal["vae", "cvae", "hvae"]
 DT = torch.float64

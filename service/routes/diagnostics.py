@@ -8,12 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from pca_attack import Engine
-from pca_attack.diagnostics import image_stats, pair_stats
-
-from ..deps import SettingsDep, WorkerDep
-from ..errors import ApiError
-from ..schemas import Diagnostics
-from .protect import ERROR_RESPONSES, decode_upload, read_upload, wait_for
+from pca_attack.certify.diagnostics import image_stats, pair_stats
+from service.deps import SettingsDep, WorkerDep
+from service.errors import ApiError
+from service.routes.protect import ERROR_RESPONSES, decode_upload, read_upload, wait_for
+from service.schemas import Diagnostics
 
 router = APIRouter(tags=["diagnostics"])
 
@@ -74,7 +73,7 @@ async def diagnostics(
         stats = pair_stats(engine.encoder, x_clean, x_other, engine.decoder)
         stats["image"] = stats.pop("clean")
         if redteam:
-            from pca_attack.robustness import redteam as run_redteam
+            from pca_attack.redteam.report import redteam as run_redteam
 
             stats["redteam"] = run_redteam(engine, x_clean, x_other, with_roundtrip=False).to_dict()
         return stats

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..deps import MetricsDep
-from ..schemas import Health
+from service.deps import MetricsDep
+from service.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import MetricsDep, ProtectParamsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
-from ..errors import ApiError
-from ..jobs import JobView, output_name
-from ..schemas import ErrorResponse, Job, JobItem, JobProgress
-from .protect import ERROR_RESPONSES, attack_config, read_upload
+from service.deps import MetricsDep, ProtectParamsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
+from service.errors import ApiError
+from service.jobs import JobView, output_name
+from service.routes.protect import ERROR_RESPONSES, attack_config, read_upload
+from service.schemas import ErrorResponse, Job, JobItem, JobProgress
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from pca_attack import DEFAULT_PRESET, PRESETS, __version__
-from pca_attack.devices import dtype_name
-
-from ..deps import EngineDep, SettingsDep
-from ..schemas import Limits, ModelInfo, ModelsResponse, PresetInfo
+from pca_attack.models.devices import dtype_name
+from service.deps import EngineDep, SettingsDep
+from service.schemas import Limits, ModelInfo, ModelsResponse, PresetInfo
 
 router = APIRouter(tags=["models"])
 

@@ -17,13 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from pca_attack import AttackConfig, DecodedImage, ProtectedImage, decode_image
 from pca_attack.errors import ConfigError
-
-from ..deps import ProtectParamsDep, SettingsDep, WorkerDep
-from ..errors import ApiError, from_engine_error
-from ..jobs import format_problem, output_name
-from ..schemas import ErrorResponse, ProtectJSON, ProtectParams
-from ..settings import Settings
-from ..worker import ProtectRequest
+from service.deps import ProtectParamsDep, SettingsDep, WorkerDep
+from service.errors import ApiError, from_engine_error
+from service.jobs import format_problem, output_name
+from service.schemas import ErrorResponse, ProtectJSON, ProtectParams
+from service.settings import Settings
+from service.worker import ProtectRequest
 
 router = APIRouter(tags=["protect"])
 
@@ -82,7 +81,7 @@ async def decode_upload(data: bytes, settings: Settings, what: str = "file") -> 
 
 def check_eot(name: str) -> None:
     """422 unless ``name`` is an expectation-over-transformations preset the engine knows."""
-    from pca_attack.eot import build_eot
+    from pca_attack.attack.eot import build_eot
     from pca_attack.errors import ConfigError
 
     try:

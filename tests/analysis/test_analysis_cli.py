@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pca_attack.analysis import deep_linear_mse_geometry, linear_cvae, linear_hvae, linear_vae
-from pca_attack.cli.theory import theory_app
+from pca_cli.theory import theory_app
 
 runner = CliRunner()
 

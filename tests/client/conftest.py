@@ -21,8 +21,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from pca_attack.batch import MANIFEST_NAME
-from pca_attack.cli.batch import batch_command
+from pca_cli.batch import batch_command
+from pca_client.runner import MANIFEST_NAME
 
 SIZE = (24, 32)  # height, width
 REPO = Path(__file__).resolve().parents[2]
@@ -193,7 +193,7 @@ def run_cli(batch_app: typer.Typer):  # type: ignore[no-untyped-def]
 
 CLI_SCRIPT = """
 import typer
-from pca_attack.cli.batch import batch_command
+from pca_cli.batch import batch_command
 app = typer.Typer()
 app.command()(batch_command)
 app()

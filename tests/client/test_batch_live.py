@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from .conftest import (
+from tests.client.conftest import (
     CLI_SCRIPT,
     REPO,
     SIZE,

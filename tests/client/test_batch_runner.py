@@ -1,4 +1,4 @@
-"""``pca_attack.batch`` with a fake processor (no model): planning, atomic writes, resume rules,
+"""``pca_client.runner`` with a fake processor (no model): planning, atomic writes, resume rules,
 manifest repair, Ctrl-C, fatal aborts, in-place mode and watch mode."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pca_attack.batch import (
+from pca_client.runner import (
     MANIFEST_NAME,
     BatchError,
     BatchRunner,
@@ -20,8 +20,7 @@ from pca_attack.batch import (
     plan_tasks,
     wanted,
 )
-
-from .conftest import manifest_lines, temp_files, visible_files, write_images
+from tests.client.conftest import manifest_lines, temp_files, visible_files, write_images
 
 SETTINGS = {"steps": 2, "format": "png"}
 

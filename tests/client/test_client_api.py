@@ -1,4 +1,4 @@
-"""``service.client`` against the live service (every route) and against a scripted transport (retries,
+"""``pca_client.http`` against the live service (every route) and against a scripted transport (retries,
 Retry-After, bounded attempts, API key, error parsing, async client)."""
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
-import service.client as client_mod
-from service.client import AsyncPCAClient, PCAClient, PCAClientError, ProtectSettings, RetryPolicy
-
-from .conftest import SIZE, LiveServer, image_bytes
+import pca_client.http as client_mod
+from pca_client.http import AsyncPCAClient, PCAClient, PCAClientError, ProtectSettings, RetryPolicy
+from tests.client.conftest import SIZE, LiveServer, image_bytes
 
 
 def test_every_route_on_the_live_service(live_server: LiveServer) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from pca_attack.cli import app
+from pca_cli import app
 
 runner = CliRunner()
 

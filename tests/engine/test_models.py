@@ -17,7 +17,7 @@ from pca_attack import (
     load_decoder,
     load_encoder,
 )
-from pca_attack.weights import resolve_source
+from pca_attack.models.weights import resolve_source
 
 
 def test_folder_loads_frozen_encoder_only(tiny_vae_dir: Path) -> None:
@@ -39,7 +39,7 @@ def test_encoder_matches_diffusers(tiny_vae_dir: Path) -> None:
     with torch.no_grad():
         dist = vae.encode(x * 2 - 1).latent_dist
         mean, logvar = enc(x)
-    # channels_last convolutions (see pca_attack.devices.conv_memory_format): equal up to float rounding
+    # channels_last convolutions (see pca_attack.models.devices.conv_memory_format): equal up to float rounding
     assert torch.allclose(mean, dist.mean, rtol=1e-4, atol=1e-5)
     assert torch.allclose(logvar, dist.logvar, rtol=1e-4, atol=1e-5)
 
@@ -207,7 +207,7 @@ def test_cpu_encoder_runs_channels_last_and_matches_nchw(tiny_vae_dir: Path) -> 
 
 
 def test_conv_layout_policy_per_device() -> None:
-    from pca_attack.devices import conv_memory_format
+    from pca_attack.models.devices import conv_memory_format
 
     assert conv_memory_format(torch.device("cpu")) == torch.channels_last
     assert conv_memory_format(torch.device("cuda")) == torch.channels_last

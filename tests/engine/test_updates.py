@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pca_attack import REFERENCE_CONFIG, AttackConfig, ConfigError, Protector, load_encoder
-from pca_attack.updates import RpropUpdate, SignUpdate, make_update, step_size
+from pca_attack.attack.updates import RpropUpdate, SignUpdate, make_update, step_size
 
 
 def test_rprop_grows_while_the_sign_holds_and_shrinks_when_it_flips() -> None:

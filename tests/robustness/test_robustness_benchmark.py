@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pca_attack.registry import DEMO_MODEL_DIR
+from pca_attack.models.registry import DEMO_MODEL_DIR
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "efficacy.py"
 

@@ -11,7 +11,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from pca_attack.cli.redteam import redteam_command
+from pca_cli.redteam import redteam_command
 
 
 def test_redteam_command_writes_its_files(tiny_vae_dir: Path, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from pca_attack import AttackConfig, ConfigError, Encoder, Protector, load_encoder
-from pca_attack.eot import EOT_PRESETS, build_eot, diff_jpeg
-from pca_attack.registry import DEMO_MODEL_DIR
+from pca_attack.attack.eot import EOT_PRESETS, build_eot, diff_jpeg
+from pca_attack.models.registry import DEMO_MODEL_DIR
 
 EOT_TEST_STEPS = 10  # equal budget for plain and EoT in the demo-model comparison
 
@@ -91,8 +91,8 @@ def test_eot_changes_the_gradient(tiny_vae_dir: Path) -> None:
 
 def _drift_after_jpeg(encoder: Encoder, clean: torch.Tensor, protected: torch.Tensor, q: int) -> float:
     """Latent drift between JPEG(clean) and JPEG(protected), both (1, 3, H, W)."""
-    from pca_attack.diagnostics import latent_drift
-    from pca_attack.robustness import jpeg
+    from pca_attack.certify.diagnostics import latent_drift
+    from pca_attack.redteam.report import jpeg
 
     return latent_drift(encoder, jpeg(clean, q)[0], jpeg(protected, q)[0])
 
@@ -105,7 +105,7 @@ def test_eot_vs_plain_after_jpeg75_on_the_demo_model() -> None:
     measured 0.973 -> 0.992 here, see docs/robustness.md), but it is a real gain, deterministic on CPU."""
     from skimage import data
 
-    from pca_attack.diagnostics import latent_drift
+    from pca_attack.certify.diagnostics import latent_drift
 
     encoder = load_encoder("demo", device="cpu")
     clean = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255  # (1, 3, 300, 451)

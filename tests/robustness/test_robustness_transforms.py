@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pca_attack import AttackConfig, ConfigError, Protector, load_decoder, load_encoder
-from pca_attack.registry import DEMO_MODEL_DIR
-from pca_attack.robustness import TRANSFORMS, apply_transform, redteam
+from pca_attack.models.registry import DEMO_MODEL_DIR
+from pca_attack.redteam.report import TRANSFORMS, apply_transform, redteam
 
 
 @pytest.fixture(autouse=True, scope="module")

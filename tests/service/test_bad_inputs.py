@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from .conftest import png_bytes
+from tests.service.conftest import png_bytes
 
 FORM = {"steps": "2"}
 

@@ -14,8 +14,7 @@ from PIL import Image
 from service.app import create_app
 from service.jobs import JobStore
 from service.settings import Settings
-
-from .conftest import make_settings, png_bytes
+from tests.service.conftest import make_settings, png_bytes
 
 FORM = {"steps": "2", "eps": "8"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import LiveServer, png_bytes
+from tests.service.conftest import LiveServer, png_bytes
 
 
 def test_live_protect_and_health(live_server: LiveServer) -> None:

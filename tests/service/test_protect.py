@@ -9,7 +9,7 @@ import json
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from .conftest import png_bytes
+from tests.service.conftest import png_bytes
 
 FORM = {"steps": "2", "eps": "8"}
 

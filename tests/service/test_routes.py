@@ -8,8 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-
-from .conftest import make_settings, png_bytes
+from tests.service.conftest import make_settings, png_bytes
 
 
 def test_diagnostics_single(client: TestClient) -> None:

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pca_attack.cli.serve import serve_command
+from pca_cli.serve import serve_command
 
 
 def _app() -> typer.Typer:

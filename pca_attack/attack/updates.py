@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from .config import AttackConfig
+from pca_attack.attack.config import AttackConfig
 
 
 def step_size(config: AttackConfig, step: int) -> float:

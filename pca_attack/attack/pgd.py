@@ -2,7 +2,7 @@
 
 Modelled on torchattacks' ``PGD``: hyper-parameters live in ``AttackConfig``; ``protect`` holds only the
 loop; gradients come from ``torch.autograd.grad`` with respect to the input (the encoder is frozen); the
-update rule (reference sign step, or the default per-pixel sign-Rprop) lives in ``pca_attack.updates``.
+update rule (reference sign step, or the default per-pixel sign-Rprop) lives in ``pca_attack.attack.updates``.
 Differences from the reference loop, all on purpose: the best iterate is kept (optional), images of any
 size are reflect-padded to the encoder's multiple and cropped back, grayscale images get a
 channel-tied perturbation (so they stay grayscale), and the result is rounded to the image's integer
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import AttackConfig
-from .errors import ConfigError
-from .losses import objective_sign, pca_loss
-from .models import Encoder
-from .updates import make_update
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.losses import objective_sign, pca_loss
+from pca_attack.attack.updates import make_update
+from pca_attack.errors import ConfigError
+from pca_attack.models.encoder import Encoder
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -75,7 +75,7 @@ class Protector:
         self.config = config or AttackConfig()
         self._transform: Transform | None = None
         if self.config.eot:
-            from .eot import build_eot
+            from pca_attack.attack.eot import build_eot
 
             self._transform = build_eot(self.config.eot)
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from pca_attack.errors import ConfigError
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 

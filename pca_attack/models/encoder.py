@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .devices import conv_memory_format, dtype_name, resolve_device, resolve_dtype
-from .errors import ModelLoadError
-from .weights import ModelSource, load_config_and_tensors, resolve_source
+from pca_attack.errors import ModelLoadError
+from pca_attack.models.devices import conv_memory_format, dtype_name, resolve_device, resolve_dtype
+from pca_attack.models.weights import ModelSource, load_config_and_tensors, resolve_source
 
 log = logging.getLogger("pca_attack")
 

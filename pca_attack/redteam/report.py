@@ -1,7 +1,7 @@
 """Red team: what a protected image meets after publishing, and how much collapse survives it.
 
 The transformations here are the real, non-differentiable ones (PIL codecs and filters, skimage's
-bilateral filter, a numpy guided filter, an IMPRESS-style VAE purification); ``pca_attack.eot`` holds
+bilateral filter, a numpy guided filter, an IMPRESS-style VAE purification); ``pca_attack.attack.eot`` holds
 their differentiable stand-ins used *during* the attack. Each transformation maps (B, 3, H, W) in
 [0, 1] to the same shape on the uint8 grid and is deterministic for a seed.
 
@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .attack import pad_to_multiple
-from .config import PRESETS
-from .diagnostics import posterior, psnr, roundtrip
-from .errors import ConfigError
-from .losses import mean_kl_per_element
-from .models import Decoder, Encoder
+from pca_attack.attack.config import PRESETS
+from pca_attack.attack.losses import mean_kl_per_element
+from pca_attack.attack.pgd import pad_to_multiple
+from pca_attack.certify.diagnostics import posterior, psnr, roundtrip
+from pca_attack.errors import ConfigError
+from pca_attack.models.encoder import Decoder, Encoder
 
 # -- real transformations ----------------------------------------------------------------------------
 

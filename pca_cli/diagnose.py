@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DeviceOpt, ModelOpt, OfflineOpt
+from pca_cli.options import DeviceOpt, ModelOpt, OfflineOpt
 
 
 def diagnose_command(
@@ -21,10 +21,10 @@ def diagnose_command(
     offline: OfflineOpt = False,
 ) -> None:
     """Print KL to the prior and to each preset's target, per-channel summaries, drift (JSON)."""
-    from ..diagnostics import image_stats, pair_stats
-    from ..errors import PCAError
-    from ..imageio import decode_image
-    from ..pipeline import Engine
+    from pca_attack.certify.diagnostics import image_stats, pair_stats
+    from pca_attack.errors import PCAError
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
 
     try:
         engine = Engine.from_spec(model, device=device, offline=offline or None)

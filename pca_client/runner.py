@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from .imageio import INPUT_SUFFIXES
+from pca_attack.io.images import INPUT_SUFFIXES
 
 MANIFEST_NAME = ".pca-manifest.jsonl"
 CSV_NAME = ".pca-manifest.csv"

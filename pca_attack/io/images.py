@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .errors import ImageTooLargeError, ImageTooSmallError, UnsupportedImageError
+from pca_attack.errors import ImageTooLargeError, ImageTooSmallError, UnsupportedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a guard against decompression bombs
 MIN_SIDE = 8  # the encoder downsamples by 8: smaller images carry no latent to collapse

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .options import (
+from pca_cli.options import (
     DeviceOpt,
     DtypeOpt,
     EotOpt,
@@ -34,7 +34,7 @@ def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Pa
     A destination keeps the source's name with the output suffix; if two sources would land on the same
     name (``a.jpg`` and ``a.png``), the later one keeps its original suffix too (``a.png.png``).
     """
-    from ..imageio import INPUT_SUFFIXES
+    from pca_attack.io.images import INPUT_SUFFIXES
 
     pairs: list[tuple[Path, Path]] = []
     taken: set[Path] = set()
@@ -76,11 +76,11 @@ def protect_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..batch import atomic_write
-    from ..config import AttackConfig
-    from ..errors import PCAError
-    from ..imageio import normalise_format
-    from ..pipeline import Engine
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.errors import PCAError
+    from pca_attack.io.images import normalise_format
+    from pca_attack.pipeline import Engine
+    from pca_client.runner import atomic_write
 
     console = Console(stderr=True)
     try:

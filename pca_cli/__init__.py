@@ -16,14 +16,14 @@ from typing import Annotated
 
 import typer
 
-from .._version import __version__
-from .batch import batch_command
-from .diagnose import diagnose_command
-from .models_cmd import models_app
-from .protect import protect_command
-from .redteam import redteam_command
-from .serve import serve_command
-from .theory import theory_app
+from pca_attack._version import __version__
+from pca_cli.batch import batch_command
+from pca_cli.diagnose import diagnose_command
+from pca_cli.models_cmd import models_app
+from pca_cli.protect import protect_command
+from pca_cli.redteam import redteam_command
+from pca_cli.serve import serve_command
+from pca_cli.theory import theory_app
 
 app = typer.Typer(
     name="pca-protect",

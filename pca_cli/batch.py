@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..batch import BatchReport, BatchRunner, DryRun, FileResult, Processor
+    from pca_client.runner import BatchReport, BatchRunner, DryRun, FileResult, Processor
 
 
 def _settings(
@@ -46,9 +46,9 @@ def _settings(
 
 
 def _local_processor(settings: dict[str, Any], model: str, device: str, dtype: str) -> Processor:
-    from ..batch import EngineProcessor
-    from ..config import AttackConfig
-    from ..pipeline import Engine
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.pipeline import Engine
+    from pca_client.runner import EngineProcessor
 
     config = AttackConfig(
         eps=settings["eps"],
@@ -68,7 +68,7 @@ def _local_processor(settings: dict[str, Any], model: str, device: str, dtype: s
 def _remote_processor(
     settings: dict[str, Any], url: str, api_key: str | None, retries: int, timeout: float, jobs: int
 ) -> Processor:
-    from service.client import PCAClient, PCAClientError, ProtectSettings
+    from pca_client.http import PCAClient, PCAClientError, ProtectSettings
 
     client = PCAClient(url, api_key=api_key, retries=retries, timeout=timeout, max_connections=max(4, jobs))
     try:
@@ -219,7 +219,7 @@ def batch_command(
     """Protect every image under SRC into DST (mirrored tree), resumably, with a manifest."""
     from rich.console import Console
 
-    from ..batch import BatchError, BatchRunner
+    from pca_client.runner import BatchError, BatchRunner
 
     console, err = Console(), Console(stderr=True)
     if bool(server) == bool(local):

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attack import pad_to_multiple
-from .config import PRESETS
-from .losses import mean_kl_per_element
-from .models import Decoder, Encoder
+from pca_attack.attack.config import PRESETS
+from pca_attack.attack.losses import mean_kl_per_element
+from pca_attack.attack.pgd import pad_to_multiple
+from pca_attack.models.encoder import Decoder, Encoder
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Each image is protected in-process, then JPEG / WebP / resize / blur / noise / cleaner / VAE
 purification are applied to the clean and to the protected image alike, and the latent drift that
 survives is compared with the drift before the channel (the *retention*, see
-``pca_attack.robustness``). Writes ``redteam.json``, ``redteam.md`` and ``redteam.png`` into DIR.
+``pca_attack.redteam``). Writes ``redteam.json``, ``redteam.md`` and ``redteam.png`` into DIR.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .options import DeviceOpt, EotOpt, EpsOpt, ModelOpt, OfflineOpt, PresetOpt, SeedOpt, StepOpt, StepsOpt
+from pca_cli.options import DeviceOpt, EotOpt, EpsOpt, ModelOpt, OfflineOpt, PresetOpt, SeedOpt, StepOpt, StepsOpt
 
 if TYPE_CHECKING:
-    from ..robustness import RedteamReport
+    from pca_attack.redteam.report import RedteamReport
 
 
 def collect_images(target: Path, limit: int) -> list[Path]:
     """The image files of a file or (recursively) a folder, sorted, at most ``limit``."""
-    from ..imageio import INPUT_SUFFIXES
+    from pca_attack.io.images import INPUT_SUFFIXES
 
     if target.is_file():
         return [target]
@@ -82,11 +82,11 @@ def redteam_command(
     """Protect the image(s), push them through real publishing channels, report what collapse survives."""
     from rich.console import Console
 
-    from ..config import AttackConfig
-    from ..errors import PCAError
-    from ..imageio import decode_image
-    from ..pipeline import Engine
-    from ..robustness import TRANSFORMS, redteam
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.errors import PCAError
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+    from pca_attack.redteam.report import TRANSFORMS, redteam
 
     console = Console(stderr=True)
     files = collect_images(image_or_folder, max_images)

@@ -54,7 +54,7 @@ class PCAClientError(Exception):
     @property
     def fatal(self) -> bool:
         """True when the next request would fail too (bad API key, server gone after every retry):
-        ``pca_attack.batch`` then stops the batch instead of failing every remaining file."""
+        ``pca_client.runner`` then stops the batch instead of failing every remaining file."""
         return self.abort_batch or self.status in (401, 403)
 
     @property
@@ -439,12 +439,12 @@ class PCAClient(_Base):
         raise PCAClientError(None, "not_ready", f"service not ready after {timeout_s}s: {last}")
 
     def processor(self, settings: ProtectSettings | None = None, **options: Any) -> RemoteProcessor:
-        """A batch processor ``(path, data) -> (bytes, suffix, certificate)`` for ``pca_attack.batch``."""
+        """A batch processor ``(path, data) -> (bytes, suffix, certificate)`` for ``pca_client.runner``."""
         return RemoteProcessor(self, _settings(settings, options))
 
 
 class RemoteProcessor:
-    """Plugs the sync client into ``pca_attack.batch.BatchRunner`` (one POST /v1/protect per file)."""
+    """Plugs the sync client into ``pca_client.runner.BatchRunner`` (one POST /v1/protect per file)."""
 
     def __init__(self, client: PCAClient, settings: ProtectSettings) -> None:
         self.client, self.settings = client, settings

@@ -13,13 +13,13 @@ import torch
 from pydantic import BaseModel, Field
 from skimage.metrics import structural_similarity
 
-from ._version import __version__
-from .config import AttackConfig
-from .devices import dtype_name
-from .diagnostics import decode_mean, drift, posterior, preset_target, psnr
-from .imageio import DecodedImage
-from .losses import mean_kl_per_element, pca_loss
-from .models import Decoder, Encoder
+from pca_attack._version import __version__
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.losses import mean_kl_per_element, pca_loss
+from pca_attack.certify.diagnostics import decode_mean, drift, posterior, preset_target, psnr
+from pca_attack.io.images import DecodedImage
+from pca_attack.models.devices import dtype_name
+from pca_attack.models.encoder import Decoder, Encoder
 
 
 class Certificate(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from .errors import ConfigError
+from pca_attack.errors import ConfigError
 
 Direction = Literal["minimize", "maximize"]
 
@@ -64,7 +64,7 @@ class AttackConfig:
     """Hyper-parameters of the protective Linf PGD. Defaults follow the reference implementation
     (eps 16, step 2, 40 steps, no random start, seed 3407) except two measured improvements: the best
     iterate is returned instead of the last, and each pixel moves with its own sign-Rprop step (see
-    ``pca_attack.updates``) instead of the same constant step. ``REFERENCE_CONFIG`` restores the reference
+    ``pca_attack.attack.updates``) instead of the same constant step. ``REFERENCE_CONFIG`` restores the reference
     loop exactly."""
 
     eps: float = 16.0  # Linf budget on the 0-255 scale (16 -> 16/255)
@@ -84,7 +84,7 @@ class AttackConfig:
     keep_best: bool = True  # return the best iterate per image (the reference returns the last)
     early_stop_patience: int = 0  # stop after this many steps without improvement (0 = never)
     early_stop_tol: float = 1e-4  # relative improvement that counts as progress for early stop
-    eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.eot)
+    eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.attack.eot)
     eot_samples: int = 1  # random transformations averaged per step when eot is set
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, carried into the certificate
 

@@ -22,7 +22,7 @@ def list_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..registry import DEMO_MODEL_DIR, REGISTRY
+    from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
 
     table = Table("name", "source", "latent ch.", "available", "description")
     for entry in REGISTRY.values():
@@ -43,7 +43,7 @@ def download_command(
     """Fetch only the VAE files of each model into the Hugging Face cache (HF_HOME)."""
     from huggingface_hub import snapshot_download
 
-    from ..registry import REGISTRY
+    from pca_attack.models.registry import REGISTRY
 
     failed = 0
     for name in names:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError, ModelNotFoundError
-from .registry import DEMO_MODEL_DIR, REGISTRY
+from pca_attack.errors import ModelLoadError, ModelNotFoundError
+from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from .errors import ConfigError, DeviceUnavailableError
+from pca_attack.errors import ConfigError, DeviceUnavailableError
 
 log = logging.getLogger("pca_attack")
 

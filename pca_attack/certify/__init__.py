@@ -1,0 +1,1 @@
+"""What was done to an image, measured: the certificate and posterior diagnostics."""

@@ -1,0 +1,1 @@
+"""Red team: publishing channels and purifiers applied to protected images, and how much protection survives."""

@@ -1,0 +1,5 @@
+"""``python -m pca_cli`` runs the console script."""
+
+from pca_cli import main
+
+main()
