@@ -69,7 +69,8 @@ def photoguard(encoder: Any, x: torch.Tensor, eps: float, step: float, steps: in
 
     x: (1, 3, H, W). Returns (1, 3, H, W) on the uint8 grid within eps/255 of x.
     """
-    from pca_attack.attack.pgd import pad_to_multiple, quantize
+    from pca_attack.attack.budget import quantize
+    from pca_attack.models.encoder import pad_to_multiple
 
     f = encoder.downsample_factor
     with torch.no_grad():

@@ -13,14 +13,13 @@ import torch
 
 from pca_attack.attack.config import PRESETS
 from pca_attack.attack.losses import mean_kl_per_element
-from pca_attack.attack.pgd import pad_to_multiple
 from pca_attack.models.encoder import Decoder, Encoder
 
 
 @torch.no_grad()
 def posterior(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 posterior (mean, logvar), each (B, C, h, w), of (B, 3, H, W) images of any size."""
-    mean, logvar = encoder(pad_to_multiple(x.to(encoder.device), encoder.downsample_factor))
+    mean, logvar = encoder.posterior(x)
     return mean.float(), logvar.float()
 
 

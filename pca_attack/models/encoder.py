@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pca_attack.errors import ModelLoadError
@@ -51,6 +52,16 @@ def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torc
     return memory_format
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad (B, C, H, W) on the bottom/right so H and W become multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 class Encoder(nn.Module):
     """x in [0, 1] (B, 3, H, W) -> posterior (mean, logvar), each (B, C, H/f, W/f)."""
 
@@ -75,6 +86,14 @@ class Encoder(nn.Module):
         self.device = device
         self.dtype = dtype
         self.memory_format = _freeze(self, device, dtype)
+
+    def posterior(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior of (B, 3, H, W) images of ANY size: padded here to the encoder's multiple.
+
+        The one place that pads for the encoder: the attack, diagnostics and the red team all call this.
+        Returns mean, logvar, each (B, C, ceil(H/f), ceil(W/f)).
+        """
+        return self(pad_to_multiple(x01.to(self.device), self.downsample_factor))
 
     def forward(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior of images in [0, 1]; spatial sizes must be multiples of ``downsample_factor``."""

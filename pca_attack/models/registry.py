@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo_vae"
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_vae"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from PIL import Image, ImageFilter
 
 from pca_attack.attack.config import PRESETS
 from pca_attack.attack.losses import mean_kl_per_element
-from pca_attack.attack.pgd import pad_to_multiple
 from pca_attack.certify.diagnostics import posterior, psnr, roundtrip
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Decoder, Encoder
@@ -155,7 +154,7 @@ def purify(
     xp = x.clone().requires_grad_(True)
     opt = torch.optim.Adam([xp], lr=lr)
     for _ in range(steps):
-        mean, _ = encoder(pad_to_multiple(xp, encoder.downsample_factor))  # (B, C, h', w')
+        mean, _ = encoder.posterior(xp)  # (B, C, h', w')
         recon = decoder(mean)[..., :h, :w].float()  # (B, 3, H, W)
         loss = (recon - xp).pow(2).mean() + weight * (xp - x).pow(2).mean()
         opt.zero_grad()

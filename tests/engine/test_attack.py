@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pca_attack import PRESETS, REFERENCE_CONFIG, AttackConfig, Engine, Protector, load_encoder
-from pca_attack.attack.pgd import quantize
+from pca_attack.attack.budget import quantize
 
 
 def naive_reference_loop(
