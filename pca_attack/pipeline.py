@@ -17,13 +17,13 @@ from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.pgd import Protector
 from pca_attack.certify.report import Certificate, certificate
 from pca_attack.errors import ModelLoadError, ModelNotFoundError
+from pca_attack.io.formats import FORMATS, normalise_format
 from pca_attack.io.images import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     decode_image,
     encode_image,
     mime_type,
-    normalise_format,
     tensor_to_array,
 )
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder
@@ -41,7 +41,7 @@ class ProtectedImage:
 
     @property
     def suffix(self) -> str:
-        return ".jpg" if self.format == "jpeg" else f".{self.format}"
+        return FORMATS[self.format].suffix
 
 
 class Engine:

@@ -6,7 +6,7 @@ reference implementation of the Posterior Collapse Attack (Guo et al., arXiv 240
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from pca_attack.errors import ConfigError
@@ -86,7 +86,6 @@ class AttackConfig:
     early_stop_tol: float = 1e-4  # relative improvement that counts as progress for early stop
     eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.attack.eot)
     eot_samples: int = 1  # random transformations averaged per step when eot is set
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, carried into the certificate
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 255:

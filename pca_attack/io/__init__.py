@@ -1,1 +1,2 @@
-"""Image files in and out: decode/encode with EXIF, ICC, alpha and 16-bit fidelity; atomic file writes."""
+"""Image files in and out: the format table (formats.py), decode/encode with EXIF, ICC, alpha and 16-bit fidelity
+(images.py), and the one atomic file write (files.py)."""

@@ -22,11 +22,10 @@ import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pca_attack.errors import ImageTooLargeError, ImageTooSmallError, UnsupportedImageError
+from pca_attack.io.formats import FORMATS, image_format, normalise_format
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a guard against decompression bombs
 MIN_SIDE = 8  # the encoder downsamples by 8: smaller images carry no latent to collapse
-OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
-INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -213,14 +212,6 @@ def decode_image(
 
 
 # -- encoding -----------------------------------------------------------------------------------------
-def normalise_format(fmt: str | None) -> str:
-    """'png' | 'jpeg' | 'webp' (accepts 'jpg' and any case); raises for anything else."""
-    name = (fmt or "png").strip().lower().lstrip(".")
-    if name not in OUTPUT_FORMATS:
-        raise UnsupportedImageError(f"output format {fmt!r} is not supported; choose png, jpeg or webp")
-    return "jpeg" if name == "jpg" else name
-
-
 def _png_with_chunks(png_bytes: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
     """Insert ancillary chunks right after IHDR (used to carry iCCP/eXIf on 16-bit PNGs)."""
     def chunk(tag: bytes, body: bytes) -> bytes:
@@ -294,10 +285,10 @@ def encode_image(
     else:
         options.update(quality=quality or 90, method=4)
     buffer = io.BytesIO()
-    image.save(buffer, format=OUTPUT_FORMATS[name], **options)
+    image.save(buffer, format=FORMATS[name].pil_name, **options)
     return buffer.getvalue()
 
 
 def mime_type(fmt: str) -> str:
     """The Content-Type of an output format."""
-    return {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[normalise_format(fmt)]
+    return image_format(fmt).mime_type

@@ -1,0 +1,115 @@
+"""The one declaration of the protect options: the attack settings a user may set and the output settings.
+
+Every interface derives its parameters from ``ProtectOptions``: the service's form fields and OpenAPI
+schema (``service.deps``), the Python client's ``ProtectSettings`` (``pca_client.protocol``), the CLI
+options of ``protect`` / ``batch`` / ``redteam`` (``pca_cli.options``), the batch fingerprint and the
+service's job settings (``ProtectOptions.settings``). A bound, a default or a description is changed here
+and nowhere else. Attack defaults are read from ``AttackConfig``'s dataclass fields, so the engine and the
+interfaces cannot disagree; ``to_attack_config()`` is the only place options become an ``AttackConfig``.
+
+Torch-free: importing this module loads pydantic and the attack's configuration only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.fields import FieldInfo
+
+from pca_attack.attack.config import PRESETS, AttackConfig
+from pca_attack.io.formats import ALIASES, FORMAT_NAMES
+
+if TYPE_CHECKING:
+    PresetName = str
+    FormatName = str
+else:  # the choices are the engine's own tables
+    PresetName = Literal[tuple(PRESETS)]
+    FormatName = Literal[FORMAT_NAMES]
+
+ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
+ATTACK_FIELDS = ("preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples")
+OUTPUT_FIELDS = ("format", "quality", "keep_exif")
+
+
+class ProtectOptions(BaseModel):
+    """How one image is protected and written. Budgets are on the 0-255 scale."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: PresetName = Field(
+        default=ENGINE_DEFAULTS["preset"], description="collapse-loss preset (see GET /v1/models)"
+    )
+    eps: float = Field(default=ENGINE_DEFAULTS["eps"], gt=0, le=64, description="Linf budget on the 0-255 scale")
+    step: float = Field(default=ENGINE_DEFAULTS["step"], gt=0, le=64, description="PGD step size on the 0-255 scale")
+    steps: int = Field(
+        default=ENGINE_DEFAULTS["steps"], ge=1, le=10_000, description="PGD iterations (a server caps them: max_steps)"
+    )
+    seed: int = Field(
+        default=ENGINE_DEFAULTS["seed"], ge=0, le=2**32 - 1, description="seed of the random start and EoT sampling"
+    )
+    random_start: bool = Field(
+        default=ENGINE_DEFAULTS["random_start"], description="start from uniform noise inside the budget"
+    )
+    eot: str | None = Field(
+        default=ENGINE_DEFAULTS["eot"], max_length=64, description="expectation-over-transformations preset"
+    )
+    eot_samples: int = Field(
+        default=ENGINE_DEFAULTS["eot_samples"], ge=1, le=64, description="EoT draws averaged per PGD step"
+    )
+    format: FormatName = Field(default="png", description="output format: png (lossless), jpeg or webp")
+    quality: int | None = Field(default=None, ge=1, le=100, description="jpeg/webp quality (default 95/90)")
+    keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_alias(cls, value: Any) -> Any:
+        """'JPG', '.jpeg' and 'Jpeg' all mean jpeg."""
+        if isinstance(value, str):
+            name = value.strip().lower().lstrip(".")
+            return ALIASES.get(name, name)
+        return value
+
+    @field_validator("eot", mode="before")
+    @classmethod
+    def _empty_eot(cls, value: Any) -> Any:
+        """An empty form field means no EoT."""
+        return value or None
+
+    def to_attack_config(self) -> AttackConfig:
+        """The engine's configuration (raises ``ConfigError`` where the engine disagrees)."""
+        return AttackConfig(**{name: getattr(self, name) for name in ATTACK_FIELDS})
+
+    def output(self) -> dict[str, Any]:
+        """Keyword arguments of ``Engine.protect_bytes`` for the output file."""
+        return {"fmt": self.format, "quality": self.quality, "keep_exif": self.keep_exif}
+
+    def settings(self) -> dict[str, Any]:
+        """Plain-JSON settings for manifests, job rows and fingerprints. ``eot_samples`` is left out when
+        EoT is off (it has no effect then), so fingerprints of earlier runs stay valid."""
+        values = self.model_dump(mode="json")
+        if values["eot"] is None:
+            values.pop("eot_samples")
+        return values
+
+
+_BOUND_TYPES = {
+    annotated_types.Gt: "gt",
+    annotated_types.Ge: "ge",
+    annotated_types.Lt: "lt",
+    annotated_types.Le: "le",
+    annotated_types.MinLen: "min_length",
+    annotated_types.MaxLen: "max_length",
+}
+
+
+def field_bounds(info: FieldInfo) -> dict[str, Any]:
+    """The bounds of a field as keyword arguments of ``Field`` / ``Form`` (``{"gt": 0, "le": 64}``)."""
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        key = _BOUND_TYPES.get(type(item))
+        if key is not None:
+            bounds[key] = getattr(item, key)
+    return bounds
