@@ -133,7 +133,8 @@ def photo_job(name: str, x: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any
     """Everything measured on one photo (runs in a worker process). x: (3, H, W)."""
     from pca_attack import REFERENCE_CONFIG, AttackConfig, Protector, load_decoder, load_encoder
     from pca_attack.certify.diagnostics import latent_drift
-    from pca_attack.redteam.report import jpeg, redteam, transform_names
+    from pca_attack.redteam.channels import jpeg, transform_names
+    from pca_attack.redteam.report import redteam
 
     torch.set_num_threads(opts["threads"])
     encoder = load_encoder(opts["model"], device="cpu")

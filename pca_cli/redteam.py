@@ -86,7 +86,8 @@ def redteam_command(
     from pca_attack.errors import PCAError
     from pca_attack.io.images import decode_image
     from pca_attack.pipeline import Engine
-    from pca_attack.redteam.report import TRANSFORMS, redteam
+    from pca_attack.redteam.channels import TRANSFORMS
+    from pca_attack.redteam.report import redteam
 
     console = Console(stderr=True)
     files = collect_images(image_or_folder, max_images)

@@ -92,7 +92,7 @@ def test_eot_changes_the_gradient(tiny_vae_dir: Path) -> None:
 def _drift_after_jpeg(encoder: Encoder, clean: torch.Tensor, protected: torch.Tensor, q: int) -> float:
     """Latent drift between JPEG(clean) and JPEG(protected), both (1, 3, H, W)."""
     from pca_attack.certify.diagnostics import latent_drift
-    from pca_attack.redteam.report import jpeg
+    from pca_attack.redteam.channels import jpeg
 
     return latent_drift(encoder, jpeg(clean, q)[0], jpeg(protected, q)[0])
 

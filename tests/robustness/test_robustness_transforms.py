@@ -11,7 +11,8 @@ import torch
 
 from pca_attack import AttackConfig, ConfigError, Protector, load_decoder, load_encoder
 from pca_attack.models.registry import DEMO_MODEL_DIR
-from pca_attack.redteam.report import TRANSFORMS, apply_transform, redteam
+from pca_attack.redteam.channels import TRANSFORMS, apply_transform
+from pca_attack.redteam.report import redteam
 
 
 @pytest.fixture(autouse=True, scope="module")
