@@ -45,7 +45,7 @@ class ProtectOptions(BaseModel):
     eps: float = Field(default=ENGINE_DEFAULTS["eps"], gt=0, le=64, description="Linf budget on the 0-255 scale")
     step: float = Field(default=ENGINE_DEFAULTS["step"], gt=0, le=64, description="PGD step size on the 0-255 scale")
     steps: int = Field(
-        default=ENGINE_DEFAULTS["steps"], ge=1, le=10_000, description="PGD iterations (a server caps them: max_steps)"
+        default=ENGINE_DEFAULTS["steps"], ge=1, le=10_000, description="PGD iterations (capped by a server's max_steps)"
     )
     seed: int = Field(
         default=ENGINE_DEFAULTS["seed"], ge=0, le=2**32 - 1, description="seed of the random start and EoT sampling"

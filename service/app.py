@@ -20,10 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pca_attack import Engine, __version__
 from service.deps import ApiKeyDep
 from service.errors import error_response, install_error_handlers
-from service.jobs import JobRunner, JobStore
+from service.job_runner import JobRunner
+from service.job_store import JobStore
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
 from service.routes.analysis import router as analysis_router
+from service.routes.web import router as web_router
 from service.settings import Settings
 from service.worker import EngineWorker
 
@@ -198,6 +200,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     v1.include_router(analysis_router)
     app.include_router(v1)
     app.include_router(health_router)
+    app.include_router(web_router)
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: metrics)

@@ -1,19 +1,23 @@
 """``Annotated`` dependency aliases: settings, the engine worker, the job store, metrics, API keys and
-the attack parameters shared by /v1/protect and /v1/jobs."""
+the protect options of /v1/protect and /v1/jobs (form fields generated from ``ProtectOptions``)."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
 from pca_attack import Engine
+from pca_attack.options import ProtectOptions, field_bounds
 from service.errors import ApiError
-from service.jobs import JobRunner, JobStore
+from service.job_runner import JobRunner
+from service.job_store import JobStore
 from service.metrics import Metrics
-from service.schemas import OutputFormat, PresetName, ProtectParams
 from service.settings import Settings
 from service.worker import EngineWorker
 
@@ -93,30 +97,28 @@ def require_api_key(
 ApiKeyDep = Depends(require_api_key)
 
 
-def protect_params(
-    preset: Annotated[PresetName, Form(description="collapse-loss preset (see GET /v1/models)")] = "pca-",
-    eps: Annotated[float, Form(gt=0, le=64, description="Linf budget on the 0-255 scale")] = 16.0,
-    step: Annotated[float, Form(gt=0, le=64, description="PGD step size on the 0-255 scale")] = 2.0,
-    steps: Annotated[int, Form(ge=1, le=10_000, description="PGD iterations (<= the server's max_steps)")] = 40,
-    seed: Annotated[int, Form(ge=0, le=2**32 - 1, description="seed of random start / EOT")] = 3407,
-    random_start: Annotated[bool, Form(description="start from uniform noise in the budget")] = False,
-    format: Annotated[OutputFormat, Form(description="output format; png is lossless")] = "png",
-    quality: Annotated[int | None, Form(ge=1, le=100, description="jpeg/webp quality")] = None,
-    keep_exif: Annotated[bool, Form(description="copy the input's EXIF to the output")] = True,
-    eot: Annotated[str | None, Form(max_length=64, description="expectation-over-transformations preset")] = None,
-) -> ProtectParams:
-    return ProtectParams(
-        preset=preset,
-        eps=eps,
-        step=step,
-        steps=steps,
-        seed=seed,
-        random_start=random_start,
-        format=format,
-        quality=quality,
-        keep_exif=keep_exif,
-        eot=eot or None,
-    )
+def options_form(model: type[ProtectOptions] = ProtectOptions) -> Callable[..., ProtectOptions]:
+    """A dependency reading ``model``'s fields as form fields: one ``Form`` per field with the field's type,
+    default, bounds and description, so the form and its OpenAPI schema are derived from the model."""
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=info.default,
+            annotation=Annotated[info.annotation, Form(description=info.description, **field_bounds(info))],
+        )
+        for name, info in model.model_fields.items()
+    ]
+
+    def read_form(**values: Any) -> ProtectOptions:
+        try:
+            return model(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ApiError(422, "invalid_parameter", problems) from exc
+
+    read_form.__signature__ = inspect.Signature(parameters, return_annotation=model)  # type: ignore[attr-defined]
+    return read_form
 
 
-ProtectParamsDep = Annotated[ProtectParams, Depends(protect_params)]
+ProtectOptionsDep = Annotated[ProtectOptions, Depends(options_form())]

@@ -7,6 +7,7 @@ pixels 413, too small / bad parameters 422, full queue 429, not ready or timed o
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,15 +108,28 @@ _STATUS_CODES = {
 }
 
 
+#: At most this many validation errors are listed in ``detail`` (a matrix of NaNs gives one per entry).
+MAX_LISTED_ERRORS = 20
+
+
+def _echoable(value: Any) -> bool:
+    """Short scalars only: never bytes, containers, huge strings or NaN/Infinity (not valid JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, str | int | float | bool) and len(str(value)) <= 200
+
+
 def _clean_validation(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic error list without echoing uploads back (inputs may be bytes or huge)."""
+    """Pydantic error list without echoing uploads back (inputs may be bytes, huge or non-finite)."""
     out = []
-    for err in errors:
-        item = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
+    for err in errors[:MAX_LISTED_ERRORS]:
+        item = {"loc": list(err.get("loc", ()))[:10], "msg": str(err.get("msg", ""))[:300], "type": err.get("type")}
         value = err.get("input")
-        if isinstance(value, str | int | float | bool) and len(str(value)) <= 200:
+        if _echoable(value):
             item["input"] = value
         out.append(item)
+    if len(errors) > MAX_LISTED_ERRORS:
+        out.append({"loc": [], "msg": f"... and {len(errors) - MAX_LISTED_ERRORS} more errors", "type": "truncated"})
     return out
 
 

@@ -8,9 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from pca_attack.certify.report import Certificate
+from pca_attack.options import FormatName
 
-PresetName = Literal["pca-", "pca+", "adaptive", "pca-var"]
-OutputFormat = Literal["png", "jpeg", "webp"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
@@ -26,26 +25,11 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-class ProtectParams(BaseModel):
-    """Attack and output parameters shared by /v1/protect and /v1/jobs (sent as form fields)."""
-
-    preset: PresetName = Field(default="pca-", description="collapse-loss preset (see GET /v1/models)")
-    eps: float = Field(default=16.0, gt=0, le=64, description="Linf budget on the 0-255 scale")
-    step: float = Field(default=2.0, gt=0, le=64, description="PGD step size on the 0-255 scale")
-    steps: int = Field(default=40, ge=1, le=10_000, description="PGD iterations (capped by the server's max_steps)")
-    seed: int = Field(default=3407, ge=0, le=2**32 - 1, description="seed of the random start / EOT sampling")
-    random_start: bool = Field(default=False, description="start from uniform noise inside the budget")
-    format: OutputFormat = Field(default="png", description="output file format (png is lossless)")
-    quality: int | None = Field(default=None, ge=1, le=100, description="quality of jpeg/webp output")
-    keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
-    eot: str | None = Field(default=None, max_length=64, description="expectation-over-transformations preset")
-
-
 class ProtectJSON(BaseModel):
     """`?response=json` variant of POST /v1/protect."""
 
     certificate: Certificate
-    format: OutputFormat
+    format: FormatName
     filename: str = Field(description="suggested file name of the output (sanitised, new suffix)")
     image_base64: str = Field(description="the protected file, standard base64")
 

@@ -1,18 +1,24 @@
 """Pydantic request/response models for the `/analysis` routes (theory calculators, NC metrics).
 
 Matrices travel as nested lists (rows).  Every matrix must be rectangular, at most ``MAX_DIM`` rows
-and columns, finite, and a request may carry at most ``MAX_NUMBERS`` numbers in total.
+and columns, and a request may carry at most ``MAX_NUMBERS`` numbers in total.  The numeric bounds
+are declared once, here: matrix entries are finite with ``|v| <= MAX_ENTRY``; positive scalars (beta,
+sigma, eta) lie in ``[MIN_SCALE, MAX_SCALE]``; labels are class ids ``0..MAX_CLASSES-1``.  Raw JSON
+``NaN``/``Infinity`` and overflowing literals (``1e309``) are therefore 422s, never 500s.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_DIM = 512
 MAX_NUMBERS = 100_000
 MAX_ROWS = 100_000  # data matrices may have many rows, but the total-number limit still applies
+MAX_ENTRY = 1e100  # largest |entry| of a matrix: squares and sums of squares stay far from 1.8e308
+MIN_SCALE, MAX_SCALE = 1e-12, 1e12  # range of beta, sigma, eta: the closed forms square and divide by them
+MAX_CLASSES = MAX_DIM  # neural collapse: class ids 0..MAX_CLASSES-1 (W has one row per class)
 
 
 def _rectangular(rows: list[list[float]]) -> list[list[float]]:
@@ -32,10 +38,27 @@ def _square_limit(rows: list[list[float]]) -> list[list[float]]:
     return rows
 
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+def _schema_within(lo: float, hi: float) -> Any:
+    """The bounds as they appear in the OpenAPI schema (and no NaN/Infinity)."""
+    return Field(allow_inf_nan=False, json_schema_extra={"minimum": lo, "maximum": hi})
+
+
+def _check_within(lo: float, hi: float) -> AfterValidator:
+    """The same bounds enforced with a readable message (pydantic would print 1e100 digit by digit)."""
+
+    def check(value: float) -> float:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return value
+
+    return AfterValidator(check)
+
+
+Finite = Annotated[float, _schema_within(-MAX_ENTRY, MAX_ENTRY), _check_within(-MAX_ENTRY, MAX_ENTRY)]
 Data = Annotated[list[list[Finite]], Field(max_length=MAX_ROWS), AfterValidator(_rectangular)]
 Moment = Annotated[list[list[Finite]], AfterValidator(_rectangular), AfterValidator(_square_limit)]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Positive = Annotated[float, _schema_within(MIN_SCALE, MAX_SCALE), _check_within(MIN_SCALE, MAX_SCALE)]
+Label = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
 Status = Literal["collapsed", "active", "indeterminate"]
 
 
@@ -109,7 +132,11 @@ class NeuralCollapseRequest(_Request):
     """Features, labels and an optional linear classifier."""
 
     H: Data = Field(..., description="Features, one row per sample, shape (N, d).")
-    labels: list[Annotated[int, Field(ge=0)]] = Field(..., max_length=MAX_ROWS, description="Class ids 0..C-1, (N,).")
+    labels: list[Label] = Field(
+        ...,
+        max_length=MAX_ROWS,
+        description=f"Class ids 0..C-1, (N,), every class present (not renumbered), C <= N and C <= {MAX_CLASSES}.",
+    )
     W: Moment | None = Field(None, description="Classifier weights, shape (C, d).")
     b: list[Finite] | None = Field(None, description="Classifier bias, shape (C,).")
     global_mean: Literal["sample", "class"] = Field("sample", description="Global mean: of samples or of class means.")

@@ -1,8 +1,9 @@
 """`/analysis` routes: the posterior-collapse calculators and neural-collapse metrics over JSON.
 
 Self-contained (imports nothing else from ``service``): the app mounts ``router`` under ``/v1``.
-Invalid inputs (non-PSD or singular moments, mismatched shapes, ...) answer 422 with the
-calculator's message.  Handlers are plain ``def`` so FastAPI runs the CPU work in its threadpool.
+Invalid inputs (non-PSD or singular moments, mismatched shapes, labels with gaps, numbers that
+overflow double precision, ...) answer 422 with the calculator's message (at most 500 characters).
+Handlers are plain ``def`` so FastAPI runs the CPU work in its threadpool.
 """
 
 from __future__ import annotations
@@ -32,9 +33,20 @@ R = TypeVar("R")
 def _run(fn: Callable[..., Any], response: type[R], **kwargs: Any) -> R:
     try:
         result = fn(**kwargs)
-    except ValueError as exc:  # AnalysisInputError and friends: the message says what to fix
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    except ValueError as exc:  # AnalysisInputError, NumericRangeError, ...: the message says what to fix
+        raise HTTPException(status_code=422, detail=_short(str(exc))) from exc
+    except ArithmeticError as exc:  # belt and braces: the calculators turn these into NumericRangeError
+        raise HTTPException(
+            status_code=422,
+            detail=f"the numbers leave double precision ({type(exc).__name__}); "
+            "rescale the input and keep beta, sigma and eta nearer 1.",
+        ) from exc
     return response.model_validate(result.to_dict())  # type: ignore[attr-defined, no-any-return]
+
+
+def _short(message: str, limit: int = 500) -> str:
+    """Error messages never echo a huge input back."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 @router.post(

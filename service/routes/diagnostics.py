@@ -11,8 +11,8 @@ from pca_attack import Engine
 from pca_attack.certify.diagnostics import image_stats, pair_stats
 from service.deps import SettingsDep, WorkerDep
 from service.errors import ApiError
-from service.routes.protect import ERROR_RESPONSES, decode_upload, read_upload, wait_for
 from service.schemas import Diagnostics
+from service.uploads import ERROR_RESPONSES, decode_upload, read_upload, wait_for
 
 router = APIRouter(tags=["diagnostics"])
 

@@ -12,11 +12,12 @@ from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import MetricsDep, ProtectParamsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
+from pca_attack.io.formats import BY_SUFFIX, FORMATS
+from service.deps import MetricsDep, ProtectOptionsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import ApiError
-from service.jobs import JobView, output_name
-from service.routes.protect import ERROR_RESPONSES, attack_config, read_upload
+from service.job_store import JobView
 from service.schemas import ErrorResponse, Job, JobItem, JobProgress
+from service.uploads import ERROR_RESPONSES, attack_config, output_name, read_upload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -70,7 +71,7 @@ async def create_job(
     store: StoreDep,
     runner: RunnerDep,
     worker: WorkerDep,
-    params: ProtectParamsDep,
+    options: ProtectOptionsDep,
     files: Annotated[list[UploadFile], File(description="the images (1 .. max_files_per_job)")],
 ) -> JSONResponse:
     """Accept the images, store them under the data directory and queue them; answer 202 with the job.
@@ -83,7 +84,7 @@ async def create_job(
             "too_many_files",
             f"{len(files)} files sent; this server accepts at most {settings.max_files_per_job} per job",
         )
-    attack_config(params, settings)  # validate now: a job with bad settings is refused, not failed later
+    attack_config(options, settings)  # validate now: a job with bad settings is refused, not failed later
     uploads: list[tuple[str | None, bytes | BinaryIO]] = []
     for n, upload in enumerate(files):
         if upload.size is None:  # size unknown: read it (bounded) to check the limit
@@ -94,7 +95,7 @@ async def create_job(
             )
         else:  # spooled by the multipart parser: copied to the data directory in chunks, not held in memory
             uploads.append((upload.filename, upload.file))
-    view = await run_in_threadpool(store.create, uploads, params.model_dump(mode="json"))
+    view = await run_in_threadpool(store.create, uploads, options.settings())
     runner.wake.set()
     body = job_model(view).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{view.id}"})
@@ -165,13 +166,7 @@ async def job_results(job_id: JobId, store: StoreDep) -> Response:
     summary="Download one protected image of a job",
     response_class=Response,
     responses={
-        200: {
-            "content": {
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/webp": {"schema": {"type": "string", "format": "binary"}},
-            }
-        },
+        200: {"content": {f.mime_type: {"schema": {"type": "string", "format": "binary"}} for f in FORMATS.values()}},
         409: {"model": ErrorResponse, "description": "the item is not done (yet)"},
         **_NOT_FOUND,
     },
@@ -188,7 +183,7 @@ async def job_item(job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)
     path = store.result_path(view.id, index, item.result_suffix)
     if not path.exists():
         raise ApiError(404, "not_found", f"the result of item {index} is missing from the data directory")
-    media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}[item.result_suffix]
+    media = BY_SUFFIX[item.result_suffix].mime_type
     name = output_name(item.filename, item.result_suffix)
     return Response(
         path.read_bytes(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'}

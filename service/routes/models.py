@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from pca_attack import DEFAULT_PRESET, PRESETS, __version__
+from pca_attack.io.formats import FORMAT_NAMES
 from pca_attack.models.devices import dtype_name
 from service.deps import EngineDep, SettingsDep
 from service.schemas import Limits, ModelInfo, ModelsResponse, PresetInfo
@@ -44,7 +45,7 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
             max_batch=settings.max_batch,
             request_timeout_s=settings.request_timeout_s,
             job_retention_s=settings.job_retention_s,
-            formats=["png", "jpeg", "webp"],
+            formats=list(FORMAT_NAMES),
         ),
         version=__version__,
     )

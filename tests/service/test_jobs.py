@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.jobs import JobStore
+from service.job_store import JobStore
 from service.settings import Settings
 from tests.service.conftest import make_settings, png_bytes
 

@@ -1,4 +1,5 @@
-"""The job store (SQLAlchemy 2.0: tables ``jobs`` and ``items``) and the runner that feeds jobs to the worker.
+"""The job store (SQLAlchemy 2.0: tables ``jobs`` and ``items``): rows, their plain views, and the queries and
+state changes of the routes and of ``service.job_runner``.
 
 Uploads and results live on disk under ``data_dir`` with generated names (``<job id>/<index>.in`` and
 ``<job id>/<index><suffix>``); the uploaded filename is only ever stored as text. On start, jobs that were
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -34,7 +34,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-log = logging.getLogger("service.jobs")
+from pca_attack.io.files import atomic_write
+from pca_attack.io.formats import BY_SUFFIX
+from service.uploads import safe_filename
+
+log = logging.getLogger("service.job_store")
 
 JOB_ACTIVE = ("queued", "running")
 ITEM_FINAL = ("done", "failed", "cancelled")
@@ -50,19 +54,6 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def safe_filename(name: str | None, default: str = "image") -> str:
-    """A display name safe in headers and zip entries: basename only, [A-Za-z0-9._-], <= 100 chars."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")
-    return (base or default)[:100]
-
-
-def output_name(filename: str, suffix: str) -> str:
-    """``photo.jpg`` + ``.png`` -> ``photo.png`` (sanitised)."""
-    stem = safe_filename(filename).rsplit(".", 1)[0] if "." in safe_filename(filename) else safe_filename(filename)
-    return f"{stem or 'image'}{suffix}"
 
 
 class Base(DeclarativeBase):
@@ -178,7 +169,7 @@ class JobStore:
         return self.job_dir(job_id) / f"{int(index):05d}.in"
 
     def result_path(self, job_id: str, index: int, suffix: str) -> Path:
-        if suffix not in (".png", ".jpg", ".webp"):
+        if suffix not in BY_SUFFIX:
             raise ValueError("bad suffix")
         return self.job_dir(job_id) / f"{int(index):05d}.out{suffix}"
 
@@ -189,7 +180,7 @@ class JobStore:
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True)
         for index, (_, data) in enumerate(files):
-            _atomic_write(self.input_path(job_id, index), data)
+            atomic_write(self.input_path(job_id, index), data)
         now = utcnow()
         with self.lock, self.sessions.begin() as s:
             job = JobRow(
@@ -259,7 +250,7 @@ class JobStore:
                 if item is None:
                     return False
                 if result is not None and suffix is not None:
-                    _atomic_write(self.result_path(job_id, index, suffix), result)
+                    atomic_write(self.result_path(job_id, index, suffix), result)
                     item.result_suffix = suffix
                 item.status = status
                 item.error = error
@@ -362,173 +353,3 @@ def _view(job: JobRow) -> JobView:
             for i in job.items
         ],
     )
-
-
-def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
-    """Write to a temporary name, fsync, rename: a crash never leaves a half-written file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        if isinstance(data, bytes | bytearray):
-            fh.write(data)
-        else:
-            data.seek(0)
-            shutil.copyfileobj(data, fh, 1024 * 1024)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-class JobRunner:
-    """A thread that claims queued items, decodes them, submits them to the engine worker in groups (so
-    same-size images share micro-batches) and records each outcome. It also expires old jobs."""
-
-    def __init__(
-        self,
-        store: JobStore,
-        worker: Any,
-        *,
-        max_pixels: int,
-        batch: int,
-        task_timeout_s: float,
-        cleanup_interval_s: float,
-    ) -> None:
-        self.store = store
-        self.worker = worker
-        self.max_pixels = max_pixels
-        self.batch = max(1, batch)
-        self.task_timeout_s = task_timeout_s
-        self.cleanup_interval_s = cleanup_interval_s
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._inflight: dict[str, list[Any]] = {}  # job id -> futures waiting in the engine queue
-
-    def cancel(self, job_id: str) -> int:
-        """Drop a deleted job's images still waiting in the engine queue (frees their slots)."""
-        return sum(1 for f in self._inflight.get(job_id, []) if f.cancel())
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pca-job-runner", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        last_cleanup = 0.0
-        import time
-
-        while not self._stop.is_set():
-            try:
-                if time.monotonic() - last_cleanup > self.cleanup_interval_s:
-                    last_cleanup = time.monotonic()
-                    self.store.expire()
-                claimed = self.store.claim(self.batch)
-                if not claimed:
-                    self.wake.wait(min(self.cleanup_interval_s, 2.0))
-                    self.wake.clear()
-                    continue
-                self._process(claimed)
-            except Exception:
-                log.exception("job runner: unexpected error (runner keeps running)")
-                self._stop.wait(1.0)
-
-    def _process(self, claimed: list[ClaimedItem]) -> None:
-        from pca_attack import decode_image
-        from service.errors import from_engine_error
-        from service.worker import ProtectRequest
-
-        settings = claimed[0].settings
-        config = attack_config_from(settings)
-        requests: list[tuple[ClaimedItem, ProtectRequest]] = []
-        for item in claimed:
-            try:
-                data = item.input_path.read_bytes()
-            except OSError:
-                self.store.finish_item(
-                    item.job_id,
-                    item.index,
-                    status="failed",
-                    error="the uploaded file is missing from the data directory",
-                )
-                continue
-            try:
-                image = decode_image(data, max_pixels=self.max_pixels)
-            except Exception as exc:
-                self.store.finish_item(item.job_id, item.index, status="failed", error=from_engine_error(exc).message)
-                continue
-            fmt = settings.get("format", "png")
-            problem = format_problem(image, fmt)
-            if problem:
-                self.store.finish_item(item.job_id, item.index, status="failed", error=problem)
-                continue
-            requests.append(
-                (
-                    item,
-                    ProtectRequest(image, config, fmt, settings.get("quality"), bool(settings.get("keep_exif", True))),
-                )
-            )
-        if not requests:
-            return
-        futures = self.worker.submit_many([r for _, r in requests], block=True, timeout=None)
-        self._inflight[claimed[0].job_id] = futures
-        try:
-            self._collect(requests, futures)
-        finally:
-            self._inflight.pop(claimed[0].job_id, None)
-
-    def _collect(self, requests: list[tuple[ClaimedItem, Any]], futures: list[Any]) -> None:
-        from concurrent.futures import CancelledError
-
-        from service.errors import from_engine_error
-
-        for (item, _), future in zip(requests, futures, strict=True):
-            try:
-                out = future.result(timeout=self.task_timeout_s)
-            except CancelledError:
-                self.store.finish_item(item.job_id, item.index, status="cancelled", error="job cancelled")
-                continue
-            except Exception as exc:
-                api = from_engine_error(exc)
-                message = api.message if api.status < 500 else f"protection failed: {exc}"
-                self.store.finish_item(item.job_id, item.index, status="failed", error=message)
-                continue
-            self.store.finish_item(
-                item.job_id,
-                item.index,
-                status="done",
-                certificate=out.certificate.model_dump(mode="json"),
-                result=out.data,
-                suffix=out.suffix,
-            )
-
-
-def attack_config_from(settings: dict[str, Any]) -> Any:
-    """The AttackConfig stored with a job (keys as in the form fields)."""
-    from pca_attack import AttackConfig
-
-    return AttackConfig(
-        eps=float(settings["eps"]),
-        step=float(settings["step"]),
-        steps=int(settings["steps"]),
-        preset=str(settings["preset"]),
-        seed=int(settings["seed"]),
-        random_start=bool(settings["random_start"]),
-        eot=settings.get("eot"),
-    )
-
-
-def format_problem(image: Any, fmt: str) -> str | None:
-    """Why ``image`` cannot be written as ``fmt`` (checked before the attack is spent), or None."""
-    if image.levels > 255 and fmt != "png":
-        return "16-bit images can only be written as PNG (lossless, full depth); ask for format=png"
-    if fmt == "jpeg" and image.alpha is not None:
-        return "JPEG has no alpha channel; ask for format=png or webp to keep the transparency"
-    return None
