@@ -58,7 +58,7 @@ Finite = Annotated[float, _schema_within(-MAX_ENTRY, MAX_ENTRY), _check_within(-
 Data = Annotated[list[list[Finite]], Field(max_length=MAX_ROWS), AfterValidator(_rectangular)]
 Moment = Annotated[list[list[Finite]], AfterValidator(_rectangular), AfterValidator(_square_limit)]
 Positive = Annotated[float, _schema_within(MIN_SCALE, MAX_SCALE), _check_within(MIN_SCALE, MAX_SCALE)]
-Label = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
+Label = Annotated[int, Field(strict=True, ge=0, lt=MAX_CLASSES)]  # JSON integers only: no true/1.0
 Status = Literal["collapsed", "active", "indeterminate"]
 
 

@@ -25,6 +25,7 @@ from pca_attack.analysis.moments import (
     check_positive,
     resolve_moments,
 )
+from pca_attack.analysis.numeric import numeric_guard
 
 
 @dataclass
@@ -55,6 +56,7 @@ def residual_covariance(Sxx: FloatArray, Syy: FloatArray, Sxy: FloatArray) -> tu
     return 0.5 * (E + E.T), U2
 
 
+@numeric_guard
 def linear_cvae(
     X: ArrayLike | None = None,
     Y: ArrayLike | None = None,

@@ -29,6 +29,7 @@ from pca_attack.analysis.moments import (
     check_positive,
     resolve_moments,
 )
+from pca_attack.analysis.numeric import numeric_guard
 
 
 @dataclass
@@ -103,6 +104,7 @@ def mode_objective(
     return recon, kl1, kl2
 
 
+@numeric_guard
 def linear_hvae(
     X: ArrayLike | None = None,
     *,

@@ -27,6 +27,7 @@ from pca_attack.analysis.moments import (
     resolve_moments,
     sym_inv_sqrt,
 )
+from pca_attack.analysis.numeric import numeric_guard
 
 
 @dataclass
@@ -84,6 +85,7 @@ def _fixed_sigmas(sigma: float | ArrayLike, k: int) -> FloatArray:
     return np.sort(s)  # smallest sigma paired with the largest zeta
 
 
+@numeric_guard
 def linear_vae(
     X: ArrayLike | None = None,
     Y: ArrayLike | None = None,

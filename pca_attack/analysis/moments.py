@@ -45,6 +45,17 @@ class InvalidParameterError(AnalysisInputError):
     """A scalar parameter (beta, eta, sigma, latent_dim, ...) is out of range."""
 
 
+class NumericRangeError(AnalysisInputError):
+    """The inputs are finite but the closed form leaves double precision (overflow, log of 0, ...)."""
+
+
+#: What to do when the numbers leave double precision.
+RESCALE_ADVICE = (
+    "rescale the input (e.g. divide the data by its largest absolute value) and keep beta, sigma and eta "
+    "within a few orders of magnitude of 1"
+)
+
+
 @dataclass(frozen=True)
 class Moments:
     """Second moments of (x, y); ``Syy``/``Sxy`` are ``None`` for models of x alone."""
@@ -140,10 +151,12 @@ def moments_from_data(X: ArrayLike, Y: ArrayLike | None = None, *, center: bool 
         Xa = Xa - Xa.mean(axis=0)
         Ya = Ya - Ya.mean(axis=0) if Ya is not None else None
     n = Xa.shape[0]
-    Sxx = Xa.T @ Xa / n
-    if Ya is None:
-        return Moments(Sxx=Sxx, Syy=None, Sxy=None, n_samples=n, centered=center)
-    return Moments(Sxx=Sxx, Syy=Ya.T @ Ya / n, Sxy=Xa.T @ Ya / n, n_samples=n, centered=center)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        Sxx = Xa.T @ Xa / n  # (dx, dx)
+        Syy, Sxy = (None, None) if Ya is None else (Ya.T @ Ya / n, Xa.T @ Ya / n)  # (dy, dy), (dx, dy)
+    if not all(np.all(np.isfinite(S)) for S in (Sxx, Syy, Sxy) if S is not None):
+        raise NumericRangeError(f"the second moments of the data overflow double precision; {RESCALE_ADVICE}.")
+    return Moments(Sxx=Sxx, Syy=Syy, Sxy=Sxy, n_samples=n, centered=center)
 
 
 def resolve_moments(

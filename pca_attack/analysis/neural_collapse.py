@@ -26,6 +26,10 @@ from pca_attack.analysis.moments import (
     as_matrix,
     check_positive,
 )
+from pca_attack.analysis.numeric import numeric_guard
+
+#: Missing classes named in an error message (the rest are counted).
+_SHOWN = 10
 
 
 @dataclass
@@ -48,25 +52,49 @@ class NeuralCollapseResult(ResultMixin):
 
 
 def _labels(labels: ArrayLike, n: int) -> tuple[np.ndarray, int]:
+    """Validate ``labels`` (N,) as class ids 0..C-1 with every class present; return them and ``C``.
+
+    Ids are NOT remapped (row ``c`` of ``W`` belongs to class ``c``), so a gap is an error.  Since
+    every class needs a sample, ``C = max(labels) + 1 <= N``: the check runs before anything of size
+    ``C`` is allocated, and the message names at most :data:`_SHOWN` missing classes.
+    """
     lab = np.asarray(labels)
     if lab.shape != (n,):
         raise ShapeMismatchError(f"labels must have shape (N,) = ({n},) to match H, got {lab.shape}.")
-    if not np.issubdtype(lab.dtype, np.integer):
-        if not np.all(np.equal(np.mod(lab, 1), 0)):
-            raise AnalysisInputError("labels must be integers 0..C-1.")
-        lab = lab.astype(np.int64)
+    integral = lab.dtype.kind in "iub" or (
+        lab.dtype.kind == "f" and bool(np.all(np.isfinite(lab))) and bool(np.all(np.mod(lab, 1) == 0))
+    )
+    if not integral:
+        raise AnalysisInputError("labels must be integers 0..C-1.")
     if lab.min() < 0:
         raise AnalysisInputError("labels must be non-negative integers 0..C-1.")
+    if lab.max() >= n:
+        raise AnalysisInputError(
+            f"the largest label is {_short(lab.max())} but there are only {n} samples: labels must be "
+            f"0..C-1 with every class present, so C <= N = {n}; renumber the classes 0..C-1."
+        )
+    lab = lab.astype(np.int64)
     C = int(lab.max()) + 1
-    missing = sorted(set(range(C)) - set(lab.tolist()))
-    if missing or C < 2:
-        raise AnalysisInputError(f"need at least 2 classes, each with samples; classes without samples: {missing}.")
+    missing = np.flatnonzero(np.bincount(lab, minlength=C) == 0)  # (<= C,) with C <= N
+    if missing.size or C < 2:
+        shown = ", ".join(str(int(c)) for c in missing[:_SHOWN]) + (", ..." if missing.size > _SHOWN else "")
+        raise AnalysisInputError(
+            f"need at least 2 classes numbered 0..C-1, each with samples; {missing.size} classes without "
+            f"samples{': ' + shown if missing.size else ''}; renumber the classes 0..C-1."
+        )
     return lab, C
 
 
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def class_means(H: FloatArray, labels: np.ndarray, C: int) -> FloatArray:
-    """(C, d) per-class feature means."""
-    return np.stack([H[labels == c].mean(axis=0) for c in range(C)])
+    """(C, d) per-class feature means (labels already validated: 0..C-1, every class present)."""
+    sums = np.zeros((C, H.shape[1]))  # (C, d)
+    np.add.at(sums, labels, H)
+    return sums / np.bincount(labels, minlength=C)[:, None]
 
 
 def _equinorm(vectors: FloatArray) -> float:
@@ -88,6 +116,7 @@ def _gram_to_etf(vectors: FloatArray) -> float:
     return float(np.linalg.norm(G / np.linalg.norm(G) - target))
 
 
+@numeric_guard
 def neural_collapse_metrics(
     H: ArrayLike,
     labels: ArrayLike,
@@ -140,10 +169,28 @@ def neural_collapse_metrics(
     res.nc2_equiangular_classifier = float(np.mean(np.abs(_cosines(Wm) + 1 / (C - 1))))
     res.nc2_gram_classifier = _gram_to_etf(Wm)
     res.nc3 = float(np.linalg.norm(Wm.T / np.linalg.norm(Wm) - Mt.T / np.linalg.norm(Mt)) ** 2)
-    pred = np.argmax(Hm @ Wm.T + bv, axis=1)
-    d2 = ((Hm[:, None, :] - mu[None, :, :]) ** 2).sum(axis=2)  # (N, C)
-    res.nc4 = float(np.mean(pred != np.argmin(d2, axis=1)))
+    res.nc4 = _nc4(Hm, mu, Wm, bv)
     return res
+
+
+def _nearest(points: FloatArray, centres: FloatArray) -> np.ndarray:
+    """(n,) index of the nearest centre (C, d) to each point (n, d)."""
+    return np.asarray(np.argmin(((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=1))
+
+
+def _nc4(H: FloatArray, mu: FloatArray, W: FloatArray, b: FloatArray, *, budget: int = 1 << 20) -> float:
+    """Fraction of rows of ``H`` (N, d) where ``argmax(W h + b)`` differs from the nearest class mean.
+
+    Rows go in chunks so that no temporary holds more than about ``budget`` numbers (an (N, C, d)
+    array would be 0.5 GB for N = 20000, C = 400, d = 8).
+    """
+    rows = max(1, budget // max(1, mu.size))
+    disagree = 0
+    for i in range(0, len(H), rows):
+        chunk = H[i : i + rows]  # (rows, d)
+        pred = np.argmax(chunk @ W.T + b, axis=1)  # (rows,)
+        disagree += int(np.sum(pred != _nearest(chunk, mu)))
+    return disagree / len(H)
 
 
 def simplex_etf(n_classes: int, dim: int | None = None, *, scale: float = 1.0, seed: int = 0) -> FloatArray:
@@ -199,7 +246,7 @@ def perturbed_collapse(
     g = Hc.mean(axis=0)
     a, p = mu_c - g, mu_p - g
     cos = np.sum(a * p, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(p, axis=1), 1e-300)
-    nearest = np.argmin(((mu_p[:, None, :] - mu_c[None, :, :]) ** 2).sum(axis=2), axis=1)
+    nearest = _nearest(mu_p, mu_c)
     return PerturbedCollapseResult(
         clean=neural_collapse_metrics(Hc, lab_c, W, b),
         perturbed=neural_collapse_metrics(Hp, lab_p, W, b),

@@ -72,11 +72,11 @@ def test_neural_collapse_matches_library(client: TestClient) -> None:
     ("path", "body", "fragment"),
     [
         ("linear-vae", {"Sxx": [[1.0, 0.0], [0.0, -1.0]]}, "not positive semi-definite"),
-        ("linear-vae", {"Sxx": [[1.0]], "beta": 0}, "greater than 0"),
+        ("linear-vae", {"Sxx": [[1.0]], "beta": 0}, "must be between 1e-12 and 1e+12"),
         ("linear-vae", {"Sxx": [[1.0, 2.0], [3.0]]}, "rectangular"),
         ("linear-cvae", {"X": [[1.0], [2.0]], "Y": [[1.0]]}, "same number of rows"),
         ("linear-cvae", {"Sxx": [[0.0]], "Syy": [[1.0]], "Sxy": [[0.0]]}, "singular"),
-        ("linear-hvae", {"Sxx": [[1.0]], "sigma1": -1}, "greater than 0"),
+        ("linear-hvae", {"Sxx": [[1.0]], "sigma1": -1}, "must be between 1e-12 and 1e+12"),
         ("neural-collapse", {"H": [[1.0], [2.0]], "labels": [0, 0]}, "at least 2 classes"),
         ("linear-vae", {"X": [[0.0] * 10] * 10_001}, "at most 100000 are allowed"),
         ("linear-vae", {"Sxx": [[0.0] * 513]}, "at most 512"),
