@@ -27,6 +27,12 @@ from pca_attack.io.formats import FORMATS, image_format, normalise_format
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a guard against decompression bombs
 MIN_SIDE = 8  # the encoder downsamples by 8: smaller images carry no latent to collapse
 _EXIF_ORIENTATION = 0x0112
+MAX_ICC_BYTES = 4 * 1024 * 1024  # real profiles are 0.5-600 KB; larger ones are dropped with a note
+_ICC_SPACE = {  # PIL mode -> the colour space its ICC profile must describe
+    **dict.fromkeys(("RGB", "RGBA", "RGBa", "P", "PA", "YCbCr"), "RGB"),
+    **dict.fromkeys(("L", "LA", "La", "1", "I;16", "I;16B", "I;16L", "I"), "GRAY"),
+    "CMYK": "CMYK",
+}
 
 
 @dataclass
@@ -103,6 +109,33 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes 
     return image.convert("RGB"), None, "CMYK converted to RGB (no usable ICC profile: naive conversion)"
 
 
+def _valid_icc(icc: bytes | None, mode: str) -> tuple[bytes | None, str | None]:
+    """The ICC profile if it is one LittleCMS can parse, for the image's colour space; else None and a note.
+
+    An invalid profile (junk bytes, a truncated file, one over :data:`MAX_ICC_BYTES`, or one for another
+    colour space) is dropped rather than copied into the output, where viewers would misrender or ignore it.
+    """
+    if not icc:
+        return None, None
+    size = len(icc)
+    reason = None
+    if size > MAX_ICC_BYTES:
+        reason = f"it is {size:,} bytes, over the limit of {MAX_ICC_BYTES:,}"
+    elif size < 128 or icc[36:40] != b"acsp" or struct.unpack(">I", icc[:4])[0] != size:
+        reason = "it is not an ICC profile (bad header)"
+    else:
+        try:
+            space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            space, reason = "", "LittleCMS cannot parse it"
+        want = _ICC_SPACE.get(mode)
+        if reason is None and want is not None and space != want:
+            reason = f"it describes {space or 'an unknown'} colour but the image is {want}"
+    if reason is None:
+        return icc, None
+    return None, f"embedded ICC profile dropped: {reason} ({size:,} bytes); the output carries no profile"
+
+
 def _open(source: bytes | str | Path | Image.Image) -> tuple[Image.Image, bytes]:
     if isinstance(source, Image.Image):
         buffer = io.BytesIO()
@@ -115,6 +148,10 @@ def _open(source: bytes | str | Path | Image.Image) -> tuple[Image.Image, bytes]
         return Image.open(io.BytesIO(data)), data
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image is over the limit of pixels PIL accepts ({exc}); downscale it first") from exc
+    except ValueError as exc:  # PIL: "Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK" (> 1 MB iCCP)
+        raise UnsupportedImageError(
+            f"the image's metadata cannot be read ({exc}); re-export it without the oversized ICC profile or text"
+        ) from exc
     except UnidentifiedImageError as exc:
         head = data[:64].lstrip().lower()
         hint = " (it looks like text/HTML)" if head.startswith((b"<", b"{", b"%")) or head.isascii() else ""
@@ -151,11 +188,11 @@ def decode_image(
 
     fmt = image.format or "PNG"
     mode = image.mode
-    icc = image.info.get("icc_profile") or None
+    icc, icc_note = _valid_icc(image.info.get("icc_profile") or None, mode)
     dpi = image.info.get("dpi")
     exif_obj = image.getexif()
     orientation = int(exif_obj.get(_EXIF_ORIENTATION, 1) or 1)
-    notes: list[str] = []
+    notes: list[str] = [icc_note] if icc_note else []
     if orientation != 1:
         image = ImageOps.exif_transpose(image) or image
         notes.append(f"EXIF orientation {orientation} applied; output is stored upright")
@@ -165,7 +202,7 @@ def decode_image(
     depth = _png_bit_depth(data)
     if depth is not None and depth[0] == 16 and orientation == 1:
         rgb, alpha, gray = _read_png16(data)
-        return DecodedImage(rgb, alpha, gray, fmt, mode, icc, exif, dpi, ["16-bit PNG read at full depth"])
+        return DecodedImage(rgb, alpha, gray, fmt, mode, icc, exif, dpi, [*notes, "16-bit PNG read at full depth"])
 
     alpha_img: Image.Image | None = None
     gray = False
