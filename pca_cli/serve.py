@@ -12,6 +12,12 @@ from typing import Annotated
 import typer
 
 
+def page_url(host: str, port: int) -> str:
+    """The address to open in a browser: a wildcard bind is reached through the loopback address."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
 def serve_command(
     host: Annotated[str, typer.Option("--host", "-H", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-P", min=1, max=65535, help="TCP port.")] = 8000,
@@ -73,4 +79,5 @@ def serve_command(
     import uvicorn
 
     app = create_app(settings)
+    typer.echo(f"pca-protect: web page at {page_url(host, port)} (API under /v1) once the model is loaded")
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level, workers=1, timeout_graceful_shutdown=30)

@@ -1,0 +1,166 @@
+// The options form, built at run time from the OpenAPI schema of POST /v1/jobs (one options model:
+// bounds, defaults, choices and descriptions come from the server) and from GET /v1/models (presets,
+// the server's step cap). Strength (eps), steps, preset and format get friendly controls; every other
+// field of the schema appears under "More settings" with a control chosen by its type.
+
+export const STRENGTH_STOPS = [
+  { name: "subtle", eps: 8 },
+  { name: "standard", eps: 16 },
+  { name: "strong", eps: 24 },
+];
+const MAIN_FIELDS = ["eps", "steps", "preset", "format", "model"];
+const LOSSLESS = new Set(["png"]);
+
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  node.append(...children.filter(Boolean));
+  return node;
+};
+export { el };
+
+/** The non-null branch of an `anyOf: [X, null]` schema, and whether null is allowed. */
+function unwrap(prop) {
+  if (!prop.anyOf) return { schema: prop, nullable: false };
+  const branch = prop.anyOf.find((s) => s.type !== "null") || {};
+  return { schema: { ...branch, description: prop.description, default: prop.default, title: prop.title }, nullable: true };
+}
+
+function bounds(schema) {
+  const min = schema.minimum ?? (schema.exclusiveMinimum !== undefined ? schema.exclusiveMinimum : undefined);
+  return { min, max: schema.maximum, exclusiveMin: schema.exclusiveMinimum !== undefined };
+}
+
+const labelText = (name, schema) => schema.title || name.replace(/_/g, " ");
+
+function describe(id, schema) {
+  return schema.description ? el("small", { id: `${id}-help`, class: "help", text: schema.description }) : null;
+}
+
+/** A generic control for one schema field: select for enums, checkbox for booleans, number or text. */
+function genericField(name, prop) {
+  const { schema, nullable } = unwrap(prop);
+  const id = `opt-${name}`;
+  const help = describe(id, schema);
+  const common = { id, name, "aria-describedby": help ? `${id}-help` : null };
+  let input;
+  if (schema.enum) {
+    input = el("select", common, ...schema.enum.map((v) => el("option", { value: v, text: v, selected: v === schema.default })));
+  } else if (schema.type === "boolean") {
+    input = el("input", { ...common, type: "checkbox", checked: schema.default === true });
+    return el("div", { class: "field check" }, input, el("label", { for: id, text: labelText(name, schema) }), help);
+  } else if (schema.type === "integer" || schema.type === "number") {
+    const { min, max, exclusiveMin } = bounds(schema);
+    const step = schema.type === "integer" ? 1 : "any";
+    const low = exclusiveMin && schema.type === "integer" ? min + 1 : min;
+    input = el("input", { ...common, type: "number", inputmode: "decimal", min: low, max, step, value: schema.default ?? "" });
+    if (nullable) input.placeholder = "server default";
+  } else {
+    input = el("input", { ...common, type: "text", maxlength: schema.maxLength, value: schema.default ?? "" });
+    if (nullable) input.placeholder = "none";
+  }
+  return el("div", { class: "field" }, el("label", { for: id, text: labelText(name, schema) }), input, help);
+}
+
+function strengthField(prop) {
+  const { schema } = unwrap(prop);
+  const { min, max, exclusiveMin } = bounds(schema);
+  const low = Math.max(1, exclusiveMin ? Math.floor(min) + 1 : Math.ceil(min ?? 1));
+  const high = Math.floor(max ?? 64);
+  const value = schema.default ?? 16;
+  const stops = STRENGTH_STOPS.filter((s) => s.eps >= low && s.eps <= high);
+  const list = el("datalist", { id: "eps-stops" }, ...stops.map((s) => el("option", { value: s.eps, label: s.name })));
+  const slider = el("input", {
+    id: "opt-eps", name: "eps", type: "range", min: low, max: high, step: 1, value, list: "eps-stops",
+    "aria-describedby": "eps-out eps-help",
+  });
+  const out = el("output", { id: "eps-out", for: "opt-eps", "aria-live": "polite" });
+  const buttons = el("div", { class: "stops", role: "group", "aria-label": "Named strengths" },
+    ...stops.map((s) => el("button", { type: "button", "data-eps": s.eps, text: `${s.name[0].toUpperCase()}${s.name.slice(1)} ${s.eps}` })));
+  const show = () => {
+    const eps = Number(slider.value);
+    const named = stops.find((s) => s.eps === eps);
+    out.textContent = `${eps} of 255 levels${named ? ` (${named.name})` : ""}`;
+    for (const b of buttons.querySelectorAll("button")) b.setAttribute("aria-pressed", String(Number(b.dataset.eps) === eps));
+  };
+  slider.addEventListener("input", show);
+  buttons.addEventListener("click", (e) => {
+    const b = e.target.closest("button");
+    if (!b) return;
+    slider.value = b.dataset.eps;
+    slider.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  show();
+  const help = el("small", { id: "eps-help", class: "help",
+    text: "The most any pixel may change, on the 0-255 scale. Higher protects more and shows more." });
+  return el("div", { class: "field strength" },
+    el("label", { for: "opt-eps", text: "Strength" }), buttons, slider, list, out, help);
+}
+
+function presetHelp(models, select) {
+  const note = el("small", { id: "opt-preset-summary", class: "help", "aria-live": "polite" });
+  const show = () => {
+    const preset = (models.presets || []).find((p) => p.name === select.value);
+    note.textContent = preset ? preset.summary : "";
+  };
+  select.addEventListener("change", show);
+  select.setAttribute("aria-describedby", "opt-preset-summary");
+  show();
+  return note;
+}
+
+function formatWarning(select) {
+  const warn = el("p", { id: "lossy-warning", class: "warning", role: "status" });
+  const show = () => {
+    const lossy = !LOSSLESS.has(select.value);
+    warn.hidden = !lossy;
+    warn.textContent = lossy
+      ? `${select.value.toUpperCase()} is lossy: compression changes pixels after the protection, so part of it ` +
+        "may be lost. PNG keeps every protected pixel."
+      : "";
+  };
+  select.addEventListener("change", show);
+  show();
+  return warn;
+}
+
+/** Build the form into `mainBox` and `moreBox`; returns { values(), onChange(fn) }. */
+export function buildOptions(properties, models, mainBox, moreBox) {
+  const fields = Object.entries(properties).filter(([name, p]) => name !== "files" && p.type !== "array");
+  const main = MAIN_FIELDS.filter((name) => properties[name]);
+  for (const name of main) mainBox.append(name === "eps" ? strengthField(properties[name]) : genericField(name, properties[name]));
+  for (const [name, prop] of fields) if (!main.includes(name)) moreBox.append(genericField(name, prop));
+  const steps = mainBox.querySelector("#opt-steps");
+  const cap = models.limits && models.limits.max_steps;
+  if (steps && cap) steps.max = Math.min(Number(steps.max || cap), cap);
+  const preset = mainBox.querySelector("#opt-preset");
+  if (preset) {
+    if (models.default_preset) preset.value = models.default_preset;
+    const schemaHelp = preset.parentElement.querySelector(".help");
+    if (schemaHelp) schemaHelp.remove(); // the preset's own summary from /v1/models says more
+    preset.parentElement.append(presetHelp(models, preset));
+  }
+  const format = mainBox.querySelector("#opt-format");
+  if (format) format.parentElement.append(formatWarning(format));
+  const inputs = () => [...mainBox.querySelectorAll("[name]"), ...moreBox.querySelectorAll("[name]")];
+  return {
+    values() {
+      const out = {};
+      for (const input of inputs()) {
+        if (input.type === "checkbox") out[input.name] = input.checked ? "true" : "false";
+        else if (input.value !== "") out[input.name] = input.value;
+      }
+      return out;
+    },
+    invalid() {
+      return inputs().find((input) => !input.checkValidity()) || null;
+    },
+    onChange(fn) {
+      for (const input of inputs()) input.addEventListener("input", fn);
+    },
+  };
+}
