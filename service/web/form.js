@@ -35,7 +35,13 @@ function bounds(schema) {
   return { min, max: schema.maximum, exclusiveMin: schema.exclusiveMinimum !== undefined };
 }
 
-const labelText = (name, schema) => schema.title || name.replace(/_/g, " ");
+// Friendlier names for fields the page knows; any other field shows the schema's own title.
+const LABELS = {
+  steps: "Steps", preset: "Preset", format: "Format", step: "Step size", seed: "Seed", random_start: "Random start",
+  quality: "JPEG / WebP quality", keep_exif: "Keep EXIF metadata", eot: "Robustness preset (EoT)",
+  eot_samples: "EoT samples per step", model: "Model",
+};
+const labelText = (name, schema) => LABELS[name] || schema.title || name.replace(/_/g, " ");
 
 function describe(id, schema) {
   return schema.description ? el("small", { id: `${id}-help`, class: "help", text: schema.description }) : null;

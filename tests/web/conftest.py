@@ -122,8 +122,11 @@ class PageWatch:
     errors: list[str] = field(default_factory=list)
 
 
-def open_page(browser: Any, url: str, width: int = 1200, height: int = 900) -> tuple[Any, Any, PageWatch]:
-    """A fresh context (empty sessionStorage) with the page loaded and its form built."""
+def open_page(
+    browser: Any, url: str, width: int = 1200, height: int = 900, wait_ready: bool = True
+) -> tuple[Any, Any, PageWatch]:
+    """A fresh context (empty sessionStorage) with the page loaded and, unless told not to wait, its form
+    built."""
     context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     page = context.new_page()
     watch = PageWatch()
@@ -131,7 +134,8 @@ def open_page(browser: Any, url: str, width: int = 1200, height: int = 900) -> t
     page.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: watch.errors.append(str(e)))
     page.goto(url + "/")
-    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    if wait_ready:
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
     return context, page, watch
 
 

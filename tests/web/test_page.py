@@ -181,3 +181,7 @@ def test_keyboard_only_upload(server: Served, browser: Any) -> None:
         assert Image.open(info.value.path()).size == (40, 33)
     finally:
         context.close()
+
+
+def test_serve_printed_the_page_url(server: Served) -> None:
+    assert f"web page at {server.url}/" in server.log.read_text()
