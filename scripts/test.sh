@@ -14,6 +14,13 @@ python -m pip install -q --upgrade pip >/dev/null
 # torch first and pinned to a CPU-installable release, so the range in pyproject installs nothing bigger.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
 python -m pip install -q -e ".[dev]"
+# The web page's browser tests drive Debian's Chromium (tests/web skip without it): install it quietly when
+# it is missing and we are root with apt-get; a failure here only means those tests skip.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing chromium for the browser tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "   (chromium could not be installed; tests/web will skip)"
+fi
 
 echo "== ruff" && ruff check .
 echo "== mypy" && mypy pca_attack service pca_client pca_cli
