@@ -34,6 +34,14 @@ ATTACK_FIELDS = ("preset", "eps", "step", "steps", "seed", "random_start", "eot"
 OUTPUT_FIELDS = ("format", "quality", "keep_exif")
 
 
+def format_alias(value: Any) -> Any:
+    """'JPG', '.jpeg' and 'Jpeg' all mean jpeg (other values are left to validation)."""
+    if isinstance(value, str):
+        name = value.strip().lower().lstrip(".")
+        return ALIASES.get(name, name)
+    return value
+
+
 class ProtectOptions(BaseModel):
     """How one image is protected and written. Budgets are on the 0-255 scale."""
 
@@ -59,18 +67,14 @@ class ProtectOptions(BaseModel):
     eot_samples: int = Field(
         default=ENGINE_DEFAULTS["eot_samples"], ge=1, le=64, description="EoT draws averaged per PGD step"
     )
-    format: FormatName = Field(default="png", description="output format: png (lossless), jpeg or webp")
+    format: FormatName = Field(default="png", description="output format (png is lossless)")
     quality: int | None = Field(default=None, ge=1, le=100, description="jpeg/webp quality (default 95/90)")
     keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
 
     @field_validator("format", mode="before")
     @classmethod
     def _format_alias(cls, value: Any) -> Any:
-        """'JPG', '.jpeg' and 'Jpeg' all mean jpeg."""
-        if isinstance(value, str):
-            name = value.strip().lower().lstrip(".")
-            return ALIASES.get(name, name)
-        return value
+        return format_alias(value)
 
     @field_validator("eot", mode="before")
     @classmethod

@@ -12,61 +12,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from pca_attack.options import ProtectOptions
+from pca_cli.options import with_protect_options
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from pca_client.runner import BatchReport, BatchRunner, DryRun, FileResult, Processor
 
 
-def _settings(
-    preset: str,
-    eps: float,
-    step: float,
-    steps: int,
-    seed: int,
-    random_start: bool,
-    fmt: str,
-    quality: int | None,
-    keep_exif: bool,
-    eot: str | None,
-) -> dict[str, Any]:
-    fmt = "jpeg" if fmt.lower() in ("jpg", "jpeg") else fmt.lower()
-    return {
-        "preset": preset,
-        "eps": eps,
-        "step": step,
-        "steps": steps,
-        "seed": seed,
-        "random_start": random_start,
-        "format": fmt,
-        "quality": quality,
-        "keep_exif": keep_exif,
-        "eot": eot,
-    }
-
-
-def _local_processor(settings: dict[str, Any], model: str, device: str, dtype: str) -> Processor:
-    from pca_attack.attack.config import AttackConfig
-    from pca_attack.pipeline import Engine
-    from pca_client.runner import EngineProcessor
-
-    config = AttackConfig(
-        eps=settings["eps"],
-        step=settings["step"],
-        steps=settings["steps"],
-        preset=settings["preset"],
-        seed=settings["seed"],
-        random_start=settings["random_start"],
-        eot=settings["eot"],
-    )
-    engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1)
-    return EngineProcessor(
-        engine, config, fmt=settings["format"], quality=settings["quality"], keep_exif=settings["keep_exif"]
-    )
-
-
 def _remote_processor(
-    settings: dict[str, Any], url: str, api_key: str | None, retries: int, timeout: float, jobs: int
+    options: ProtectOptions, url: str, api_key: str | None, retries: int, timeout: float, jobs: int
 ) -> Processor:
     from pca_client.http import PCAClient, PCAClientError, ProtectSettings
 
@@ -75,7 +31,7 @@ def _remote_processor(
         client.health()
     except PCAClientError as exc:
         raise _UsageError(f"cannot reach the service at {url}: {exc.message}") from exc
-    return client.processor(ProtectSettings(**settings))
+    return client.processor(ProtectSettings(**options.settings()))
 
 
 class _UsageError(Exception):
@@ -162,9 +118,11 @@ def _print_dry_run(plan: DryRun, console: Console) -> None:
         console.print(f"would protect {task.rel} -> {task.out_rel} ({why})", markup=False, highlight=False)
 
 
+@with_protect_options
 def batch_command(
     src: Annotated[Path, typer.Argument(help="Folder to protect (walked recursively).")],
     dst: Annotated[Path, typer.Argument(help="Output folder; the tree of SRC is mirrored into it.")],
+    options: ProtectOptions,
     server: Annotated[
         str | None,
         typer.Option("--server", envvar="PCA_SERVER", help="Service URL, e.g. http://127.0.0.1:8000."),
@@ -173,8 +131,10 @@ def batch_command(
         bool, typer.Option("--local", help="Use the in-process engine instead of a server.")
     ] = False,
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model for --local (registry name or folder).")
-    ] = "demo",
+        list[str],
+        typer.Option("--model", "-m", help="Model for --local (registry name or folder); several (a comma list or "
+                     "a repeated --model) are attacked at once."),
+    ] = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
     device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
     dtype: Annotated[
         str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")
@@ -183,18 +143,6 @@ def batch_command(
         str | None,
         typer.Option("--api-key", envvar="PCA_API_KEY", help="API key of the service (X-API-Key)."),
     ] = None,
-    preset: Annotated[str, typer.Option("--preset", "-p", help="pca-, pca+, adaptive or pca-var.")] = "pca-",
-    eps: Annotated[float, typer.Option("--eps", "-e", help="Linf budget on the 0-255 scale.")] = 16.0,
-    step: Annotated[float, typer.Option("--step", help="PGD step on the 0-255 scale.")] = 2.0,
-    steps: Annotated[int, typer.Option("--steps", "-n", help="PGD iterations.")] = 40,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 3407,
-    random_start: Annotated[
-        bool, typer.Option("--random-start", help="Start from noise in the budget.")
-    ] = False,
-    eot: Annotated[str | None, typer.Option("--eot", help="Expectation-over-transformations preset.")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: png, jpeg or webp.")] = "png",
-    quality: Annotated[int | None, typer.Option("--quality", "-q", help="JPEG/WebP quality 1-100.")] = None,
-    keep_exif: Annotated[bool, typer.Option("--keep-exif/--strip-exif", help="Copy EXIF to outputs.")] = True,
     include: Annotated[
         list[str] | None, typer.Option("--include", "-i", help="Glob to keep (repeatable), e.g. '*.jpg'.")
     ] = None,
@@ -219,61 +167,33 @@ def batch_command(
     """Protect every image under SRC into DST (mirrored tree), resumably, with a manifest."""
     from rich.console import Console
 
-    from pca_client.runner import BatchError, BatchRunner
+    from pca_client.plan import BatchError
 
     console, err = Console(), Console(stderr=True)
     if bool(server) == bool(local):
         err.print("[red]choose exactly one of --server URL or --local[/red]")
         raise typer.Exit(2)
-    settings = _settings(preset, eps, step, steps, seed, random_start, fmt, quality, keep_exif, eot)
+    folders = {"include": include or (), "exclude": exclude or (), "in_place": in_place}
     try:
         if dry_run:
-            runner = BatchRunner(
-                src,
-                dst,
-                _unused_processor,
-                settings=settings,
-                fmt=settings["format"],
-                include=include or (),
-                exclude=exclude or (),
-                in_place=in_place,
-            )
-            _print_dry_run(runner.dry_run(), console)
+            _print_dry_run(_runner(src, dst, _unused_processor, options, **folders).dry_run(), console)
             return
-        BatchRunner(src, dst, _unused_processor, settings=settings, fmt=settings["format"], in_place=in_place)
+        _runner(src, dst, _unused_processor, options, **folders)  # bad folders fail before a model loads
+        processor: Processor
         if local:
-            processor, jobs = _local_processor(settings, model, device, dtype), 1
+            from pca_cli.local import local_processor
+
+            processor, jobs = local_processor(options, ",".join(model), device, dtype), 1
         else:
             assert server is not None
-            processor = _remote_processor(settings, server, api_key, retries, timeout, jobs)
-        runner = BatchRunner(
-            src,
-            dst,
-            processor,
-            settings=settings,
-            fmt=settings["format"],
-            jobs=jobs,
-            include=include or (),
-            exclude=exclude or (),
-            in_place=in_place,
-            write_csv=write_csv,
-        )
+            processor = _remote_processor(options, server, api_key, retries, timeout, jobs)
+        runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)
     except (BatchError, _UsageError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
     report = _run_with_progress(runner, err)
     if watch and report.ok:
-        err.print(f"watching {runner.src} for new or changed images (Ctrl-C to stop)", markup=False)
-        more = runner.watch(
-            timeout_s=watch_timeout,
-            on_result=lambda r: console.print(
-                f"{r.status} {r.rel}" + (f": {r.error}" if r.error else ""), markup=False, highlight=False
-            ),
-        )
-        report.done += more.done
-        report.skipped += more.skipped
-        report.failed.extend(more.failed)
-        report.aborted = report.aborted or more.aborted
+        _watch(runner, report, watch_timeout, console, err)
     _summary(report, runner, console)
     if report.interrupted:  # workers may still wait on the network: leave now (outputs are atomic)
         import os
@@ -284,6 +204,27 @@ def batch_command(
         os._exit(130)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _runner(src: Path, dst: Path, processor: Processor, options: ProtectOptions, **kwargs: Any) -> BatchRunner:
+    from pca_client.runner import BatchRunner
+
+    return BatchRunner(src, dst, processor, settings=options.settings(), fmt=options.format, **kwargs)
+
+
+def _watch(runner: BatchRunner, report: BatchReport, timeout: float | None, console: Console, err: Console) -> None:
+    """Keep protecting new or changed files; their results are added to ``report``."""
+    err.print(f"watching {runner.src} for new or changed images (Ctrl-C to stop)", markup=False)
+    more = runner.watch(
+        timeout_s=timeout,
+        on_result=lambda r: console.print(
+            f"{r.status} {r.rel}" + (f": {r.error}" if r.error else ""), markup=False, highlight=False
+        ),
+    )
+    report.done += more.done
+    report.skipped += more.skipped
+    report.failed.extend(more.failed)
+    report.aborted = report.aborted or more.aborted
 
 
 def _unused_processor(path: Path, data: bytes) -> tuple[bytes, str, dict[str, Any]]:

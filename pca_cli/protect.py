@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
-from pca_cli.options import (
-    DeviceOpt,
-    DtypeOpt,
-    EotOpt,
-    EpsOpt,
-    FormatOpt,
-    ModelOpt,
-    OfflineOpt,
-    PresetOpt,
-    QualityOpt,
-    SeedOpt,
-    StepOpt,
-    StepsOpt,
-)
+from pca_attack.options import ProtectOptions
+from pca_cli.options import DeviceOpt, DtypeOpt, ModelsOpt, OfflineOpt, with_protect_options
 
 
 def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Path, Path]]:
@@ -34,7 +23,7 @@ def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Pa
     A destination keeps the source's name with the output suffix; if two sources would land on the same
     name (``a.jpg`` and ``a.png``), the later one keeps its original suffix too (``a.png.png``).
     """
-    from pca_attack.io.images import INPUT_SUFFIXES
+    from pca_attack.io.formats import INPUT_SUFFIXES
 
     pairs: list[tuple[Path, Path]] = []
     taken: set[Path] = set()
@@ -55,40 +44,8 @@ def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Pa
     return pairs
 
 
-def protect_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors input folders).")],
-    model: ModelOpt = "demo",
-    preset: PresetOpt = "pca-",
-    eps: EpsOpt = 16.0,
-    step: StepOpt = 2.0,
-    steps: StepsOpt = 40,
-    seed: SeedOpt = 3407,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    fmt: FormatOpt = "png",
-    quality: QualityOpt = None,
-    eot: EotOpt = None,
-    strip_exif: Annotated[bool, typer.Option("--strip-exif", help="Do not copy EXIF to the output.")] = False,
-    offline: OfflineOpt = False,
-) -> None:
-    """Protect images in-process and write each output with its JSON certificate beside it."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from pca_attack.attack.config import AttackConfig
-    from pca_attack.errors import PCAError
-    from pca_attack.io.images import normalise_format
-    from pca_attack.pipeline import Engine
-    from pca_client.runner import atomic_write
-
-    console = Console(stderr=True)
-    try:
-        config = AttackConfig(eps=eps, step=step, steps=steps, preset=preset, seed=seed, eot=eot)
-        name = normalise_format(fmt)
-    except PCAError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    suffix = ".jpg" if name == "jpeg" else f".{name}"
+def check_output(inputs: list[Path], output: Path) -> None:
+    """Refuse an output folder that is (inside) an input folder."""
     out_root = output.resolve()
     for item in inputs:
         src = item.resolve()
@@ -97,7 +54,54 @@ def protect_command(
                 f"output folder {output} is (inside) the input {item}; choose a separate folder",
                 param_hint="--output",
             )
-    pairs = plan_outputs(inputs, output, suffix)
+
+
+def protect_files(engine: Any, pairs: list[tuple[Path, Path]], options: ProtectOptions) -> list[tuple[Path, str]]:
+    """Protect each (source, destination) pair with a progress bar; the failures with their reason."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pca_attack.errors import PCAError
+    from pca_attack.io.files import atomic_write
+
+    config = options.to_attack_config()
+    failures: list[tuple[Path, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task("protecting", total=len(pairs))
+        for source, dest in pairs:
+            try:
+                result = engine.protect_bytes(source.read_bytes(), config, **options.output())
+                atomic_write(dest, result.data)
+                report = result.certificate.model_dump() | {"source": str(source), "output": str(dest)}
+                atomic_write(dest.with_name(dest.name + ".json"), json.dumps(report, indent=2).encode())
+            except (PCAError, OSError) as exc:
+                failures.append((source, str(exc)))
+            progress.advance(task)
+    return failures
+
+
+@with_protect_options
+def protect_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors input folders).")],
+    options: ProtectOptions,
+    model: ModelsOpt = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    offline: OfflineOpt = False,
+) -> None:
+    """Protect images in-process and write each output with its JSON certificate beside it."""
+    from pca_attack.errors import PCAError
+    from pca_attack.io.formats import image_format
+    from pca_attack.pipeline import Engine
+
+    console = Console(stderr=True)
+    try:
+        options.to_attack_config()
+    except PCAError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    check_output(inputs, output)
+    pairs = plan_outputs(inputs, output, image_format(options.format).suffix)
     if any(dest.resolve() == src.resolve() for src, dest in pairs):
         raise typer.BadParameter("an output would overwrite its input; choose another --output")
     if not pairs:
@@ -109,21 +113,7 @@ def protect_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
-    failures: list[tuple[Path, str]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("protecting", total=len(pairs))
-        for source, dest in pairs:
-            try:
-                result = engine.protect_bytes(
-                    source.read_bytes(), config, fmt=name, quality=quality, keep_exif=not strip_exif
-                )
-                atomic_write(dest, result.data)
-                report = result.certificate.model_dump() | {"source": str(source), "output": str(dest)}
-                atomic_write(dest.with_name(dest.name + ".json"), json.dumps(report, indent=2).encode())
-            except (PCAError, OSError) as exc:
-                failures.append((source, str(exc)))
-            progress.advance(task)
+    failures = protect_files(engine, pairs, options)
     for source, reason in failures:
         console.print(f"[red]failed[/red] {source}: {reason}")
     console.print(f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")

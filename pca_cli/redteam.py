@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pca_cli.options import DeviceOpt, EotOpt, EpsOpt, ModelOpt, OfflineOpt, PresetOpt, SeedOpt, StepOpt, StepsOpt
+from pca_attack.options import ProtectOptions
+from pca_cli.options import DeviceOpt, ModelOpt, OfflineOpt, with_protect_options
 
 if TYPE_CHECKING:
     from pca_attack.redteam.report import RedteamReport
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def collect_images(target: Path, limit: int) -> list[Path]:
     """The image files of a file or (recursively) a folder, sorted, at most ``limit``."""
-    from pca_attack.io.images import INPUT_SUFFIXES
+    from pca_attack.io.formats import INPUT_SUFFIXES
 
     if target.is_file():
         return [target]
@@ -55,19 +56,33 @@ def plot_report(report: RedteamReport, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def protect_images(
+    engine: Any, files: list[Path], options: ProtectOptions, console: Any
+) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
+    """Protect each file as the options say; the clean and the protected (as written, decoded again)
+    tensors (3, H, W) and the certificates."""
+    from pca_attack.io.images import decode_image
+
+    config = options.to_attack_config()
+    cleans, protecteds, certs = [], [], []
+    for path in files:
+        decoded = decode_image(path)
+        result = engine.protect([decoded], config, **options.output())[0]
+        cleans.append(decoded.to_tensor())  # (3, H, W)
+        protecteds.append(decode_image(result.data).to_tensor())  # the bytes actually written
+        certs.append({"file": str(path), **result.certificate.model_dump()})
+        console.print(f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
+    return cleans, protecteds, certs
+
+
+@with_protect_options
 def redteam_command(
     image_or_folder: Annotated[Path, typer.Argument(help="An image or a folder of images.", exists=True)],
+    options: ProtectOptions,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for redteam.json/.md/.png.")] = Path(
         "redteam"
     ),
     model: ModelOpt = "demo",
-    preset: PresetOpt = "pca-",
-    eps: EpsOpt = 16.0,
-    step: StepOpt = 2.0,
-    steps: StepsOpt = 40,
-    eot: EotOpt = None,
-    eot_samples: Annotated[int, typer.Option("--eot-samples", help="EoT draws per PGD step.")] = 1,
-    seed: SeedOpt = 3407,
     device: DeviceOpt = "auto",
     transforms: Annotated[
         str | None, typer.Option("--transforms", "-t", help="Comma-separated subset (default: all).")
@@ -82,9 +97,7 @@ def redteam_command(
     """Protect the image(s), push them through real publishing channels, report what collapse survives."""
     from rich.console import Console
 
-    from pca_attack.attack.config import AttackConfig
     from pca_attack.errors import PCAError
-    from pca_attack.io.images import decode_image
     from pca_attack.pipeline import Engine
     from pca_attack.redteam.channels import TRANSFORMS
     from pca_attack.redteam.report import redteam
@@ -100,18 +113,10 @@ def redteam_command(
                    f"{', '.join(TRANSFORMS)}", err=True)
         raise typer.Exit(2)
     try:
-        config = AttackConfig(eps=eps, step=step, steps=steps, preset=preset, seed=seed, eot=eot,
-                              eot_samples=eot_samples)
+        config = options.to_attack_config()
         engine = Engine.from_spec(model, device=device, offline=offline or None)
-        cleans, protecteds, certs = [], [], []
-        for path in files:
-            decoded = decode_image(path)
-            result = engine.protect([decoded], config)[0]
-            cleans.append(decoded.to_tensor())  # (3, H, W)
-            protecteds.append(decode_image(result.data).to_tensor())  # the bytes actually written
-            certs.append({"file": str(path), **result.certificate.model_dump()})
-            console.print(f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
-        report = redteam(engine, cleans, protecteds, transforms=names, seed=seed, preset=preset,
+        cleans, protecteds, certs = protect_images(engine, files, options, console)
+        report = redteam(engine, cleans, protecteds, transforms=names, seed=options.seed, preset=options.preset,
                          with_roundtrip=roundtrip, purify_steps=purify_steps)
     except PCAError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -119,8 +124,8 @@ def redteam_command(
     out.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"config": config.to_dict(), **report.to_dict(), "certificates": certs}
     (out / "redteam.json").write_text(json.dumps(payload, indent=2))
-    header = (f"# Red team: {report.model}, preset {preset}, eps {eps:g}/255, {steps} steps, "
-              f"EoT {eot or 'off'}, {report.images} image(s)\n\n")
+    header = (f"# Red team: {report.model}, preset {options.preset}, eps {options.eps:g}/255, {options.steps} steps, "
+              f"EoT {options.eot or 'off'}, {report.images} image(s)\n\n")
     (out / "redteam.md").write_text(header + report.to_markdown())
     plot_report(report, out / "redteam.png", header.strip("# \n"))
     console.print(report.to_markdown())

@@ -1,30 +1,19 @@
 """Folder batches you can trust with 100,000 files: plan, resume, protect, write atomically, record.
 
-The same runner serves ``pca-protect batch --local`` (the in-process engine) and ``--server URL`` (the
-HTTP client): both are a *processor*, a callable ``(path, data) -> (output bytes, suffix, certificate)``.
+The same runner serves ``pca-protect batch --local`` (the in-process engine, ``pca_cli.local``) and
+``--server URL`` (``pca_client.http``): both are a *processor*, a callable
+``(path, data) -> (output bytes, suffix, certificate)``. Planning is ``pca_client.plan``, the record is
+``pca_client.manifest``.
 
-* **Plan.** Walk SRC recursively, keep supported image suffixes that pass the include/exclude globs and
-  mirror each one into DST (``a/b/x.jpg`` -> ``DST/a/b/x.png`` for PNG output; when two sources of one
-  folder would map to the same output, e.g. ``x.jpg`` and ``x.png``, both keep their full name:
-  ``x.jpg.png``, ``x.png.png``). DST == SRC or DST inside SRC is refused unless ``in_place``.
-* **Atomic writes.** Output bytes go to a hidden temp file in the destination folder, are fsynced and
-  renamed over the target with ``os.replace``; an output file is therefore either absent, the previous
-  version or complete. Temp files of an interrupted run are removed when the next run starts.
-* **Manifest.** ``DST/.pca-manifest.jsonl`` gets one JSON line per processed file *after* its output is
-  in place (status, source sha256, settings fingerprint, output path and sha256, certificate, error).
-  The last line of a source wins; a torn last line (``kill -9``) is ignored.
+* **Atomic writes.** Outputs go through ``pca_attack.io.files.atomic_write``: an output file is either
+  absent, the previous version or complete. Temp files of an interrupted run are removed when the next
+  run starts.
 * **Resume.** A file is skipped when its latest manifest line says ``done``, the output exists, and both
   the source sha256 and the settings fingerprint match; otherwise it is (re)done.
 """
 
 from __future__ import annotations
 
-import csv
-import fnmatch
-import hashlib
-import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,274 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pca_attack.io.images import INPUT_SUFFIXES
-
-MANIFEST_NAME = ".pca-manifest.jsonl"
-CSV_NAME = ".pca-manifest.csv"
-TEMP_PREFIX = ".pca-tmp-"
-OUTPUT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
+from pca_attack.io.files import atomic_write, remove_stale_temps
+from pca_client.manifest import Manifest, settings_fingerprint, sha256_bytes, sha256_file
+from pca_client.plan import Task, check_folders, output_suffix, plan_tasks, walk_sources, wanted
 
 Processor = Callable[[Path, bytes], tuple[bytes, str, dict[str, Any]]]
 Status = Literal["done", "failed", "skipped"]
 
 
-class BatchError(Exception):
-    """The batch cannot start (bad folders) or was aborted (a fatal processor error)."""
-
-
-# -- settings ----------------------------------------------------------------------------------------
-def settings_fingerprint(settings: Mapping[str, Any]) -> str:
-    """Short stable hash of the attack + output settings (key order and None-valued keys ignored)."""
-    clean = {k: v for k, v in sorted(settings.items()) if v is not None}
-    blob = json.dumps(clean, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# -- planning ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Task:
-    """One source image and where its protected copy goes."""
-
-    source: Path
-    rel: str  # source path relative to SRC, with '/'
-    output: Path
-    out_rel: str  # output path relative to DST, with '/'
-
-
-def check_folders(src: Path, dst: Path, *, in_place: bool = False) -> tuple[Path, Path]:
-    """Resolve both folders; refuse DST == SRC or DST inside SRC unless ``in_place``."""
-    src_r, dst_r = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
-    if not src_r.is_dir():
-        raise BatchError(f"source folder {src} does not exist or is not a folder")
-    if dst_r.exists() and not dst_r.is_dir():
-        raise BatchError(f"destination {dst} exists and is not a folder")
-    if not in_place:
-        if dst_r == src_r:
-            raise BatchError(f"destination {dst} is the source folder; pass --in-place to allow it")
-        if src_r in dst_r.parents:
-            raise BatchError(f"destination {dst} is inside the source folder {src}; pass --in-place to allow it")
-    return src_r, dst_r
-
-
-def _matches(rel: str, patterns: Sequence[str]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def wanted(rel: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
-    """Supported suffix, matched by an include glob (if any) and by no exclude glob.
-
-    A glob matches the path relative to SRC (``*`` also crosses folders) or the bare file name.
-    """
-    name = rel.rsplit("/", 1)[-1]
-    if name.startswith(".pca-") or PurePosixPath(name).suffix.lower() not in INPUT_SUFFIXES:
-        return False
-    if include and not _matches(rel, include):
-        return False
-    return not (exclude and _matches(rel, exclude))
-
-
-def walk_sources(src: Path, skip_dirs: Iterable[Path] = ()) -> list[str]:
-    """Every file under ``src`` (relative '/' paths, sorted), not descending into ``skip_dirs``."""
-    skip = {Path(d).resolve() for d in skip_dirs}
-    found: list[str] = []
-    for root, dirs, files in os.walk(src):
-        here = Path(root)
-        dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in skip)
-        base = here.relative_to(src).as_posix()
-        found.extend(f if base == "." else f"{base}/{f}" for f in files)
-    return sorted(found)
-
-
-def output_suffix(fmt: str) -> str:
-    try:
-        return OUTPUT_SUFFIXES[fmt.lower().lstrip(".")]
-    except KeyError:
-        raise BatchError(f"output format {fmt!r} is not supported; choose png, jpeg or webp") from None
-
-
-def plan_tasks(src: Path, dst: Path, rels: Iterable[str], fmt: str) -> list[Task]:
-    """Mirror ``rels`` into ``dst`` with the output suffix; colliding outputs keep the full source name."""
-    suffix = output_suffix(fmt)
-    targets: dict[str, list[str]] = {}
-    for rel in sorted(set(rels)):
-        p = PurePosixPath(rel)
-        targets.setdefault(str(p.with_suffix(suffix)), []).append(rel)
-    tasks: list[Task] = []
-    for target, group in targets.items():
-        for rel in group:
-            out_rel = f"{rel}{suffix}" if len(group) > 1 else target
-            tasks.append(Task(src / rel, rel, dst / out_rel, out_rel))
-    return sorted(tasks, key=lambda t: t.rel)
-
-
-# -- manifest ----------------------------------------------------------------------------------------
-class Manifest:
-    """Append-only JSON-lines record of DST; the latest line per source wins."""
-
-    def __init__(self, dst: Path) -> None:
-        self.path = dst / MANIFEST_NAME
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.lines = 0
-        self._lock = threading.Lock()
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by kill -9
-                if isinstance(entry, dict) and isinstance(entry.get("source"), str):
-                    self.entries[entry["source"]] = entry
-                    self.lines += 1
-
-    def outputs(self) -> set[str]:
-        """Output paths (relative to DST) the manifest knows, done or not."""
-        return {e["output"] for e in self.entries.values() if isinstance(e.get("output"), str)}
-
-    def append(self, entry: dict[str, Any]) -> None:
-        """Append one line durably (flush + fsync); repairs a torn last line first."""
-        line = json.dumps(entry, sort_keys=True, default=str) + "\n"
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as fh:
-                if fh.tell() > 0:
-                    fh.seek(-1, os.SEEK_END)
-                    if fh.read(1) != b"\n":
-                        fh.write(b"\n")
-                fh.write(line.encode())
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.entries[entry["source"]] = entry
-            self.lines += 1
-
-    def compact(self) -> None:
-        """Rewrite atomically with only the latest line per source (drops history)."""
-        with self._lock:
-            body = "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in self.entries.values())
-            atomic_write(self.path, body.encode())
-            self.lines = len(self.entries)
-
-    def write_csv(self, path: Path | None = None) -> Path:
-        """A flat CSV view (certificate reduced to its headline numbers)."""
-        target = path or self.path.with_name(CSV_NAME)
-        cols = [
-            "source",
-            "status",
-            "output",
-            "error",
-            "source_sha256",
-            "settings_fingerprint",
-            "output_sha256",
-            "linf_255",
-            "budget_ok",
-            "psnr_db",
-            "ssim",
-            "time",
-        ]
-        rows = []
-        for entry in self.entries.values():
-            cert = entry.get("certificate") or {}
-            row = {c: entry.get(c) for c in cols}
-            row.update({k: cert.get(k) for k in ("linf_255", "budget_ok", "psnr_db", "ssim")})
-            rows.append(row)
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(target, buf.getvalue().encode())
-        return target
-
-
-# -- atomic writes -----------------------------------------------------------------------------------
-def atomic_write(path: Path, data: bytes, cancel: threading.Event | None = None) -> None:
-    """Write ``data`` to ``path`` through a fsynced temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if cancel is not None and cancel.is_set():
-            raise InterruptedError("batch interrupted before the output was renamed into place")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temps(folders: Iterable[Path]) -> int:
-    """Delete temp files a killed run left in ``folders``; returns how many."""
-    removed = 0
-    for folder in set(folders):
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                Path(entry.path).unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-# -- processors --------------------------------------------------------------------------------------
-class EngineProcessor:
-    """The in-process processor: one ``Engine`` (serialised by a lock; the engine is not re-entrant)."""
-
-    def __init__(
-        self,
-        engine: Any,
-        config: Any,
-        *,
-        fmt: str = "png",
-        quality: int | None = None,
-        keep_exif: bool = True,
-    ) -> None:
-        self.engine, self.config = engine, config
-        self.fmt, self.quality, self.keep_exif = fmt, quality, keep_exif
-        self._lock = threading.Lock()
-
-    def __call__(self, path: Path, data: bytes) -> tuple[bytes, str, dict[str, Any]]:
-        with self._lock:
-            out = self.engine.protect_bytes(
-                data, self.config, fmt=self.fmt, quality=self.quality, keep_exif=self.keep_exif
-            )
-        return out.data, out.suffix, out.certificate.model_dump(mode="json")
-
-
-# -- results -----------------------------------------------------------------------------------------
 @dataclass
 class FileResult:
     """What happened to one source file in this run."""
@@ -353,7 +82,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# -- the runner --------------------------------------------------------------------------------------
 class BatchRunner:
     """Protect every wanted image of ``src`` into ``dst`` with ``processor``; resumable and atomic.
 
@@ -513,26 +241,6 @@ class BatchRunner:
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="pca-batch")
         pending: set[Future[FileResult]] = set()
         queue = iter(tasks)
-
-        def collect(futures: Iterable[Future[FileResult]], *, quiet: bool = False) -> None:
-            """Record finished futures (each once); then re-raise the first worker exception."""
-            error: BaseException | None = None
-            for fut in list(futures):
-                pending.discard(fut)
-                exc = None if fut.cancelled() else fut.exception()
-                if fut.cancelled() or exc is not None:
-                    error = error or exc
-                    continue
-                result = fut.result()
-                if result.reason == "interrupted":
-                    continue
-                self._record(result)
-                report.add(result)
-                if on_result is not None:
-                    on_result(result)
-            if error is not None and not quiet:
-                raise error
-
         try:
             while True:
                 while len(pending) < 2 * self.jobs and (task := next(queue, None)) is not None:
@@ -540,31 +248,60 @@ class BatchRunner:
                 if not pending:
                     break
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                collect(finished)
+                self._collect(finished, pending, report, on_result)
         except KeyboardInterrupt:
             report.interrupted = True
         except Exception as exc:
             if not getattr(exc, "fatal", False):
-                self.cancel.set()
-                pool.shutdown(wait=False, cancel_futures=True)
+                self._abandon(pool)
                 raise
             report.aborted = str(exc) or type(exc).__name__
         except BaseException:
-            self.cancel.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._abandon(pool)
             raise
         if report.interrupted or report.aborted:
-            self.cancel.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._abandon(pool)
             pending.difference_update([f for f in pending if f.cancelled()])  # never notify a waiter
             finished, _ = wait(pending, timeout=self.grace_s)
-            collect(finished, quiet=True)  # outputs already in place get their manifest line
+            self._collect(finished, pending, report, on_result, quiet=True)  # outputs in place get their line
         else:
             pool.shutdown(wait=True)
         if self.write_csv:
             self.manifest.write_csv()
         report.elapsed_s = time.perf_counter() - t0
         return report
+
+    def _abandon(self, pool: ThreadPoolExecutor) -> None:
+        """Stop starting work: running files finish or are cancelled before their rename."""
+        self.cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _collect(
+        self,
+        futures: Iterable[Future[FileResult]],
+        pending: set[Future[FileResult]],
+        report: BatchReport,
+        on_result: Callable[[FileResult], None] | None,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        """Record finished futures (each once); then re-raise the first worker exception unless ``quiet``."""
+        error: BaseException | None = None
+        for fut in list(futures):
+            pending.discard(fut)
+            exc = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or exc is not None:
+                error = error or exc
+                continue
+            result = fut.result()
+            if result.reason == "interrupted":
+                continue
+            self._record(result)
+            report.add(result)
+            if on_result is not None:
+                on_result(result)
+        if error is not None and not quiet:
+            raise error
 
     def watch(
         self,

@@ -16,15 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pca_attack.errors import (
-    ConfigError,
-    ImageTooLargeError,
-    ImageTooSmallError,
-    ModelLoadError,
-    ModelNotFoundError,
-    PCAError,
-    UnsupportedImageError,
-)
+from pca_attack import errors as engine
+from pca_attack.errors import PCAError
 
 log = logging.getLogger("service")
 
@@ -75,17 +68,17 @@ def from_engine_error(exc: Exception) -> ApiError:
     from PIL import Image
 
     message = str(exc) or exc.__class__.__name__
-    if isinstance(exc, ImageTooLargeError):
+    if isinstance(exc, engine.ImageTooLargeError):
         return ApiError(413, "image_too_large", message)
     if isinstance(exc, Image.DecompressionBombError):
         return ApiError(413, "image_too_large", f"image has too many pixels (decompression-bomb guard): {message}")
-    if isinstance(exc, UnsupportedImageError):
+    if isinstance(exc, engine.UnsupportedImageError):
         return ApiError(415, "unsupported_image", message)
-    if isinstance(exc, ImageTooSmallError):
+    if isinstance(exc, engine.ImageTooSmallError):
         return ApiError(422, "image_too_small", message)
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, engine.ConfigError):
         return ApiError(422, "invalid_parameter", message)
-    if isinstance(exc, ModelNotFoundError | ModelLoadError):
+    if isinstance(exc, engine.ModelNotFoundError | engine.ModelLoadError):
         return ApiError(503, "model_unavailable", message)
     if isinstance(exc, PCAError):
         return ApiError(422, "engine_error", message)

@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pca_cli.batch import batch_command
-from pca_client.runner import MANIFEST_NAME
+from pca_client.manifest import MANIFEST_NAME
 
 SIZE = (24, 32)  # height, width
 REPO = Path(__file__).resolve().parents[2]

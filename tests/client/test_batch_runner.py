@@ -11,15 +11,10 @@ from typing import Any
 
 import pytest
 
-from pca_client.runner import (
-    MANIFEST_NAME,
-    BatchError,
-    BatchRunner,
-    atomic_write,
-    check_folders,
-    plan_tasks,
-    wanted,
-)
+from pca_attack.io.files import atomic_write
+from pca_client.manifest import MANIFEST_NAME
+from pca_client.plan import BatchError, check_folders, plan_tasks, wanted
+from pca_client.runner import BatchRunner
 from tests.client.conftest import manifest_lines, temp_files, visible_files, write_images
 
 SETTINGS = {"steps": 2, "format": "png"}

@@ -86,7 +86,11 @@ class Script:
 @pytest.fixture()
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     waited: list[float] = []
-    monkeypatch.setattr(client_mod.time, "sleep", waited.append)
+
+    async def record(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(client_mod, "_sleep", record)
     return waited
 
 
@@ -128,7 +132,7 @@ def test_timeouts_are_retried_then_succeed(sleeps: list[float]) -> None:
 def test_errors_are_parsed_and_not_retried(sleeps: list[float]) -> None:
     c, script = scripted([(422, {}, _err("invalid_parameter"))])
     with pytest.raises(PCAClientError) as err:
-        c.protect(b"x", steps=0)
+        c.protect(b"x", steps=5)
     assert (err.value.status, err.value.code, err.value.message) == (
         422,
         "invalid_parameter",

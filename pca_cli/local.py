@@ -1,0 +1,34 @@
+"""The in-process processor of ``pca-protect batch --local``: one ``Engine`` behind a lock (the engine is
+not re-entrant). It lives in the application layer because it imports the engine; ``pca_client`` stays
+torch-free."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from pca_attack.options import ProtectOptions
+
+
+class EngineProcessor:
+    """``(path, data) -> (bytes, suffix, certificate)`` with the in-process engine."""
+
+    def __init__(self, engine: Any, options: ProtectOptions) -> None:
+        self.engine = engine
+        self.config = options.to_attack_config()
+        self.output = options.output()
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path, data: bytes) -> tuple[bytes, str, dict[str, Any]]:
+        with self._lock:
+            out = self.engine.protect_bytes(data, self.config, **self.output)
+        return out.data, out.suffix, out.certificate.model_dump(mode="json")
+
+
+def local_processor(options: ProtectOptions, model: str, device: str, dtype: str) -> EngineProcessor:
+    """Load the model (no decoder: the batch needs none) and wrap it."""
+    from pca_attack.pipeline import Engine
+
+    engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1)
+    return EngineProcessor(engine, options)
