@@ -62,6 +62,16 @@ def _fail(exc: ValueError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _calculate(name: str, inputs: Path, *, with_y: bool = True, **kwargs: Any) -> Any:
+    """Run ``pca_attack.analysis.<name>`` on the moments in ``inputs``; bad input exits 2 with the message."""
+    import pca_attack.analysis as analysis
+
+    try:
+        return getattr(analysis, name)(**_moment_inputs(load_inputs(inputs), with_y=with_y), **kwargs)
+    except ValueError as exc:
+        raise _fail(exc) from exc
+
+
 def _write_json(result: Any, path: Path | None) -> None:
     if path is None:
         return
@@ -99,47 +109,24 @@ def linear_vae_cmd(
     json_out: JsonOut = None,
 ) -> None:
     """Optimal linear (beta-)VAE: which modes collapse (y = x unless Y/Syy/Sxy are given)."""
-    from pca_attack.analysis import linear_vae
-
-    try:
-        res = linear_vae(
-            **_moment_inputs(load_inputs(inputs)),
-            beta=beta,
-            eta_enc=eta_enc,
-            eta_dec=eta_dec,
-            latent_dim=latent_dim,
-            sigma=sigma,
-            center=center,
-        )
-    except ValueError as exc:
-        raise _fail(exc) from exc
+    scales: dict[str, Any] = {"beta": beta, "eta_enc": eta_enc, "eta_dec": eta_dec}
+    res = _calculate("linear_vae", inputs, latent_dim=latent_dim, sigma=sigma, center=center, **scales)
     _report("Linear VAE", res, ("zeta", "omega", "lam", "sigma", "kl_per_dim"), json_out)
 
 
 @theory_app.command("linear-cvae")
 def linear_cvae_cmd(
     inputs: InputArg,
+    latent_dim: LatentDim = None,
     beta: Beta = 1.0,
     eta_enc: EtaEnc = 1.0,
     eta_dec: EtaDec = 1.0,
-    latent_dim: LatentDim = None,
     center: Center = False,
     json_out: JsonOut = None,
 ) -> None:
     """Optimal linear conditional VAE: collapse from the residual covariance of y given x."""
-    from pca_attack.analysis import linear_cvae
-
-    try:
-        res = linear_cvae(
-            **_moment_inputs(load_inputs(inputs)),
-            beta=beta,
-            eta_enc=eta_enc,
-            eta_dec=eta_dec,
-            latent_dim=latent_dim,
-            center=center,
-        )
-    except ValueError as exc:
-        raise _fail(exc) from exc
+    scales: dict[str, Any] = {"beta": beta, "eta_enc": eta_enc, "eta_dec": eta_dec}
+    res = _calculate("linear_cvae", inputs, latent_dim=latent_dim, center=center, **scales)
     _report("Linear CVAE", res, ("kappa", "omega", "lam", "sigma", "kl_per_dim"), json_out)
 
 
@@ -157,22 +144,15 @@ def linear_hvae_cmd(
     json_out: JsonOut = None,
 ) -> None:
     """Optimal two-level linear HVAE: z1 mean collapse and z2 collapse per mode."""
-    from pca_attack.analysis import linear_hvae
-
-    try:
-        res = linear_hvae(
-            **_moment_inputs(load_inputs(inputs), with_y=False),
-            beta1=beta1,
-            beta2=beta2,
-            sigma1=sigma1,
-            sigma2=sigma2,
-            eta_enc=eta_enc,
-            eta_dec=eta_dec,
-            latent_dim=latent_dim,
-            center=center,
-        )
-    except ValueError as exc:
-        raise _fail(exc) from exc
+    scales = {
+        "beta1": beta1,
+        "beta2": beta2,
+        "sigma1": sigma1,
+        "sigma2": sigma2,
+        "eta_enc": eta_enc,
+        "eta_dec": eta_dec,
+    }
+    res = _calculate("linear_hvae", inputs, with_y=False, latent_dim=latent_dim, center=center, **scales)
     _report(f"Linear HVAE (case {res.case})", res, ("theta", "lam", "omega", "sigma", "kl_per_dim"), json_out)
     console.print(
         f"z2 collapsed: {res.z2_collapsed.tolist()}  posterior = prior: {res.posterior_equals_prior.tolist()}"
@@ -287,6 +267,19 @@ def sweep_correlation_cmd(
     _write_json(sweep, json_out)
 
 
+def _comparison_table(cmp: Any, title: str) -> Table:
+    """Per mode: each quantity's theory and trained value side by side."""
+    table = Table(title=title)
+    table.add_column("mode", justify="right")
+    for key in cmp.trained:
+        table.add_column(f"{key} theory", justify="right")
+        table.add_column(f"{key} trained", justify="right")
+    for i in range(len(cmp.trained["omega"])):
+        cells = [f"{v[i]:.5g}" for key in cmp.trained for v in (cmp.theory[key], cmp.trained[key])]
+        table.add_row(str(i + 1), *cells)
+    return table
+
+
 @theory_app.command("check")
 def check_cmd(
     inputs: InputArg,
@@ -312,16 +305,8 @@ def check_cmd(
     from pca_attack.analysis.plots import plot_singular_values
     from pca_attack.analysis.simulate import Kind, theory_vs_trained
 
-    if model == "hvae":
-        params: dict[str, Any] = {
-            "beta1": beta1,
-            "beta2": beta2,
-            "sigma1": sigma1,
-            "eta_enc": eta_enc,
-            "eta_dec": eta_dec,
-        }
-    else:
-        params = {"beta": beta, "eta_enc": eta_enc, "eta_dec": eta_dec}
+    params: dict[str, Any] = {"eta_enc": eta_enc, "eta_dec": eta_dec}
+    params |= {"beta1": beta1, "beta2": beta2, "sigma1": sigma1} if model == "hvae" else {"beta": beta}
     try:
         if model not in ("vae", "cvae", "hvae") or method not in ("population", "minibatch"):
             raise ValueError(f"--model must be vae/cvae/hvae and --method population/minibatch, got {model}/{method}.")
@@ -338,15 +323,7 @@ def check_cmd(
         )
     except ValueError as exc:
         raise _fail(exc) from exc
-    table = Table(title=f"{model.upper()}: theory vs trained ({method})")
-    table.add_column("mode", justify="right")
-    for key in cmp.trained:
-        table.add_column(f"{key} theory", justify="right")
-        table.add_column(f"{key} trained", justify="right")
-    for i in range(len(cmp.trained["omega"])):
-        cells = [f"{v[i]:.5g}" for key in cmp.trained for v in (cmp.theory[key], cmp.trained[key])]
-        table.add_row(str(i + 1), *cells)
-    console.print(table)
+    console.print(_comparison_table(cmp, f"{model.upper()}: theory vs trained ({method})"))
     console.print(f"loss: theory {cmp.theory_loss:.8g}  trained {cmp.trained_loss:.8g}")
     console.print("max |diff|: " + ", ".join(f"{k} {v:.2e}" for k, v in cmp.max_abs_diff.items()))
     if plot is not None:

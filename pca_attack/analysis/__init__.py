@@ -6,6 +6,7 @@ Calculators (closed forms from ``collapse-theory.md``) take data ``X``/``Y`` (N,
 the theory against training live in :mod:`pca_attack.analysis.simulate` (imported lazily: it needs torch).
 """
 
+from pca_attack.analysis.deep_linear import DeepLinearGeometry, deep_linear_mse_geometry, gram_deviation
 from pca_attack.analysis.linear_cvae import LinearCVAEResult, linear_cvae, residual_covariance
 from pca_attack.analysis.linear_hvae import LinearHVAEResult, linear_hvae
 from pca_attack.analysis.linear_vae import LinearVAEResult, linear_vae, whitened_singular_values
@@ -21,12 +22,9 @@ from pca_attack.analysis.moments import (
     resolve_moments,
 )
 from pca_attack.analysis.neural_collapse import (
-    DeepLinearGeometry,
     NeuralCollapseResult,
     PerturbedCollapseResult,
     class_means,
-    deep_linear_mse_geometry,
-    gram_deviation,
     neural_collapse_metrics,
     noise_baselines,
     perturbed_collapse,

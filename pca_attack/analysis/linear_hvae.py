@@ -104,6 +104,20 @@ def mode_objective(
     return recon, kl1, kl2
 
 
+def _mode_row(
+    t: float, s1: float, s2_fixed: float | None, b1: float, b2: float, ed: float, ee: float, tol: float
+) -> tuple[float, float, float, tuple[float, float, float], bool]:
+    """(lam, omega, sigma2, objective parts, near a threshold) of the mode with ``theta = t``."""
+    if s2_fixed is None:
+        lam_i, om_i, thr = _learnable_mode(t, s1, b1, b2, ed, ee)
+        s2 = ee * ed * math.sqrt(b2 / (b1 * ee**2 * om_i**2 + b2 * ed**2))
+    else:
+        lam_i, om_i, thr = _fixed_mode(t, s1, s2_fixed, b1, b2, ed, ee)
+        s2 = s2_fixed
+    near = any(th > 0 and abs(t / th - 1) <= tol for th in thr)
+    return lam_i, om_i, s2, mode_objective(t, lam_i, om_i, s2, s1, b1, b2, ed, ee), near
+
+
 @numeric_guard
 def linear_hvae(
     X: ArrayLike | None = None,
@@ -129,16 +143,7 @@ def linear_hvae(
     theta_all = np.sqrt(np.clip(np.linalg.eigvalsh(m.Sxx)[::-1], 0.0, None))
     theta = np.zeros(k)
     theta[: min(k, theta_all.size)] = theta_all[:k]
-    rows = []
-    for t in theta:
-        if s2_fixed is None:
-            lam_i, om_i, thr = _learnable_mode(t, s1, b1, b2, ed, ee)
-            s2 = ee * ed * math.sqrt(b2 / (b1 * ee**2 * om_i**2 + b2 * ed**2))
-        else:
-            lam_i, om_i, thr = _fixed_mode(t, s1, s2_fixed, b1, b2, ed, ee)
-            s2 = s2_fixed
-        near = any(th > 0 and abs(t / th - 1) <= tol for th in thr)
-        rows.append((lam_i, om_i, s2, mode_objective(t, lam_i, om_i, s2, s1, b1, b2, ed, ee), near))
+    rows = [_mode_row(t, s1, s2_fixed, b1, b2, ed, ee, tol) for t in theta]
     lam = np.array([r[0] for r in rows])
     omega = np.array([r[1] for r in rows])
     sig = np.array([r[2] for r in rows])

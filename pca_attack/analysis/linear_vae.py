@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -118,21 +119,24 @@ def linear_vae(
     unexplained = max(trace_b - float(np.sum(zeta**2)), 0.0) / (2 * eta_dec**2)
     params = {"beta": beta, "eta_enc": eta_enc, "eta_dec": eta_dec, "tol": tol}
     nll_constant = 0.5 * m.dy * math.log(2 * math.pi * eta_dec**2)
-    if sigma is None:
-        return _learnable(zeta, beta, eta_enc, eta_dec, tol, unexplained, nll_constant, params)
-    return _fixed(zeta, _fixed_sigmas(sigma, k), beta, eta_enc, eta_dec, tol, unexplained, nll_constant, params)
+    common = _Common(beta, eta_enc, eta_dec, tol, unexplained, nll_constant, params)
+    return _learnable(zeta, common) if sigma is None else _fixed(zeta, _fixed_sigmas(sigma, k), common)
 
 
-def _learnable(
-    zeta: FloatArray,
-    beta: float,
-    ee: float,
-    ed: float,
-    tol: float,
-    unexplained: float,
-    const: float,
-    params: dict[str, float],
-) -> LinearVAEResult:
+class _Common(NamedTuple):
+    """What both regimes (learnable / fixed encoder variance) need besides zeta."""
+
+    beta: float
+    ee: float  # eta_enc
+    ed: float  # eta_dec
+    tol: float
+    unexplained: float  # loss of the part of E||y||^2 no slot explains
+    const: float  # nll_constant
+    params: dict[str, float]
+
+
+def _learnable(zeta: FloatArray, c: _Common) -> LinearVAEResult:
+    beta, ee, ed = c.beta, c.ee, c.ed
     thr2 = beta * ed**2
     gap = np.maximum(zeta**2 - thr2, 0.0)
     active = zeta**2 > thr2
@@ -142,38 +146,13 @@ def _learnable(
     sigma = np.where(active, math.sqrt(beta) * ed * ee / safe_zeta, ee)
     kl = np.where(active, 0.5 * np.log(np.where(active, zeta**2 / thr2, 1.0)), 0.0)
     mode_loss = np.where(active, 0.5 * beta * (1 + 2 * kl), zeta**2 / (2 * ed**2))
-    collapsed = ~active
-    return LinearVAEResult(
-        zeta=zeta,
-        omega=omega,
-        lam=lam,
-        sigma=sigma,
-        kl_per_dim=kl,
-        collapsed=collapsed,
-        mean_collapsed=collapsed.copy(),
-        posterior_equals_prior=collapsed.copy(),
-        status=band_status(zeta**2 / thr2, tol),
-        threshold=np.full(zeta.size, math.sqrt(thr2)),
-        loss=float(unexplained + mode_loss.sum()),
-        nll_constant=const,
-        n_active=int(active.sum()),
-        complete_collapse=bool(collapsed.all()),
-        learnable_sigma=True,
-        params=params,
-    )
+    modes = {"zeta": zeta, "omega": omega, "lam": lam, "sigma": sigma, "kl_per_dim": kl}
+    threshold = np.full(zeta.size, math.sqrt(thr2))
+    return _result(c, modes, ~active, ~active, zeta**2 / thr2, threshold, float(mode_loss.sum()), learnable=True)
 
 
-def _fixed(
-    zeta: FloatArray,
-    sigma: FloatArray,
-    beta: float,
-    ee: float,
-    ed: float,
-    tol: float,
-    unexplained: float,
-    const: float,
-    params: dict[str, float],
-) -> LinearVAEResult:
+def _fixed(zeta: FloatArray, sigma: FloatArray, c: _Common) -> LinearVAEResult:
+    beta, ee, ed = c.beta, c.ee, c.ed
     sbc = math.sqrt(beta) * ed / ee  # sqrt(beta) * c
     thr = sbc * sigma
     gap = np.maximum(zeta - thr, 0.0)
@@ -182,22 +161,35 @@ def _fixed(
     kl = 0.5 * ((lam**2 + sigma**2) / ee**2 - 1 - np.log(sigma**2 / ee**2))
     recon = ((omega * lam - zeta) ** 2 + omega**2 * sigma**2) / (2 * ed**2)
     mean_collapsed = ~(zeta > thr)
-    prior_sigma = np.isclose(sigma, ee, rtol=1e-9, atol=0.0)
+    equals_prior = mean_collapsed & np.isclose(sigma, ee, rtol=1e-9, atol=0.0)
+    modes = {"zeta": zeta, "omega": omega, "lam": lam, "sigma": sigma, "kl_per_dim": kl}
+    loss = float(np.sum(recon + beta * kl))
+    return _result(c, modes, mean_collapsed, equals_prior, zeta / thr, thr, loss, learnable=False)
+
+
+def _result(
+    c: _Common,
+    modes: dict[str, FloatArray],
+    mean_collapsed: np.ndarray,
+    equals_prior: np.ndarray,
+    ratio: FloatArray,
+    threshold: FloatArray,
+    mode_loss: float,
+    *,
+    learnable: bool,
+) -> LinearVAEResult:
+    """Assemble the result of either regime (``ratio`` = signal / threshold, per mode)."""
     return LinearVAEResult(
-        zeta=zeta,
-        omega=omega,
-        lam=lam,
-        sigma=sigma,
-        kl_per_dim=kl,
+        **modes,
         collapsed=mean_collapsed,
-        mean_collapsed=mean_collapsed,
-        posterior_equals_prior=mean_collapsed & prior_sigma,
-        status=band_status(zeta / thr, tol),
-        threshold=thr,
-        loss=float(unexplained + np.sum(recon + beta * kl)),
-        nll_constant=const,
+        mean_collapsed=mean_collapsed.copy(),
+        posterior_equals_prior=equals_prior.copy(),
+        status=band_status(ratio, c.tol),
+        threshold=threshold,
+        loss=c.unexplained + mode_loss,
+        nll_constant=c.const,
         n_active=int((~mean_collapsed).sum()),
         complete_collapse=bool(mean_collapsed.all()),
-        learnable_sigma=False,
-        params=params,
+        learnable_sigma=learnable,
+        params=c.params,
     )

@@ -1,6 +1,6 @@
 """Exact population objectives of the linear VAE / CVAE / HVAE with analytic gradients (NumPy).
 
-These are the same functions as ``simulate.Linear*Model.population_loss`` (a test checks value and
+These are the same functions as ``torch_models.Linear*Model.population_loss`` (a test checks value and
 gradient against PyTorch autograd), written in NumPy so that L-BFGS from many random starts runs in
 milliseconds: the direct-optimisation checks of the closed forms use them.  Parameters are packed
 in one flat vector; ``log_sigma`` holds log standard deviations (absent when the variance is fixed).
@@ -42,27 +42,40 @@ class Layout:
         return np.concatenate([np.asarray(parts[name]).ravel() for name in self.shapes])
 
 
+@dataclass(frozen=True)
+class Weights:
+    """KL weight and Gaussian scales of the linear VAE / CVAE (the calculators' keyword names)."""
+
+    beta: float = 1.0
+    eta_enc: float = 1.0  # prior standard deviation
+    eta_dec: float = 1.0  # decoder standard deviation
+
+
+@dataclass(frozen=True)
+class HWeights:
+    """KL weights and scales of the two-level linear HVAE (``sigma2=None``: Sigma2 is learned)."""
+
+    beta1: float = 1.0
+    beta2: float = 1.0
+    sigma1: float = 1.0
+    eta_enc: float = 1.0
+    eta_dec: float = 1.0
+    sigma2: float | None = None
+
+
 def _kl_terms(mean_sq: FloatArray, v: FloatArray, prior_var: float) -> float:
     return float(0.5 * np.sum((mean_sq + v) / prior_var - 1 - np.log(v / prior_var)))
 
 
 def vae_objective(
-    A: FloatArray,
-    B: FloatArray,
-    C: FloatArray,
-    dz: int,
-    *,
-    beta: float = 1.0,
-    eta_enc: float = 1.0,
-    eta_dec: float = 1.0,
-    sigma: FloatArray | None = None,
+    A: FloatArray, B: FloatArray, C: FloatArray, dz: int, w: Weights = Weights(), *, sigma: FloatArray | None = None
 ) -> tuple[Layout, Objective]:
     """Linear VAE: W (dx, dz), U (dy, dz), log_sigma (dz) unless ``sigma`` (dz,) is fixed."""
     dx, dy = A.shape[0], B.shape[0]
     shapes: dict[str, tuple[int, ...]] = {"W": (dx, dz), "U": (dy, dz)}
     if sigma is None:
         shapes["log_sigma"] = (dz,)
-    lay, ed2, ee2 = Layout(shapes), eta_dec**2, eta_enc**2
+    lay, ed2, ee2, beta = Layout(shapes), w.eta_dec**2, w.eta_enc**2, w.beta
 
     def f(vec: FloatArray) -> tuple[float, FloatArray]:
         p = lay.unpack(vec)
@@ -84,20 +97,13 @@ def vae_objective(
 
 
 def cvae_objective(
-    A: FloatArray,
-    B: FloatArray,
-    C: FloatArray,
-    dz: int,
-    *,
-    beta: float = 1.0,
-    eta_enc: float = 1.0,
-    eta_dec: float = 1.0,
+    A: FloatArray, B: FloatArray, C: FloatArray, dz: int, w: Weights = Weights()
 ) -> tuple[Layout, Objective]:
     """Linear CVAE: W1 (dz, dx), W2 (dz, dy), U1 (dy, dz), U2 (dy, dx), log_sigma (dz)."""
     dx, dy = A.shape[0], B.shape[0]
     lay = Layout({"W1": (dz, dx), "W2": (dz, dy), "U1": (dy, dz), "U2": (dy, dx), "log_sigma": (dz,)})
-    S = np.block([[A, C], [C.T, B]])
-    ed2, ee2 = eta_dec**2, eta_enc**2
+    S = np.block([[A, C], [C.T, B]])  # (dx+dy, dx+dy) joint moment
+    ed2, ee2, beta = w.eta_dec**2, w.eta_enc**2, w.beta
 
     def f(vec: FloatArray) -> tuple[float, FloatArray]:
         p = lay.unpack(vec)
@@ -122,23 +128,13 @@ def cvae_objective(
     return lay, f
 
 
-def hvae_objective(
-    A: FloatArray,
-    dz: int,
-    *,
-    beta1: float = 1.0,
-    beta2: float = 1.0,
-    sigma1: float = 1.0,
-    eta_enc: float = 1.0,
-    eta_dec: float = 1.0,
-    sigma2: float | None = None,
-) -> tuple[Layout, Objective]:
+def hvae_objective(A: FloatArray, dz: int, w: HWeights = HWeights()) -> tuple[Layout, Objective]:
     """Two-level linear HVAE: W1 (dz, dx), U1 (dx, dz), W2 (dz, dz), U2 (dz, dz), log_sigma (dz)."""
-    dx = A.shape[0]
+    dx, sigma2, beta1, beta2 = A.shape[0], w.sigma2, w.beta1, w.beta2
     shapes: dict[str, tuple[int, ...]] = {"W1": (dz, dx), "U1": (dx, dz), "W2": (dz, dz), "U2": (dz, dz)}
     if sigma2 is None:
         shapes["log_sigma"] = (dz,)
-    lay, ed2, ee2, s1sq = Layout(shapes), eta_dec**2, eta_enc**2, sigma1**2
+    lay, ed2, ee2, s1sq = Layout(shapes), w.eta_dec**2, w.eta_enc**2, w.sigma1**2
     eye = np.eye(dz)
     kl1_const = -0.5 * dz * (1 + math.log(s1sq / ed2))
 

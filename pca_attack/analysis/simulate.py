@@ -14,7 +14,6 @@ side.  The losses match the calculators' ``loss`` (Gaussian normalising constant
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from pca_attack.analysis.linear_hvae import linear_hvae
 from pca_attack.analysis.linear_vae import linear_vae
 from pca_attack.analysis.moments import FloatArray, InvalidParameterError, Moments, ResultMixin, resolve_moments
 from pca_attack.analysis.population import (
+    HWeights,
     Layout,
     Objective,
     cvae_objective,
@@ -37,210 +37,30 @@ from pca_attack.analysis.population import (
     minimize_restarts,
     vae_objective,
 )
+from pca_attack.analysis.torch_models import (
+    DT,
+    LinearCVAEModel,
+    LinearHVAEModel,
+    LinearVAEModel,
+    build_model,
+    split_params,
+)
 
 Kind = Literal["vae", "cvae", "hvae"]
-DT = torch.float64
 
-
-def _p(*shape: int, gen: torch.Generator, scale: float) -> nn.Parameter:
-    return nn.Parameter(scale * torch.randn(*shape, generator=gen, dtype=DT))
-
-
-def _kl_gauss(mean_sq: Tensor, var: Tensor, prior_var: float) -> Tensor:
-    """Per-dimension KL(N(m, var) || N(0, prior_var)) given E[m^2] (all tensors broadcast)."""
-    return 0.5 * ((mean_sq + var) / prior_var - 1 - torch.log(var / prior_var))
-
-
-class LinearVAEModel(nn.Module):
-    """q(z|x) = N(W^T x, diag(sigma^2)), p(y|z) = N(U z, eta_dec^2 I)."""
-
-    def __init__(
-        self,
-        dx: int,
-        dy: int,
-        dz: int,
-        *,
-        beta: float = 1.0,
-        eta_enc: float = 1.0,
-        eta_dec: float = 1.0,
-        sigma: ArrayLike | float | None = None,
-        seed: int = 0,
-        init_scale: float = 0.5,
-    ) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.beta, self.ee, self.ed = beta, eta_enc, eta_dec
-        self.W = _p(dx, dz, gen=g, scale=init_scale)  # (dx, dz)
-        self.U = _p(dy, dz, gen=g, scale=init_scale)  # (dy, dz)
-        self.log_sigma = _p(dz, gen=g, scale=init_scale)
-        if sigma is not None:
-            s = torch.as_tensor(np.broadcast_to(np.asarray(sigma, dtype=np.float64), (dz,)).copy(), dtype=DT)
-            self.log_sigma = nn.Parameter(torch.log(s), requires_grad=False)
-
-    def population_loss(self, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        var = torch.exp(2 * self.log_sigma)
-        UW = self.U @ self.W.T  # (dy, dx)
-        recon = torch.trace(B) - 2 * torch.trace(UW @ C) + torch.trace(UW @ A @ UW.T) + (self.U**2 * var).sum()
-        mean_sq = torch.diagonal(self.W.T @ A @ self.W)
-        return recon / (2 * self.ed**2) + self.beta * _kl_gauss(mean_sq, var, self.ee**2).sum()
-
-    def minibatch_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
-        mu = x @ self.W  # (B, dz)
-        sigma = torch.exp(self.log_sigma)
-        z = mu + sigma * torch.randn(mu.shape, generator=gen, dtype=DT)
-        recon = ((z @ self.U.T - y) ** 2).sum(dim=1).mean()
-        kl = _kl_gauss(mu**2, sigma**2, self.ee**2).sum(dim=1).mean()
-        return recon / (2 * self.ed**2) + self.beta * kl
-
-    def summary(self, m: Moments) -> dict[str, FloatArray]:
-        with torch.no_grad():
-            A = torch.as_tensor(m.Sxx, dtype=DT)
-            var = torch.exp(2 * self.log_sigma)
-            if not self.log_sigma.requires_grad and bool(torch.all(var == var[0])):
-                # Fixed isotropic Sigma: the latent basis is not identified, so use singular values.
-                evals, V = torch.linalg.eigh(A)
-                lam = torch.linalg.svdvals((V * evals.clamp_min(0).sqrt()) @ V.T @ self.W)
-                var = torch.sort(var).values
-                return _per_dim(torch.linalg.svdvals(self.U), lam**2, var, _kl_gauss(lam**2, var, self.ee**2))
-            lam2 = torch.diagonal(self.W.T @ A @ self.W)
-            return _per_dim(self.U.norm(dim=0), lam2, var, _kl_gauss(lam2, var, self.ee**2))
-
-
-class LinearCVAEModel(nn.Module):
-    """q(z|x,y) = N(W1 x + W2 y, diag(sigma^2)), p(y|z,x) = N(U1 z + U2 x, eta_dec^2 I)."""
-
-    def __init__(
-        self,
-        dx: int,
-        dy: int,
-        dz: int,
-        *,
-        beta: float = 1.0,
-        eta_enc: float = 1.0,
-        eta_dec: float = 1.0,
-        seed: int = 0,
-        init_scale: float = 0.5,
-    ) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.beta, self.ee, self.ed = beta, eta_enc, eta_dec
-        self.W1, self.W2 = _p(dz, dx, gen=g, scale=init_scale), _p(dz, dy, gen=g, scale=init_scale)
-        self.U1, self.U2 = _p(dy, dz, gen=g, scale=init_scale), _p(dy, dx, gen=g, scale=init_scale)
-        self.log_sigma = _p(dz, gen=g, scale=init_scale)
-
-    def population_loss(self, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        S = torch.cat([torch.cat([A, C], 1), torch.cat([C.T, B], 1)], 0)  # joint moment of (x, y)
-        dy = B.shape[0]
-        enc = torch.cat([self.W1, self.W2], 1)  # (dz, dx+dy)
-        P = torch.cat([self.U2 + self.U1 @ self.W1, self.U1 @ self.W2 - torch.eye(dy, dtype=DT)], 1)
-        var = torch.exp(2 * self.log_sigma)
-        recon = torch.trace(P @ S @ P.T) + (self.U1**2 * var).sum()
-        mean_sq = torch.diagonal(enc @ S @ enc.T)
-        return recon / (2 * self.ed**2) + self.beta * _kl_gauss(mean_sq, var, self.ee**2).sum()
-
-    def minibatch_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
-        mu = x @ self.W1.T + y @ self.W2.T
-        sigma = torch.exp(self.log_sigma)
-        z = mu + sigma * torch.randn(mu.shape, generator=gen, dtype=DT)
-        recon = ((z @ self.U1.T + x @ self.U2.T - y) ** 2).sum(dim=1).mean()
-        kl = _kl_gauss(mu**2, sigma**2, self.ee**2).sum(dim=1).mean()
-        return recon / (2 * self.ed**2) + self.beta * kl
-
-    def summary(self, m: Moments) -> dict[str, FloatArray]:
-        assert m.Syy is not None and m.Sxy is not None
-        with torch.no_grad():
-            S = torch.as_tensor(np.block([[m.Sxx, m.Sxy], [m.Sxy.T, m.Syy]]), dtype=DT)
-            enc = torch.cat([self.W1, self.W2], 1)
-            lam2 = torch.diagonal(enc @ S @ enc.T)
-            var = torch.exp(2 * self.log_sigma)
-            return _per_dim(self.U1.norm(dim=0), lam2, var, _kl_gauss(lam2, var, self.ee**2))
-
-
-class LinearHVAEModel(nn.Module):
-    """Two-level linear HVAE with fixed sigma1 and learnable (or fixed) diagonal Sigma2."""
-
-    def __init__(
-        self,
-        dx: int,
-        dz: int,
-        *,
-        beta1: float = 1.0,
-        beta2: float = 1.0,
-        sigma1: float = 1.0,
-        eta_enc: float = 1.0,
-        eta_dec: float = 1.0,
-        sigma2: float | None = None,
-        seed: int = 0,
-        init_scale: float = 0.5,
-    ) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.b1, self.b2, self.s1, self.ee, self.ed = beta1, beta2, sigma1, eta_enc, eta_dec
-        self.W1, self.U1 = _p(dz, dx, gen=g, scale=init_scale), _p(dx, dz, gen=g, scale=init_scale)
-        self.W2, self.U2 = _p(dz, dz, gen=g, scale=init_scale), _p(dz, dz, gen=g, scale=init_scale)
-        self.log_sigma = _p(dz, gen=g, scale=init_scale)
-        if sigma2 is not None:
-            self.log_sigma = nn.Parameter(torch.full((dz,), math.log(sigma2), dtype=DT), requires_grad=False)
-
-    def _kl1_const(self, d1: int) -> float:
-        return -0.5 * d1 * (1 + math.log(self.s1**2 / self.ed**2))
-
-    def population_loss(self, A: Tensor, B: Tensor | None = None, C: Tensor | None = None) -> Tensor:
-        d1 = self.W1.shape[0]
-        eye = torch.eye(d1, dtype=DT)
-        var2 = torch.exp(2 * self.log_sigma)
-        UW = self.U1 @ self.W1
-        recon = torch.trace(A) - 2 * torch.trace(UW @ A) + torch.trace(UW @ A @ UW.T) + self.s1**2 * (self.U1**2).sum()
-        P = self.W1 @ A @ self.W1.T + self.s1**2 * eye  # E[z1 z1^T]
-        T = eye - self.U2 @ self.W2
-        kl1 = (torch.trace(T @ P @ T.T) + (self.U2**2 * var2).sum()) / (2 * self.ed**2) + self._kl1_const(d1)
-        kl2 = _kl_gauss(torch.diagonal(self.W2 @ P @ self.W2.T), var2, self.ee**2).sum()
-        return recon / (2 * self.ed**2) + self.b1 * kl1 + self.b2 * kl2
-
-    def minibatch_loss(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
-        d1 = self.W1.shape[0]
-        z1 = x @ self.W1.T + self.s1 * torch.randn((x.shape[0], d1), generator=gen, dtype=DT)
-        mu2 = z1 @ self.W2.T
-        sigma2 = torch.exp(self.log_sigma)
-        z2 = mu2 + sigma2 * torch.randn(mu2.shape, generator=gen, dtype=DT)
-        recon = ((z1 @ self.U1.T - x) ** 2).sum(dim=1).mean()
-        kl1 = ((z1 - z2 @ self.U2.T) ** 2).sum(dim=1).mean() / (2 * self.ed**2) + self._kl1_const(d1)
-        kl2 = _kl_gauss(mu2**2, sigma2**2, self.ee**2).sum(dim=1).mean()
-        return recon / (2 * self.ed**2) + self.b1 * kl1 + self.b2 * kl2
-
-    def summary(self, m: Moments) -> dict[str, FloatArray]:
-        with torch.no_grad():
-            A = torch.as_tensor(m.Sxx, dtype=DT)
-            evals, V = torch.linalg.eigh(A)
-            A_half = (V * evals.clamp_min(0).sqrt()) @ V.T
-            lam = torch.linalg.svdvals(self.W1 @ A_half)
-            return {
-                "omega": np.sort(torch.linalg.svdvals(self.U2).numpy())[::-1].copy(),
-                "lam": np.sort(lam.numpy())[::-1].copy(),
-                "sigma": np.sort(torch.exp(self.log_sigma).numpy()).copy(),
-            }
-
-
-def _per_dim(omega: Tensor, lam2: Tensor, var: Tensor, kl: Tensor) -> dict[str, FloatArray]:
-    """Per-latent-dimension values, dimensions ordered by KL (descending)."""
-    order = torch.argsort(kl, descending=True)
-    return {
-        "omega": omega[order].numpy(),
-        "lam": lam2.clamp_min(0).sqrt()[order].numpy(),
-        "sigma": var.sqrt()[order].numpy(),
-        "kl_per_dim": kl[order].numpy(),
-    }
-
-
-def build_model(kind: Kind, m: Moments, *, latent_dim: int, seed: int, **params: Any) -> nn.Module:
-    """Create the PyTorch model for ``kind`` sized to the moments ``m``."""
-    if kind == "vae":
-        return LinearVAEModel(m.dx, m.dy, latent_dim, seed=seed, **params)
-    if kind == "cvae":
-        return LinearCVAEModel(m.dx, m.dy, latent_dim, seed=seed, **params)
-    if kind == "hvae":
-        return LinearHVAEModel(m.dx, latent_dim, seed=seed, **params)
-    raise InvalidParameterError(f"kind must be 'vae', 'cvae' or 'hvae', got {kind!r}.")
+__all__ = [
+    "Kind",
+    "LinearCVAEModel",
+    "LinearHVAEModel",
+    "LinearVAEModel",
+    "TheoryComparison",
+    "build_model",
+    "fit_minibatch",
+    "fit_population",
+    "lbfgs_minimize",
+    "population_objective",
+    "theory_vs_trained",
+]
 
 
 def _tensors(m: Moments) -> tuple[Tensor, Tensor, Tensor]:
@@ -292,15 +112,14 @@ def single_threaded_blas() -> Iterator[None]:
 def population_objective(kind: Kind, m: Moments, *, latent_dim: int, **params: Any) -> tuple[Layout, Objective]:
     """NumPy objective + gradient equal to ``build_model(kind, ...).population_loss``."""
     A, B, C = (t.numpy() for t in _tensors(m))
-    if kind == "vae":
-        sigma = params.pop("sigma", None)
-        fixed = None if sigma is None else np.broadcast_to(np.asarray(sigma, dtype=np.float64), (latent_dim,)).copy()
-        return vae_objective(A, B, C, latent_dim, sigma=fixed, **params)
+    w, extra = split_params(kind, params)
+    if isinstance(w, HWeights):
+        return hvae_objective(A, latent_dim, w)
     if kind == "cvae":
-        return cvae_objective(A, B, C, latent_dim, **params)
-    if kind == "hvae":
-        return hvae_objective(A, latent_dim, **params)
-    raise InvalidParameterError(f"kind must be 'vae', 'cvae' or 'hvae', got {kind!r}.")
+        return cvae_objective(A, B, C, latent_dim, w)
+    sigma = extra.get("sigma")
+    fixed = None if sigma is None else np.broadcast_to(np.asarray(sigma, dtype=np.float64), (latent_dim,)).copy()
+    return vae_objective(A, B, C, latent_dim, w, sigma=fixed)
 
 
 def fit_population(

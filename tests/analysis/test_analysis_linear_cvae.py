@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pca_attack.analysis import linear_cvae
+from pca_attack.analysis.population import Weights
 from pca_attack.analysis.simulate import LinearCVAEModel, lbfgs_minimize, theory_vs_trained
 
 
@@ -72,7 +73,7 @@ def test_beta_half_trap_sigma_is_0937_not_1() -> None:
     res = linear_cvae(Sxx=Sxx, Syy=Syy, Sxy=Sxy, beta=0.5)
     assert res.sigma[0] == pytest.approx(0.937, abs=5e-4)
     assert not res.collapsed[0] and kappa < math.sqrt(0.5)  # the wrong rule would collapse it
-    model = LinearCVAEModel(2, 2, 2, beta=0.5, seed=3)
+    model = LinearCVAEModel(2, 2, 2, Weights(beta=0.5), seed=3)
     A, B, C = (torch.as_tensor(M) for M in (Sxx, Syy, Sxy))
     loss = lbfgs_minimize([p for p in model.parameters()], lambda: model.population_loss(A, B, C))
     trained_sigma = torch.exp(model.log_sigma).min().item()
