@@ -1,29 +1,136 @@
-"""Where the perturbation may live: the L-inf budget around the clean image, and rounding to the image grid.
+"""Where the perturbation may live: the budget around the clean image, and rounding to the image grid.
 
-``LinfBudget`` owns everything the PGD loop needs to know about the feasible set: the optional random start,
-tying the gradient across channels for grayscale images, and the projection after each update. A new kind of
-budget (a per-pixel map, a colour-neutral constraint) is a new class with the same three methods.
+A budget owns everything the PGD loop needs to know about the feasible set: the optional random start, tying
+the gradient across channels for grayscale images, and the projection after each update. Three budgets share
+that interface:
+
+* ``LinfBudget``: |x_adv - x| <= eps per pixel and channel (a scalar, or a per-pixel map), x_adv in [0, 1];
+* ``JndBudget``: the same box with a per-pixel bound from a just-noticeable-difference (JND) model of the
+  image itself (``jnd_map``), never above eps, so the L-inf certificate still holds;
+* ``ColourNeutral``: wraps either and also keeps the perturbation's mean per channel near zero, globally and
+  over large windows (alternating projections), so the output gets no colour cast.
+
+``quantize`` rounds to the image grid and re-enforces the (scalar or per-pixel) bound on the integers, so the
+budget holds on the returned bytes.
+
+The JND model is the classic pixel-domain one: background-luminance adaptation and texture (spatial) masking of
+Chou & Li, "A perceptually tuned subband image coder based on the measure of just-noticeable-distortion
+profile", IEEE TCSVT 5(6), 1995 (their 5x5 operators and constants), combined with the nonlinear additivity
+model of Yang et al., "Motion-compensated residue preprocessing in video coding based on just-noticeable-
+distortion profile", IEEE TCSVT 15(6), 2005 (``JND = T_l + T_t - 0.3 min(T_l, T_t)``). Change is masked in
+dark and textured regions (large JND) and visible in flat mid-to-bright regions (small JND). Two choices are
+this project's, not the papers': chroma saturation raises the bound by up to ``SATURATION_GAIN`` (colour
+changes in saturated areas are less visible than in neutral ones such as skin or sky), and the JND is
+mapped to the budget as ``eps * clamp(JND / JND_FULL, FLOOR_SHARE, 1)`` then smoothed, so a pixel whose JND
+reaches ``JND_FULL`` grey levels may use the whole eps.
 """
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING, Protocol
+
 import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from pca_attack.attack.config import AttackConfig
+
+Bound = float | torch.Tensor  # a scalar, or a (B, 1, H, W) map; on the 0-255 scale or on [0, 1] as named
+
+JND_FULL = 12.0  # JND (grey levels) at which a pixel may use the whole eps
+FLOOR_SHARE = 0.25  # the smallest share of eps any pixel keeps (flat, mid-grey areas)
+SATURATION_GAIN = 0.5  # bound x (1 + gain * saturation), saturation in [0, 1]
+SMOOTH_SIGMA = 1.5  # Gaussian smoothing of the map, in pixels (no seams between masked and unmasked areas)
+
+_BACKGROUND = torch.tensor([
+    [1, 1, 1, 1, 1], [1, 2, 2, 2, 1], [1, 2, 0, 2, 1], [1, 2, 2, 2, 1], [1, 1, 1, 1, 1],
+], dtype=torch.float32) / 32.0
+_GRADIENTS = torch.tensor([
+    [[0, 0, 0, 0, 0], [1, 3, 8, 3, 1], [0, 0, 0, 0, 0], [-1, -3, -8, -3, -1], [0, 0, 0, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 8, 3, 0, 0], [1, 3, 0, -3, -1], [0, 0, -3, -8, 0], [0, 0, -1, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 0, 3, 8, 0], [-1, -3, 0, 3, 1], [0, -8, -3, 0, 0], [0, 0, -1, 0, 0]],
+    [[0, 1, 0, -1, 0], [0, 3, 0, -3, 0], [0, 8, 0, -8, 0], [0, 3, 0, -3, 0], [0, 1, 0, -1, 0]],
+], dtype=torch.float32) / 16.0
+
+
+def _filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) filtered by K 5x5 kernels (K, 5, 5) with reflect padding -> (B, K, H, W)."""
+    weight = kernels.to(image.device, image.dtype).unsqueeze(1)  # (K, 1, 5, 5)
+    return F.conv2d(F.pad(image, (2, 2, 2, 2), mode="replicate"), weight)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    out = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), g.view(1, 1, -1, 1))
+
+
+def jnd_levels(x: torch.Tensor) -> torch.Tensor:
+    """Just-noticeable difference per pixel, in grey levels (0-255): (B, 3, H, W) in [0, 1] -> (B, 1, H, W)."""
+    rgb = x.float() * 255.0
+    luma = (0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3])  # (B, 1, H, W)
+    background = _filter(luma, _BACKGROUND[None])  # (B, 1, H, W) weighted local mean
+    max_gradient = _filter(luma, _GRADIENTS).abs().amax(dim=1, keepdim=True)  # (B, 1, H, W)
+    luminance = torch.where(
+        background <= 127,
+        17.0 * (1.0 - torch.sqrt(background.clamp(min=0) / 127.0)) + 3.0,
+        3.0 / 128.0 * (background - 127.0) + 3.0,
+    )  # Chou & Li's visibility threshold of the background luminance
+    texture = (max_gradient * (0.0001 * background + 0.115) + (0.5 - 0.01 * background)).clamp(min=0)
+    return luminance + texture - 0.3 * torch.minimum(luminance, texture)  # Yang et al.'s NAMM
+
+
+def jnd_map(x: torch.Tensor, eps_255: float) -> torch.Tensor:
+    """Per-pixel budget on the 0-255 scale, (B, 1, H, W) within [FLOOR_SHARE * eps, eps]: larger where
+    change is masked (texture, dark, saturated), smaller in flat bright or neutral areas."""
+    levels = jnd_levels(x)  # (B, 1, H, W)
+    saturation = (x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)).float()  # (B, 1, H, W) in [0, 1]
+    share = (levels / JND_FULL * (1.0 + SATURATION_GAIN * saturation)).clamp(FLOOR_SHARE, 1.0)
+    return (eps_255 * _gaussian_blur(share, SMOOTH_SIGMA)).clamp(FLOOR_SHARE * eps_255, eps_255)
+
+
+class Budget(Protocol):
+    """The feasible set the PGD loop and the shrink pass work in."""
+
+    x: torch.Tensor  # (B, 3, H, W) clean images
+
+    @property
+    def bound_255(self) -> Bound: ...
+
+    def start(self, random: bool, generator: torch.Generator) -> torch.Tensor: ...
+
+    def tie_gradient(self, grad: torch.Tensor) -> torch.Tensor: ...
+
+    def project(self, x_adv: torch.Tensor) -> torch.Tensor: ...
 
 
 class LinfBudget:
-    """|x_adv - x| <= eps (per pixel, per channel) and x_adv in [0, 1]; grayscale images move channel-tied."""
+    """|x_adv - x| <= eps (per pixel, per channel) and x_adv in [0, 1]; grayscale images move channel-tied.
 
-    def __init__(self, x: torch.Tensor, eps_255: float, grayscale: torch.Tensor) -> None:
+    ``eps_255`` is a scalar or a per-pixel map (B, 1, H, W) on the 0-255 scale."""
+
+    def __init__(self, x: torch.Tensor, eps_255: Bound, grayscale: torch.Tensor) -> None:
         self.x = x  # (B, 3, H, W) clean images in [0, 1]
-        self.eps = eps_255 / 255.0
+        self._bound_255 = eps_255
+        self.eps = eps_255 / 255.0  # scalar or (B, 1, H, W) on [0, 1]
         self.gray = grayscale.view(-1, 1, 1, 1)  # (B, 1, 1, 1) bool
+
+    @property
+    def bound_255(self) -> Bound:
+        """The bound on the 0-255 scale, scalar or (B, 1, H, W): what ``quantize`` re-enforces on integers."""
+        return self._bound_255
 
     def start(self, random: bool, generator: torch.Generator) -> torch.Tensor:
         """The first iterate: the clean image, or uniform noise inside the budget (channel-tied for gray)."""
         if not random:
             return self.x.clone()
-        noise = torch.empty(self.x.shape).uniform_(-self.eps, self.eps, generator=generator).to(self.x.device)
-        return self.project(self.x + self.tie(noise))
+        noise = torch.empty(self.x.shape).uniform_(-1.0, 1.0, generator=generator).to(self.x.device)
+        return self.project(self.x + self.tie(noise * self.eps))
 
     def tie(self, t: torch.Tensor) -> torch.Tensor:
         """Make a (B, 3, H, W) step direction channel-tied on grayscale images (gray stays gray)."""
@@ -34,18 +141,70 @@ class LinfBudget:
         return torch.where(self.gray, grad.sum(dim=1, keepdim=True).expand_as(grad), grad)
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor:
-        """Back into the ball around x and into [0, 1]; detached."""
-        eta = torch.clamp(x_adv - self.x, min=-self.eps, max=self.eps)
+        """Back into the box around x and into [0, 1]; detached."""
+        eps = torch.as_tensor(self.eps, dtype=x_adv.dtype, device=x_adv.device)
+        eta = torch.minimum(torch.maximum(x_adv - self.x, -eps), eps)
         return torch.clamp(self.x + eta, min=0.0, max=1.0).detach()
 
 
-def quantize(x_adv: torch.Tensor, x: torch.Tensor, eps: float, levels: torch.Tensor) -> torch.Tensor:
-    """Round to each image's grid (levels = 255 or 65535) and re-enforce |q - x| <= eps (0-255 scale).
+class JndBudget(LinfBudget):
+    """The L-inf box with a per-pixel bound from the image's JND map (``jnd_map``), never above eps."""
+
+    def __init__(self, x: torch.Tensor, eps_255: float, grayscale: torch.Tensor) -> None:
+        super().__init__(x, jnd_map(x, eps_255), grayscale)
+
+
+class ColourNeutral:
+    """Wraps a budget: after its projection, the perturbation's mean per channel is removed globally and over
+    ``window`` x ``window`` tiles (bilinearly interpolated), alternating with the inner projection
+    ``rounds`` times; the inner projection comes last, so the box always holds."""
+
+    def __init__(self, inner: LinfBudget, window: int = 32, rounds: int = 3) -> None:
+        self.inner = inner
+        self.x = inner.x
+        self.window = window
+        self.rounds = rounds
+
+    @property
+    def bound_255(self) -> Bound:
+        return self.inner.bound_255
+
+    def start(self, random: bool, generator: torch.Generator) -> torch.Tensor:
+        return self.project(self.inner.start(random, generator)) if random else self.x.clone()
+
+    def tie_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        return self.inner.tie_gradient(grad)
+
+    def neutralise(self, eta: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) perturbation minus its local (tile) means and its global mean per channel."""
+        h, w = eta.shape[-2:]
+        if min(h, w) >= 2 * self.window:
+            tiles = F.avg_pool2d(eta, self.window, ceil_mode=True)  # (B, 3, ~H/window, ~W/window)
+            eta = eta - F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+        return eta - eta.mean(dim=(2, 3), keepdim=True)
+
+    def project(self, x_adv: torch.Tensor) -> torch.Tensor:
+        x_adv = self.inner.project(x_adv)
+        for _ in range(self.rounds):
+            x_adv = self.inner.project(self.x + self.neutralise(x_adv - self.x))
+        return x_adv
+
+
+def make_budget(config: AttackConfig, x: torch.Tensor, grayscale: torch.Tensor) -> LinfBudget | ColourNeutral:
+    """The budget named by ``config.budget`` ('linf' or 'jnd'), colour-neutral when ``config.colour_neutral``."""
+    inner = JndBudget(x, config.eps, grayscale) if config.budget == "jnd" else LinfBudget(x, config.eps, grayscale)
+    return ColourNeutral(inner, config.neutral_window) if config.colour_neutral else inner
+
+
+def quantize(x_adv: torch.Tensor, x: torch.Tensor, eps: Bound, levels: torch.Tensor) -> torch.Tensor:
+    """Round to each image's grid (levels = 255 or 65535) and re-enforce |q - x| <= eps (0-255 scale; a scalar
+    or a per-pixel map (B, 1, H, W)).
 
     x_adv, x: (B, 3, H, W) in [0, 1]; levels: (B,) float. Returns (B, 3, H, W) on the grid.
     """
     lv = levels.view(-1, 1, 1, 1).to(x.dtype)  # (B, 1, 1, 1)
-    budget = torch.floor(eps / 255.0 * lv + 1e-6)  # (B, 1, 1, 1) in grid steps
+    eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    budget = torch.floor(eps_t / 255.0 * lv + 1e-6)  # (B, 1, 1, 1) or (B, 1, H, W) in grid steps
     x_int = torch.round(x * lv)  # (B, 3, H, W)
     q_int = torch.round(x_adv * lv)
     q_int = torch.minimum(torch.maximum(q_int, x_int - budget), x_int + budget).clamp(min=0)

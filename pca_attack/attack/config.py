@@ -86,6 +86,10 @@ class AttackConfig:
     early_stop_tol: float = 1e-4  # relative improvement that counts as progress for early stop
     eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.attack.eot)
     eot_samples: int = 1  # random transformations averaged per step when eot is set
+    budget: Literal["linf", "jnd"] = "linf"  # per-pixel bound: eps everywhere, or a JND map <= eps (budget.py)
+    colour_neutral: bool = False  # remove the perturbation's mean per channel, globally and per window
+    neutral_window: int = 32  # colour_neutral: side of the windows whose mean shift is removed, in pixels
+    shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 255:
@@ -110,6 +114,12 @@ class AttackConfig:
             raise ConfigError(
                 f"rprop_range={self.rprop_range} with rprop_init={self.rprop_init}; need 0 < low <= init <= high"
             )
+        if self.budget not in ("linf", "jnd"):
+            raise ConfigError(f"budget={self.budget!r}; use 'linf' (eps everywhere) or 'jnd' (perceptual map)")
+        if not 4 <= self.neutral_window <= 4096:
+            raise ConfigError(f"neutral_window={self.neutral_window}; use a window side in [4, 4096] pixels")
+        if not (self.shrink == 0 or 0.5 <= self.shrink <= 1):
+            raise ConfigError(f"shrink={self.shrink}; use 0 (off) or a share of the collapse in [0.5, 1], e.g. 0.95")
         if self.eot_samples < 1:
             raise ConfigError("eot_samples must be >= 1")
         if self.preset == "custom":

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from pca_attack.attack.best import BestIterate
-from pca_attack.attack.budget import LinfBudget, quantize
+from pca_attack.attack.budget import Budget, make_budget, quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import objective_sign, pca_loss
+from pca_attack.attack.shrink import Shrinker
 from pca_attack.attack.updates import make_update
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Encoder
@@ -119,7 +120,7 @@ class Protector:
         sign = objective_sign(cfg.loss_preset.direction)
         target = self.target_variance(x)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        budget = LinfBudget(x, cfg.eps, gray)
+        budget = make_budget(cfg, x, gray)
 
         x_adv = budget.start(cfg.random_start, generator)  # (B, 3, H, W)
         update = make_update(cfg, x_adv)
@@ -130,7 +131,7 @@ class Protector:
             x_adv = budget.project(x_adv - update.move(budget.tie_gradient(grad), step))
             if tracker.should_stop():
                 break
-        return self._finish(x, x_adv, lv, tracker, target, generator, sign, start)
+        return self._finish(budget, x_adv, lv, tracker, target, generator, sign, start)
 
     def _prepare(
         self, x: torch.Tensor, grayscale: torch.Tensor | None, levels: torch.Tensor | None
@@ -149,7 +150,7 @@ class Protector:
     @torch.no_grad()
     def _finish(
         self,
-        x: torch.Tensor,
+        budget: Budget,
         x_adv: torch.Tensor,
         lv: torch.Tensor,
         tracker: BestIterate,
@@ -162,7 +163,11 @@ class Protector:
         cfg = self.config
         # keep_best: the last iterate's loss (never evaluated in the loop), with the same estimator as the others
         last_obj = sign * self.loss(x_adv, target, generator) if cfg.keep_best else None
-        images = quantize(tracker.choose(x_adv, last_obj), x, cfg.eps, lv)  # (B, 3, H, W)
+        x = budget.x  # (B, 3, H, W)
+        images = quantize(tracker.choose(x_adv, last_obj), x, budget.bound_255, lv)  # (B, 3, H, W)
+        if cfg.shrink:  # the smallest perturbation keeping cfg.shrink of the collapse (attack/shrink.py)
+            shrinker = Shrinker(budget, lv, lambda im: sign * self.loss(im, target))
+            images = shrinker(images, lambda im: self.loss_and_grad(im, target, generator, sign)[1], cfg.shrink)
         first_is_clean = bool(tracker.trace) and not cfg.random_start and self._transform is None
         clean_loss = tracker.trace[0] if first_is_clean else self.loss(x, target).float().cpu()
         return ProtectResult(
