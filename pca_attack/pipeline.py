@@ -7,14 +7,25 @@ same-size images into micro-batches and returns, per image, the bytes to publish
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from pca_attack.attack.config import AttackConfig
-from pca_attack.attack.pgd import Protector
+from pca_attack.attack.memory import (
+    AttackPlan,
+    default_budget,
+    editor_pixels,
+    memory_in_use,
+    memory_model,
+    memory_scope,
+    plan_attack,
+)
+from pca_attack.attack.pgd import Protector, ProtectResult
+from pca_attack.attack.progress import StepProgress
 from pca_attack.certify.report import Certificate, certificate
 from pca_attack.errors import ModelLoadError, ModelNotFoundError
 from pca_attack.io.formats import FORMATS, normalise_format
@@ -45,12 +56,20 @@ class ProtectedImage:
 
 
 class Engine:
-    """Protect decoded images with one model; the unit the CLI, the batch client and the service share."""
+    """Protect decoded images with one model; the unit the CLI, the batch client and the service share.
 
-    def __init__(self, encoder: Encoder, decoder: Decoder | None = None, *, max_batch: int = 4) -> None:
+    ``max_memory``: bytes the whole process may hold while protecting (None: ``default_budget``, a safe
+    share of what is free). Every micro-batch is planned before any attack starts (untiled, or tiled, see
+    ``pca_attack.attack.memory``); an image that cannot fit even in tiles raises ``MemoryBudgetError``.
+    """
+
+    def __init__(
+        self, encoder: Encoder, decoder: Decoder | None = None, *, max_batch: int = 4, max_memory: int | None = None
+    ) -> None:
         self.encoder = encoder
         self.decoder = decoder
         self.max_batch = max(1, int(max_batch))
+        self.max_memory = max_memory
 
     @classmethod
     def from_spec(
@@ -62,6 +81,7 @@ class Engine:
         with_decoder: bool = True,
         offline: bool | None = None,
         max_batch: int = 4,
+        max_memory: int | None = None,
     ) -> Engine:
         """Load the encoder (and the decoder when available and asked for) of ``model``."""
         encoder = load_encoder(model, device=device, dtype=dtype, offline=offline)
@@ -71,8 +91,35 @@ class Engine:
                 decoder = load_decoder(model, device=device, dtype=dtype, offline=offline)
             except (ModelLoadError, ModelNotFoundError):
                 decoder = None  # encoder-only weights: certificates then omit round-trip PSNR
-        return cls(encoder, decoder, max_batch=max_batch)
+        return cls(encoder, decoder, max_batch=max_batch, max_memory=max_memory)
 
+    # -- planning --------------------------------------------------------------------------------------
+    def available_memory(self) -> float:
+        """Bytes the attack may add now: the budget less what the process already holds."""
+        device = self.encoder.device
+        budget = self.max_memory if self.max_memory is not None else default_budget(device)
+        return budget - memory_in_use(device)
+
+    def plan(self, images: Sequence[DecodedImage], config: AttackConfig) -> list[tuple[list[int], AttackPlan]]:
+        """Micro-batches (indices into ``images``) and how each is attacked; raises MemoryBudgetError
+        (before any work) when an image cannot be protected within the budget even in tiles."""
+        model, available = memory_model(self.encoder), self.available_memory()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault((image.height, image.width), []).append(index)
+        chunks: list[tuple[list[int], AttackPlan]] = []
+        for (height, width), indices in groups.items():
+            size = min(self.max_batch, len(indices))
+            extra = editor_pixels(height, width, config.editor_resolution)
+            plan = plan_attack(model, height, width, batch=size, steps=config.steps, available=available,
+                               extra_pixels=extra)
+            if plan.grid is not None and size > 1:  # tiles run one image at a time
+                size = 1
+                plan = plan_attack(model, height, width, steps=config.steps, available=available, extra_pixels=extra)
+            chunks += [(indices[i : i + size], plan) for i in range(0, len(indices), size)]
+        return chunks
+
+    # -- protecting ------------------------------------------------------------------------------------
     def protect(
         self,
         images: Sequence[DecodedImage],
@@ -81,48 +128,63 @@ class Engine:
         fmt: str = "png",
         quality: int | None = None,
         keep_exif: bool = True,
+        on_plan: Callable[[list[int], AttackPlan], None] | None = None,
+        progress: Callable[[list[int], StepProgress], None] | None = None,
     ) -> list[ProtectedImage]:
-        """Protect ``images`` (any mix of sizes), in order. Same-size images share a micro-batch."""
+        """Protect ``images`` (any mix of sizes), in order. Same-size images share a micro-batch.
+
+        on_plan(indices, plan) is called before each micro-batch's attack; progress(indices, event) after
+        every tile of every PGD step.
+        """
         name = normalise_format(fmt)
         protector = Protector(self.encoder, config)
         results: list[ProtectedImage | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault((image.height, image.width), []).append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.max_batch):
-                chunk = indices[start : start + self.max_batch]
-                t0 = time.perf_counter()
-                batch = torch.stack([images[i].to_tensor() for i in chunk])  # (b, 3, H, W)
-                outcome = protector.protect(
-                    batch,
-                    grayscale=torch.tensor([images[i].grayscale for i in chunk]),
-                    levels=torch.tensor([float(images[i].levels) for i in chunk]),
-                )
-                share = (time.perf_counter() - t0) / len(chunk)
+        for chunk, plan in self.plan(images, config):
+            if on_plan is not None:
+                on_plan(chunk, plan)
+            t0 = time.perf_counter()
+            batch = torch.stack([images[i].to_tensor() for i in chunk])  # (b, 3, H, W)
+            outcome = protector.protect(
+                batch,
+                grayscale=torch.tensor([images[i].grayscale for i in chunk]),
+                levels=torch.tensor([float(images[i].levels) for i in chunk]),
+                tiles=plan.grid,
+                progress=None if progress is None else partial(progress, chunk),
+            )
+            del batch
+            share = (time.perf_counter() - t0) / len(chunk)
+            with memory_scope(self.available_memory()):  # certificates measure large images in tiles too
                 for row, i in enumerate(chunk):
                     t1 = time.perf_counter()
-                    source = images[i]
-                    pixels = tensor_to_array(outcome.images[row], source.levels)
-                    data = encode_image(source, pixels, fmt=name, quality=quality, keep_exif=keep_exif)
-                    written = decode_image(data, max_pixels=max(DEFAULT_MAX_PIXELS, source.width * source.height))
-                    cert = certificate(
-                        encoder=self.encoder,
-                        config=config,
-                        clean=source,
-                        written=written,
-                        fmt=name,
-                        quality=quality if name != "png" else None,
-                        steps_run=outcome.steps_run,
-                        best_step=int(outcome.best_step[row]),
-                        elapsed_s=0.0,
-                        decoder=self.decoder,
-                    )
-                    cert.elapsed_s = round(share + time.perf_counter() - t1, 4)
-                    results[i] = ProtectedImage(
-                        data, name, mime_type(name), cert, outcome.loss_trace[row].tolist()
-                    )
+                    result = self._output(images[i], outcome, row, config, plan, name, quality, keep_exif)
+                    result.certificate.elapsed_s = round(share + time.perf_counter() - t1, 4)
+                    results[i] = result
         return [r for r in results if r is not None]
+
+    def _output(
+        self, source: DecodedImage, outcome: ProtectResult, row: int, config: AttackConfig, plan: AttackPlan,
+        name: str, quality: int | None, keep_exif: bool,
+    ) -> ProtectedImage:
+        """Encode one protected image, decode the bytes again and certify them."""
+        pixels = tensor_to_array(outcome.images[row], source.levels)
+        data = encode_image(source, pixels, fmt=name, quality=quality, keep_exif=keep_exif)
+        written = decode_image(data, max_pixels=max(DEFAULT_MAX_PIXELS, source.width * source.height))
+        cert = certificate(
+            encoder=self.encoder,
+            config=config,
+            clean=source,
+            written=written,
+            fmt=name,
+            quality=quality if name != "png" else None,
+            steps_run=outcome.steps_run,
+            best_step=int(outcome.best_step[row]),
+            elapsed_s=0.0,
+            decoder=self.decoder if plan.grid is None else None,  # a full-size decode would not fit
+        )
+        cert.tiles, cert.tile_size = plan.tiles, plan.tile_side
+        if plan.grid is not None and self.decoder is not None:
+            cert.notes.append("round-trip PSNR not measured: the image was protected in tiles (memory budget)")
+        return ProtectedImage(data, name, mime_type(name), cert, outcome.loss_trace[row].tolist())
 
     def protect_bytes(
         self,

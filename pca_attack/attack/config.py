@@ -86,6 +86,7 @@ class AttackConfig:
     early_stop_tol: float = 1e-4  # relative improvement that counts as progress for early stop
     eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.attack.eot)
     eot_samples: int = 1  # random transformations averaged per step when eot is set
+    editor_resolution: int | None = None  # also collapse the image downscaled to this long side (editors' ~1 MP)
     budget: Literal["linf", "jnd"] = "linf"  # per-pixel bound: eps everywhere, or a JND map <= eps (budget.py)
     colour_neutral: bool = False  # remove the perturbation's mean per channel, globally and per window
     neutral_window: int = 32  # colour_neutral: side of the windows whose mean shift is removed, in pixels
@@ -122,6 +123,8 @@ class AttackConfig:
             raise ConfigError(f"shrink={self.shrink}; use 0 (off) or a share of the collapse in [0.5, 1], e.g. 0.95")
         if self.eot_samples < 1:
             raise ConfigError("eot_samples must be >= 1")
+        if self.editor_resolution is not None and not 64 <= self.editor_resolution <= 16384:
+            raise ConfigError(f"editor_resolution={self.editor_resolution}; use a long side in [64, 16384], e.g. 1024")
         if self.preset == "custom":
             if self.target_variance is None or not self.target_variance > 0:
                 raise ConfigError("preset 'custom' needs target_variance > 0 (e.g. 1e-8)")

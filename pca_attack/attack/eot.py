@@ -124,6 +124,17 @@ def resize_round_trip(x: torch.Tensor, scale: float, mode: str = "bilinear") -> 
     return F.interpolate(small, size=(h, w), mode=mode, align_corners=False).clamp(0.0, 1.0)
 
 
+def resize_long_side(x: torch.Tensor, long_side: int, mode: str = "bilinear") -> torch.Tensor:
+    """Differentiable downscale of (B, 3, H, W) so its long side is ``long_side`` (antialiased, as editors
+    do before encoding); images already that small are returned as they are."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= long_side:
+        return x
+    scale = long_side / max(h, w)
+    size = (max(8, round(h * scale)), max(8, round(w * scale)))
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W) with reflect padding; same shape."""
     radius = max(1, math.ceil(3 * sigma))
@@ -255,5 +266,6 @@ __all__ = [
     "eot_names",
     "gaussian_blur",
     "quant_table",
+    "resize_long_side",
     "resize_round_trip",
 ]

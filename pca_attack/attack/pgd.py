@@ -20,7 +20,9 @@ import torch
 from pca_attack.attack.best import BestIterate
 from pca_attack.attack.budget import Budget, make_budget, quantize
 from pca_attack.attack.config import AttackConfig
-from pca_attack.attack.losses import objective_sign, pca_loss
+from pca_attack.attack.losses import objective_sign
+from pca_attack.attack.progress import ProgressCallback, StepProgress
+from pca_attack.attack.tiling import TiledObjective, TileGrid
 from pca_attack.attack.shrink import Shrinker
 from pca_attack.attack.updates import make_update
 from pca_attack.errors import ConfigError
@@ -53,6 +55,18 @@ class Protector:
             from pca_attack.attack.eot import build_eot
 
             self._transform = build_eot(self.config.eot)
+        self.tiled = TiledObjective(
+            encoder, self._transform, self.config.eot_samples, editor_resize=self._editor_resize()
+        )
+
+    def _editor_resize(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The editor's differentiable downscale when ``editor_resolution`` is set."""
+        side = self.config.editor_resolution
+        if side is None:
+            return None
+        from pca_attack.attack.eot import resize_long_side
+
+        return lambda x: resize_long_side(x, side)
 
     def __repr__(self) -> str:
         c = self.config
@@ -72,33 +86,25 @@ class Protector:
     def loss(
         self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Per-image collapse loss (B,) fp32, averaged over EoT samples when EoT is on."""
-        if self._transform is None or generator is None:
-            mean, logvar = self.encoder.posterior(x_adv)
-            return pca_loss(mean, logvar, target)
-        total = torch.zeros(x_adv.shape[0], device=x_adv.device)
-        for _ in range(self.config.eot_samples):
-            mean, logvar = self.encoder.posterior(self._transform(x_adv, generator))
-            total = total + pca_loss(mean, logvar, target)
-        return total / self.config.eot_samples
+        """Per-image collapse loss (B,) fp32, averaged over EoT samples when EoT is on (no gradient);
+        tiled when ``protect`` runs tiled, plus the editor-resolution term when configured."""
+        return self.tiled.loss(x_adv, target, generator)
 
     def target_variance(self, x: torch.Tensor) -> float | torch.Tensor:
         """The preset's v; for 'adaptive', the clean posterior variance (detached), (B, C, h, w)."""
         v = self.config.loss_preset.target_variance
         if v is not None:
             return v
-        with torch.no_grad():
-            _, logvar = self.encoder.posterior(x)
+        _, logvar = self.tiled.posterior(x)  # tiled when the attack is
+        assert logvar is not None
         return logvar.float().exp().detach()
 
     def loss_and_grad(
         self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator, sign: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image loss (B,) and the gradient of the summed objective w.r.t. the input (B, 3, H, W)."""
-        x_adv = x_adv.detach().requires_grad_(True)
-        loss = self.loss(x_adv, target, generator)  # (B,)
-        (grad,) = torch.autograd.grad((sign * loss).sum(), x_adv)  # (B, 3, H, W)
-        return loss.detach(), grad
+        """Per-image loss (B,) and the gradient of the summed objective w.r.t. the input (B, 3, H, W):
+        in one pass, or tile by tile (``pca_attack.attack.tiling``) with the memory of one tile."""
+        return self.tiled.loss_and_grad(x_adv, target, generator, sign)
 
     # -- the loop ------------------------------------------------------------------------------------
     def protect(
@@ -107,18 +113,24 @@ class Protector:
         *,
         grayscale: torch.Tensor | None = None,
         levels: torch.Tensor | None = None,
+        tiles: TileGrid | None = None,
+        progress: ProgressCallback | None = None,
     ) -> ProtectResult:
         """Run the attack on a batch.
 
         x: (B, 3, H, W) float in [0, 1] (on the image grid for the budget guarantee).
         grayscale: (B,) bool; True ties the perturbation across channels (gray stays gray).
         levels: (B,) grid size per image, 255 (8-bit, default) or 65535 (16-bit sources).
+        tiles: run each step tile by tile on this grid (see ``pca_attack.attack.memory.plan_attack``).
+        progress: called after every tile of every step (``StepProgress``).
         """
         start = time.perf_counter()
         cfg = self.config
+        self.tiled.grid = tiles
         x, gray, lv = self._prepare(x, grayscale, levels)  # (B, 3, H, W), (B,), (B,)
         sign = objective_sign(cfg.loss_preset.direction)
         target = self.target_variance(x)
+        self.tiled.prepare(x, target)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         budget = make_budget(cfg, x, gray)
 
@@ -126,12 +138,28 @@ class Protector:
         update = make_update(cfg, x_adv)
         tracker = BestIterate(x_adv, cfg)
         for step in range(cfg.steps):
+            report = self._reporter(progress, step, start)
             loss, grad = self.loss_and_grad(x_adv, target, generator, sign)  # (B,), (B, 3, H, W)
             tracker.observe(step, x_adv, loss, sign)
             x_adv = budget.project(x_adv - update.move(budget.tie_gradient(grad), step))
+            report(self.tiled.grid_tiles, float(loss.mean()))
             if tracker.should_stop():
                 break
+        self.tiled.on_tile = None
         return self._finish(budget, x_adv, lv, tracker, target, generator, sign, start)
+
+    def _reporter(
+        self, progress: ProgressCallback | None, step: int, start: float
+    ) -> Callable[[int, float | None], None]:
+        """report(tiles done, loss) for this step; per-tile reports come from the objective."""
+        steps, tiles = self.config.steps, self.tiled.grid_tiles
+
+        def report(done: int, loss: float | None = None) -> None:
+            if progress is not None and (done < tiles or loss is not None):
+                progress(StepProgress(step + 1, steps, done, tiles, time.perf_counter() - start, loss))
+
+        self.tiled.on_tile = lambda done, _total: report(done)
+        return report
 
     def _prepare(
         self, x: torch.Tensor, grayscale: torch.Tensor | None, levels: torch.Tensor | None

@@ -13,13 +13,15 @@ import torch
 
 from pca_attack.attack.config import PRESETS
 from pca_attack.attack.losses import mean_kl_per_element
+from pca_attack.attack.memory import posterior_in_budget
 from pca_attack.models.encoder import Decoder, Encoder
 
 
 @torch.no_grad()
 def posterior(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 posterior (mean, logvar), each (B, C, h, w), of (B, 3, H, W) images of any size."""
-    mean, logvar = encoder.posterior(x)
+    mean, logvar = posterior_in_budget(encoder, x)  # in tiles inside a memory_scope when x would not fit
+    assert logvar is not None
     return mean.float(), logvar.float()
 
 

@@ -62,6 +62,8 @@ class Certificate(BaseModel):
     )
     notes: list[str] = Field(default_factory=list, description="conversions applied to the input")
     elapsed_s: float = Field(description="wall time of decode + attack + encode + certify")
+    tiles: int = Field(default=1, description="tiles per PGD step (1 = untiled; more when over the memory budget)")
+    tile_size: int | None = Field(default=None, description="largest tile side in pixels, context included")
     device: str
     dtype: str
     version: str = Field(description="pca-protect version")

@@ -1,0 +1,257 @@
+"""The collapse loss and its input gradient computed tile by tile: the memory of one tile for any image.
+
+The latent grid of an (H, W) image (``ceil(H/f) x ceil(W/f)`` for an encoder of spatial factor f) is cut
+into square *cores*. Each tile is its core's pixels plus a *halo* (a multiple of f) on every side, clipped
+to the image. The encoder sees the whole tile, but only the tile's core latents enter the loss, so every
+latent position is counted exactly once, and the total is the untiled loss wherever the halo covers the
+encoder's receptive field (exactly so for convolution-only encoders; encoders with GroupNorm or attention
+see per-tile statistics, the same approximation as diffusers' tiled VAE). Gradients of the tiles are
+summed into one full-size gradient (the sum of the core losses is the objective, so the sum of their
+gradients is its gradient) and the PGD loop updates the whole image once per step.
+
+``TiledObjective`` is what ``Protector`` asks for the loss and the gradient: untiled or tiled, with
+EoT (the same random draws replayed for every tile of a step) and the optional editor-resolution term
+(``--editor-resolution``: the loss of the image after the differentiable downscale an editor applies).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pca_attack.attack.losses import pca_loss
+from pca_attack.models.encoder import Encoder
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+TileCallback = Callable[[int, int], None]  # (tiles done, tiles in all) within the current step
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: the input pixels it reads and the core latents it owns."""
+
+    rows: slice  # input pixel rows of the full image
+    cols: slice  # input pixel columns
+    core_rows: slice  # core latent rows inside the tile's own latent
+    core_cols: slice
+    latent_rows: slice  # the same core latents inside the full image's latent
+    latent_cols: slice
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Overlapping tiles of an (height, width) image aligned to the encoder's factor.
+
+    core: side of a tile's core in pixels (a multiple of factor); halo: pixels read around it (a multiple of
+    factor, ideally >= the encoder's receptive radius).
+    """
+
+    height: int
+    width: int
+    factor: int
+    core: int
+    halo: int
+
+    def __post_init__(self) -> None:
+        if self.core <= 0 or self.core % self.factor or self.halo < 0 or self.halo % self.factor:
+            raise ValueError(f"core={self.core} and halo={self.halo} must be multiples of factor={self.factor}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.factor), math.ceil(self.width / self.factor)
+
+    @property
+    def tile_side(self) -> int:
+        """Largest tile side in pixels (core plus halo on both sides, clipped to the image)."""
+        return min(max(self.height, self.width), self.core + 2 * self.halo)
+
+    def _spans(self, size: int, latent: int) -> Iterator[tuple[slice, slice, slice]]:
+        step, f = self.core // self.factor, self.factor
+        for l0 in range(0, latent, step):
+            l1 = min(l0 + step, latent)
+            i0, i1 = max(0, l0 * f - self.halo), min(size, l1 * f + self.halo)
+            offset = (l0 * f - i0) // f
+            yield slice(i0, i1), slice(offset, offset + l1 - l0), slice(l0, l1)
+
+    def tiles(self) -> list[Tile]:
+        lh, lw = self.latent_shape
+        return [
+            Tile(rows, cols, core_r, core_c, lat_r, lat_c)
+            for rows, core_r, lat_r in self._spans(self.height, lh)
+            for cols, core_c, lat_c in self._spans(self.width, lw)
+        ]
+
+    def __len__(self) -> int:
+        lh, lw = self.latent_shape
+        step = self.core // self.factor
+        return math.ceil(lh / step) * math.ceil(lw / step)
+
+    def pixels_read(self) -> int:
+        """Input pixels the encoder sees per step over all tiles (halo overlap included)."""
+        return sum((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in self.tiles())
+
+
+def _crop_target(target: float | torch.Tensor, tile: Tile) -> float | torch.Tensor:
+    """The tile's core part of a per-element target (B, C, h, w); scalars pass through."""
+    if isinstance(target, torch.Tensor) and target.dim() == 4:
+        return target[..., tile.latent_rows, tile.latent_cols]
+    return target
+
+
+def _core_posterior(
+    encoder: Encoder, x_tile: torch.Tensor, tile: Tile
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The core latents of a tile's posterior; logvar is None for a deterministic encoder."""
+    mean, logvar = encoder.posterior(x_tile)  # (B, C, th, tw)
+    core = (..., tile.core_rows, tile.core_cols)
+    return mean[core], None if logvar is None else logvar[core]
+
+
+@torch.no_grad()
+def tiled_posterior(
+    encoder: Encoder, x: torch.Tensor, grid: TileGrid
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 posterior (mean, logvar), each (B, C, ceil(H/f), ceil(W/f)), stitched from the tiles' cores."""
+    mean: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    for tile in grid.tiles():
+        m, lv = _core_posterior(encoder, x[..., tile.rows, tile.cols], tile)  # (B, C, ch, cw)
+        if mean is None:
+            shape = (x.shape[0], m.shape[1], *grid.latent_shape)
+            mean = torch.empty(shape, device=m.device)
+            logvar = None if lv is None else torch.empty(shape, device=m.device)
+        mean[..., tile.latent_rows, tile.latent_cols] = m.float()
+        if logvar is not None and lv is not None:
+            logvar[..., tile.latent_rows, tile.latent_cols] = lv.float()
+    assert mean is not None
+    return mean, logvar
+
+
+def editor_weight(height: int, width: int, small: torch.Tensor) -> float:
+    """Weight of the editor-resolution loss: full-size latent elements per downscaled one (equal say)."""
+    return (height * width) / float(small.shape[-2] * small.shape[-1])
+
+
+class TiledObjective:
+    """Loss (B,) and input gradient (B, 3, H, W) of the collapse objective, untiled or tile by tile."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        transform: Transform | None = None,
+        eot_samples: int = 1,
+        grid: TileGrid | None = None,
+        editor_resize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.transform = transform
+        self.eot_samples = eot_samples if transform is not None else 1
+        self.grid = grid
+        self.editor_resize = editor_resize
+        self.editor_target: float | torch.Tensor | None = None
+        self.on_tile: TileCallback | None = None
+
+    @property
+    def grid_tiles(self) -> int:
+        """Tiles per step (1 when untiled)."""
+        return 1 if self.grid is None else len(self.grid)
+
+    # -- the target ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full-resolution posterior of (B, 3, H, W), tiled when a grid is set."""
+        if self.grid is None:
+            return self.encoder.posterior(x)
+        return tiled_posterior(self.encoder, x, self.grid)
+
+    @torch.no_grad()
+    def prepare(self, x: torch.Tensor, target: float | torch.Tensor) -> None:
+        """Fix the editor term's target from the clean images: the same scalar, or (adaptive) the clean
+        downscaled posterior's own variance."""
+        if self.editor_resize is None:
+            return
+        if isinstance(target, torch.Tensor):
+            _, logvar = self.encoder.posterior(self.editor_resize(x))
+            self.editor_target = None if logvar is None else logvar.float().exp()
+        else:
+            self.editor_target = target
+
+    # -- one estimate ---------------------------------------------------------------------------------
+    def _draws(self, x: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+        """The EoT-transformed inputs of one estimate (the input itself without EoT)."""
+        if self.transform is None or generator is None:
+            yield x
+            return
+        for _ in range(self.eot_samples):
+            yield self.transform(x, generator)
+
+    def _samples(self, generator: torch.Generator | None) -> int:
+        return self.eot_samples if (self.transform is not None and generator is not None) else 1
+
+    def _editor_term(self, x: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+        assert self.editor_resize is not None
+        small = self.editor_resize(x)  # (B, 3, h', w')
+        mean, logvar = self.encoder.posterior(small)
+        v = self.editor_target if self.editor_target is not None else target
+        return editor_weight(x.shape[-2], x.shape[-1], small) * pca_loss(mean, logvar, v)
+
+    def loss(self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Per-image objective (B,) fp32 (no gradient)."""
+        with torch.no_grad():
+            return self._evaluate(x, target, generator, None)[0]
+
+    def loss_and_grad(
+        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator, sign: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image objective (B,) and the gradient of ``sign * objective.sum()`` w.r.t. x (B, 3, H, W)."""
+        loss, grad = self._evaluate(x, target, generator, sign)
+        assert grad is not None
+        return loss, grad
+
+    def _evaluate(
+        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None, sign: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grad: torch.Tensor | None = None  # (B, 3, H, W), summed over tiles
+        total = torch.zeros(x.shape[0], device=x.device)  # (B,)
+        tiles = self.grid.tiles() if self.grid is not None else None
+        state = generator.get_state() if generator is not None else None
+        for index, tile in enumerate(tiles or [None]):
+            if generator is not None and state is not None:
+                generator.set_state(state)  # every tile sees the same EoT draws
+            rows, cols = (tile.rows, tile.cols) if tile is not None else (slice(None), slice(None))
+            part = x[..., rows, cols].detach().requires_grad_(sign is not None)
+            loss = torch.zeros(x.shape[0], device=x.device)
+            for drawn in self._draws(part, generator):
+                mean, logvar = self.encoder.posterior(drawn) if tile is None else _core_posterior(
+                    self.encoder, drawn, tile
+                )
+                loss = loss + pca_loss(mean, logvar, target if tile is None else _crop_target(target, tile))
+            loss = loss / self._samples(generator)
+            if sign is not None:
+                (g,) = torch.autograd.grad((sign * loss).sum(), part)  # (B, 3, h, w)
+                if tile is None:
+                    grad = g
+                else:
+                    grad = torch.zeros_like(x) if grad is None else grad
+                    grad[..., rows, cols] += g
+            total += loss.detach().float()
+            if self.on_tile is not None and tiles is not None:
+                self.on_tile(index + 1, len(tiles))
+        if self.editor_resize is not None:
+            total, grad = self._add_editor(x, target, total, grad, sign)
+        return total, grad
+
+    def _add_editor(
+        self, x: torch.Tensor, target: float | torch.Tensor, total: torch.Tensor,
+        grad: torch.Tensor | None, sign: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add the editor-resolution term (and its gradient through the differentiable downscale)."""
+        whole = x.detach().requires_grad_(grad is not None)
+        term = self._editor_term(whole, target)  # (B,)
+        if grad is not None and sign is not None:
+            (g,) = torch.autograd.grad((sign * term).sum(), whole)  # (B, 3, H, W)
+            grad += g
+        return total + term.detach().float(), grad

@@ -1,0 +1,136 @@
+"""Tiled attack: the tiled loss and gradient equal the untiled ones where the halo covers the receptive field;
+every latent position is counted once; progress fires once per step (and per tile); editor resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.eot import resize_long_side
+from pca_attack.attack.pgd import Protector
+from pca_attack.attack.progress import StepProgress
+from pca_attack.attack.tiling import TiledObjective, TileGrid, tiled_posterior
+from pca_attack.errors import ConfigError
+from pca_attack.models.encoder import Encoder
+
+# Receptive field of the conv-only encoder below: 3x3 (3 px), 3x3/2 (5), 3x3/2 (9), 3x3 at stride 4 (17):
+# every latent reads at most 9 px on either side of its own 4x4 block, so a halo of 16 px (4 latents)
+# holds its whole receptive field and tiling is exact up to float rounding. (Encoders with GroupNorm or
+# attention are global: there the tiled loss is an approximation, measured in benchmarks/large_images.py.)
+HALO = 16
+
+
+def conv_encoder() -> Encoder:
+    """An f4 Gaussian encoder made only of convolutions (finite receptive field, no norm, no attention)."""
+    torch.manual_seed(0)
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.SiLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.SiLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+    )
+    config = {"latent_channels": 2, "block_out_channels": (8, 8, 8)}
+    return Encoder(body, None, name="conv-f4", config=config, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def image(height: int = 46, width: int = 38, batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(1))
+
+
+def four_tiles(x: torch.Tensor) -> TileGrid:
+    grid = TileGrid(x.shape[-2], x.shape[-1], factor=4, core=24, halo=HALO)  # latent 12x10 -> 2x2 cores
+    assert len(grid) == len(grid.tiles()) == 4
+    return grid
+
+
+def test_tile_cores_cover_every_latent_once() -> None:
+    grid = TileGrid(203, 517, factor=8, core=64, halo=32)
+    count = torch.zeros(grid.latent_shape)
+    for tile in grid.tiles():
+        count[tile.latent_rows, tile.latent_cols] += 1
+        assert tile.rows.start % 8 == 0 and tile.cols.start % 8 == 0  # aligned to the encoder's factor
+        assert tile.core_rows.stop - tile.core_rows.start == tile.latent_rows.stop - tile.latent_rows.start
+    assert bool((count == 1).all())
+    assert len(grid) == len(grid.tiles())
+
+
+@pytest.mark.parametrize("preset", ["pca-", "adaptive", "pca+"])
+def test_tiled_loss_and_gradient_equal_untiled_on_four_tiles(preset: str) -> None:
+    encoder, x = conv_encoder(), image()
+    cfg = AttackConfig(preset=preset)
+    protector = Protector(encoder, cfg)
+    target = protector.target_variance(x)
+    generator = torch.Generator().manual_seed(0)
+    whole = TiledObjective(encoder)
+    loss, grad = whole.loss_and_grad(x, target, generator, 1.0)  # (B,), (B, 3, H, W)
+    tiled = TiledObjective(encoder, grid=four_tiles(x))
+    loss_t, grad_t = tiled.loss_and_grad(x, target, generator, 1.0)
+    torch.testing.assert_close(loss_t, loss, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(grad_t, grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()))
+    torch.testing.assert_close(tiled.loss(x, target, None), loss, rtol=1e-5, atol=0.0)
+
+
+def test_too_small_a_halo_is_not_exact() -> None:
+    """The equality above is not automatic: without context around each core the loss changes."""
+    encoder, x = conv_encoder(), image()
+    target = 1e-8
+    loss, _ = TiledObjective(encoder).loss_and_grad(x, target, torch.Generator(), 1.0)
+    bare = TiledObjective(encoder, grid=TileGrid(x.shape[-2], x.shape[-1], factor=4, core=24, halo=0))
+    loss_t, _ = bare.loss_and_grad(x, target, torch.Generator(), 1.0)
+    assert not torch.allclose(loss_t, loss, rtol=1e-5, atol=0.0)
+
+
+def test_tiled_posterior_stitches_the_untiled_posterior() -> None:
+    encoder, x = conv_encoder(), image()
+    mean, logvar = encoder.posterior(x)
+    mean_t, logvar_t = tiled_posterior(encoder, x, four_tiles(x))
+    assert logvar_t is not None
+    torch.testing.assert_close(mean_t, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logvar_t, logvar, rtol=1e-5, atol=1e-6)
+
+
+def test_tiled_attack_matches_untiled_attack() -> None:
+    encoder, x = conv_encoder(), image()
+    cfg = AttackConfig(steps=3)
+    plain = Protector(encoder, cfg).protect(x)
+    tiled = Protector(encoder, cfg).protect(x, tiles=four_tiles(x))
+    torch.testing.assert_close(tiled.loss_trace, plain.loss_trace, rtol=1e-4, atol=0.0)
+    assert float((tiled.images - plain.images).abs().max()) <= 1 / 255 + 1e-6  # rounding ties at most
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_progress_fires_once_per_step_and_once_per_tile(tiled: bool) -> None:
+    encoder, x = conv_encoder(), image(batch=1)
+    events: list[StepProgress] = []
+    grid = four_tiles(x) if tiled else None
+    Protector(encoder, AttackConfig(steps=3)).protect(x, tiles=grid, progress=events.append)
+    tiles = 4 if tiled else 1
+    ends = [e for e in events if e.end_of_step]
+    assert [e.step for e in ends] == [1, 2, 3]
+    assert all(e.loss is not None and e.tiles == tiles for e in ends)
+    assert len(events) == 3 * tiles
+    assert [e.fraction for e in events] == sorted(e.fraction for e in events)
+    assert events[-1].fraction == 1.0 and events[-1].eta_s() == 0.0
+
+
+def test_editor_resolution_adds_the_downscaled_loss_and_its_gradient() -> None:
+    encoder, x = conv_encoder(), image(192, 128, batch=1)
+    small = resize_long_side(x, 64)
+    assert small.shape[-2:] == (64, 43)
+    assert resize_long_side(x, 200) is x  # never upscaled
+    plain = Protector(encoder, AttackConfig())
+    editor = Protector(encoder, AttackConfig(editor_resolution=64))
+    generator = torch.Generator()
+    editor.tiled.prepare(x, 1e-8)
+    loss_p, grad_p = plain.loss_and_grad(x, 1e-8, generator, 1.0)
+    loss_e, grad_e = editor.loss_and_grad(x, 1e-8, generator, 1.0)
+    mean, logvar = encoder.posterior(small)
+    from pca_attack.attack.losses import pca_loss
+
+    expected = loss_p + (192 * 128) / (64 * 43) * pca_loss(mean, logvar, 1e-8)
+    torch.testing.assert_close(loss_e, expected, rtol=1e-5, atol=0.0)
+    assert torch.isfinite(grad_e).all() and not torch.allclose(grad_e, grad_p)
+    with pytest.raises(ConfigError, match="editor_resolution"):
+        AttackConfig(editor_resolution=10)
