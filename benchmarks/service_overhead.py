@@ -35,6 +35,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -129,7 +130,7 @@ def start_server(model: str, threads: int, data_dir: Path, max_batch: int, queue
     raise RuntimeError("server did not become ready")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="registry name, folder or weights file (default: random SD-sized VAE)")
     parser.add_argument("--size", type=int, default=256, help="image side (default: %(default)s)")
@@ -144,69 +145,71 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.repeats, args.requests = 64, 2, 4
+    return args
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool (see server env)
+
+def measure_latency(engine: Any, client: Any, url: str, image: bytes, args: argparse.Namespace) -> dict[str, list]:
+    """Interleaved rounds (order alternating) of in-process protect_bytes vs POST /v1/protect."""
+    from pca_attack import AttackConfig
+
+    config, form = AttackConfig(steps=args.steps), {"steps": str(args.steps)}
+
+    def inproc() -> float:
+        t0 = time.perf_counter()
+        engine.protect_bytes(image, config)
+        return time.perf_counter() - t0
+
+    def http() -> float:
+        t0 = time.perf_counter()
+        r = client.post(url + "/v1/protect", files={"file": ("bench.png", image, "image/png")}, data=form)
+        r.raise_for_status()
+        return time.perf_counter() - t0
+
+    inproc(), http()  # warm-up both
+    t_in, t_http, ratios = [], [], []
+    for r in range(args.repeats):
+        order = [inproc, http] if r % 2 == 0 else [http, inproc]
+        got = {fn.__name__: fn() for fn in order}
+        t_in.append(got["inproc"])
+        t_http.append(got["http"])
+        ratios.append(got["http"] / got["inproc"])
+    return {"inproc": t_in, "http": t_http, "ratios": ratios}
+
+
+def measure_throughput(url: str, image: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """``requests`` protect requests one after another, then by ``clients`` concurrent clients."""
     import httpx
-    import torch
 
-    from pca_attack import AttackConfig, Engine
-
-    torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="pca-bench-"))
-    model = args.model or str(build_random_vae(tmp / "vae", args.quick))
-    image = test_image(args.size)
-    config = AttackConfig(steps=args.steps)
     form = {"steps": str(args.steps)}
 
-    engine = Engine.from_spec(
-        model, device="cpu", dtype="fp32", with_decoder=False, offline=True, max_batch=args.max_batch
-    )
-    proc, url = start_server(model, args.threads, tmp / "data", args.max_batch, max(16, args.requests * 2))
-    try:
-        client = httpx.Client(timeout=600)
+    def one(_: int) -> int:
+        with httpx.Client(timeout=600) as c:
+            resp = c.post(url + "/v1/protect", files={"file": ("b.png", image, "image/png")}, data=form)
+            return resp.status_code
 
-        def inproc() -> float:
-            t0 = time.perf_counter()
-            engine.protect_bytes(image, config)
-            return time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seq_codes = [one(i) for i in range(args.requests)]
+    t_seq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        conc_codes = list(pool.map(one, range(args.requests)))
+    t_conc = time.perf_counter() - t0
+    return {"t_seq": t_seq, "t_conc": t_conc, "codes": sorted(set(seq_codes + conc_codes))}
 
-        def http() -> float:
-            t0 = time.perf_counter()
-            r = client.post(url + "/v1/protect", files={"file": ("bench.png", image, "image/png")}, data=form)
-            r.raise_for_status()
-            return time.perf_counter() - t0
 
-        inproc(), http()  # warm-up both
-        t_in, t_http, ratios = [], [], []
-        for r in range(args.repeats):
-            order = [inproc, http] if r % 2 == 0 else [http, inproc]
-            got = {fn.__name__: fn() for fn in order}
-            t_in.append(got["inproc"])
-            t_http.append(got["http"])
-            ratios.append(got["http"] / got["inproc"])
-
-        def one(_: int) -> int:
-            with httpx.Client(timeout=600) as c:
-                resp = c.post(url + "/v1/protect", files={"file": ("b.png", image, "image/png")}, data=form)
-                return resp.status_code
-
-        t0 = time.perf_counter()
-        seq_codes = [one(i) for i in range(args.requests)]
-        t_seq = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.clients) as pool:
-            conc_codes = list(pool.map(one, range(args.requests)))
-        t_conc = time.perf_counter() - t0
-        metrics = client.get(url + "/metrics").text
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
+def mean_micro_batch(metrics: str) -> float | None:
+    """Mean of the ``pca_engine_batch_size`` histogram in a /metrics text."""
     batch_line = next((ln for ln in metrics.splitlines() if ln.startswith("pca_engine_batch_size_sum")), "")
     count_line = next((ln for ln in metrics.splitlines() if ln.startswith("pca_engine_batch_size_count")), "")
-    mean_batch = (float(batch_line.split()[-1]) / float(count_line.split()[-1])) if count_line else None
+    return (float(batch_line.split()[-1]) / float(count_line.split()[-1])) if count_line else None
+
+
+def build_result(args: argparse.Namespace, latency: dict[str, list], throughput: dict[str, Any],
+                 mean_batch: float | None, torch_version: str) -> dict[str, Any]:
+    t_in, t_http, ratios = latency["inproc"], latency["http"], latency["ratios"]
     med_in, med_http = statistics.median(t_in), statistics.median(t_http)
-    result = {
+    t_seq, t_conc = throughput["t_seq"], throughput["t_conc"]
+    return {
         "benchmark": "service_overhead",
         "model": args.model or ("random tiny VAE" if args.quick else "random SD-1.x-sized AutoencoderKL"),
         "image": f"{args.size}x{args.size} PNG",
@@ -229,12 +232,39 @@ def main(argv: list[str] | None = None) -> int:
             "sequential_images_per_s": round(args.requests / t_seq, 4),
             "concurrent_images_per_s": round(args.requests / t_conc, 4),
             "concurrent_over_sequential": round(t_seq / t_conc, 4),
-            "status_codes": sorted(set(seq_codes + conc_codes)),
+            "status_codes": throughput["codes"],
             "mean_micro_batch": round(mean_batch, 3) if mean_batch else None,
         },
-        "torch": torch.__version__,
+        "torch": torch_version,
         "cpu_count": os.cpu_count(),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool (see server env)
+    import httpx
+    import torch
+
+    from pca_attack import Engine
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="pca-bench-"))
+    model = args.model or str(build_random_vae(tmp / "vae", args.quick))
+    image = test_image(args.size)
+    engine = Engine.from_spec(
+        model, device="cpu", dtype="fp32", with_decoder=False, offline=True, max_batch=args.max_batch
+    )
+    proc, url = start_server(model, args.threads, tmp / "data", args.max_batch, max(16, args.requests * 2))
+    try:
+        client = httpx.Client(timeout=600)
+        latency = measure_latency(engine, client, url, image, args)
+        throughput = measure_throughput(url, image, args)
+        metrics = client.get(url + "/metrics").text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    result = build_result(args, latency, throughput, mean_micro_batch(metrics), torch.__version__)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
