@@ -6,39 +6,93 @@ For a diagonal Gaussian posterior q(z|x) = N(mu, sigma^2) and a target variance 
              = KL( N(mu, sigma^2) || N(0, v) ) - 1/2 * sum_i ln v_i
 
 summed over the latent elements of each image. ``1/v = 1e8`` overflows fp16, hence the fp32 cast.
+
+Deterministic encoders (``logvar is None``: the tiny autoencoders, Sana's DC-AE) have no variance, so only
+the mean term of that KL remains:
+
+    L_det(x) = 1/2 * sum_i mu_i^2 / v = d / (2 v) * E(x),   E(x) = mean_i mu_i^2  (the "mean energy")
+
+over the d latent elements of each image: the KL of N(mu, s^2 I) to N(0, v I) minus every term that does
+not depend on mu. Presets whose point is the variance (``adaptive``, ``pca-var``) are refused for such
+encoders (``check_preset``).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
+from pca_attack.errors import ConfigError
 
-def pca_loss(mean: torch.Tensor, logvar: torch.Tensor, target_variance: float | torch.Tensor) -> torch.Tensor:
-    """Reference PCA loss per image.
+PRESETS_NEEDING_VARIANCE = ("adaptive", "pca-var")
+
+
+class _HasPosteriorType(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def posterior_type(self) -> str: ...
+
+
+def check_preset(encoder: _HasPosteriorType, preset: str) -> None:
+    """Raise ConfigError when ``preset`` needs a posterior variance that ``encoder`` does not have."""
+    if encoder.posterior_type == "deterministic" and preset in PRESETS_NEEDING_VARIANCE:
+        raise ConfigError(
+            f"preset {preset!r} acts on the posterior variance, but {encoder.name} is a deterministic encoder "
+            "(no variance: it returns the latent itself). Use preset 'pca-' (the default: drives the latent "
+            "toward 0) or 'pca+' with this model."
+        )
+
+
+def mean_energy(mean: torch.Tensor) -> torch.Tensor:
+    """E = mean of mu^2 over the latent elements of each image: (B,) fp32."""
+    return mean.float().pow(2).flatten(1).mean(dim=1)
+
+
+def posterior_variance(logvar: torch.Tensor | None) -> torch.Tensor:
+    """sigma^2 (fp32, detached) of a Gaussian posterior; ConfigError for a deterministic encoder."""
+    if logvar is None:
+        raise ConfigError("this encoder is deterministic: it has no posterior variance to use as a target")
+    return logvar.float().exp().detach()
+
+
+def pca_loss(
+    mean: torch.Tensor, logvar: torch.Tensor | None, target_variance: float | torch.Tensor
+) -> torch.Tensor:
+    """Reference PCA loss per image (its mean term only for a deterministic encoder, logvar None).
 
     mean, logvar: (B, C, h, w) posterior parameters (any dtype; computed in fp32).
     target_variance: scalar v, or a tensor broadcastable to mean (the adaptive preset).
     Returns (B,) fp32: the loss summed over latent elements, one value per image.
     """
     mean32 = mean.float()  # (B, C, h, w)
-    logvar32 = logvar.float()  # (B, C, h, w)
     v = torch.as_tensor(target_variance, dtype=torch.float32, device=mean32.device)
+    if logvar is None:
+        return 0.5 * (mean32.pow(2) / v).flatten(1).sum(dim=1)  # (B,)
+    logvar32 = logvar.float()  # (B, C, h, w)
     per_element = -logvar32 - 1.0 + (mean32.pow(2) + logvar32.exp()) / v  # (B, C, h, w)
     return 0.5 * per_element.flatten(1).sum(dim=1)  # (B,)
 
 
 def kl_to_gaussian(
-    mean: torch.Tensor, logvar: torch.Tensor, target_variance: float | torch.Tensor = 1.0
+    mean: torch.Tensor, logvar: torch.Tensor | None, target_variance: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
-    """KL( N(mean, exp(logvar)) || N(0, v) ) per latent element, fp32, same shape as mean."""
+    """KL( N(mean, exp(logvar)) || N(0, v) ) per latent element, fp32, same shape as mean.
+
+    For a deterministic encoder (logvar None): the mean term mu^2 / (2 v) only.
+    """
     mean32 = mean.float()
-    logvar32 = logvar.float()
     v = torch.as_tensor(target_variance, dtype=torch.float32, device=mean32.device)
+    if logvar is None:
+        return 0.5 * mean32.pow(2) / v
+    logvar32 = logvar.float()
     return 0.5 * ((mean32.pow(2) + logvar32.exp()) / v - 1.0 - logvar32 + torch.log(v))
 
 
 def mean_kl_per_element(
-    mean: torch.Tensor, logvar: torch.Tensor, target_variance: float | torch.Tensor = 1.0
+    mean: torch.Tensor, logvar: torch.Tensor | None, target_variance: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
     """KL to N(0, v) averaged over the latent elements of each image: (B,) fp32."""
     return kl_to_gaussian(mean, logvar, target_variance).flatten(1).mean(dim=1)

@@ -12,37 +12,40 @@ import numpy as np
 import torch
 
 from pca_attack.attack.config import PRESETS
-from pca_attack.attack.losses import mean_kl_per_element
+from pca_attack.attack.losses import mean_energy, mean_kl_per_element, posterior_variance
 from pca_attack.attack.memory import posterior_in_budget
-from pca_attack.models.encoder import Decoder, Encoder
+from pca_attack.models.encoder import LOGVAR_MIN, Decoder, Encoder
 
 
 @torch.no_grad()
-def posterior(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 posterior (mean, logvar), each (B, C, h, w), of (B, 3, H, W) images of any size."""
+def posterior(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 posterior (mean, logvar), each (B, C, h, w), of (B, 3, H, W) images of any size.
+
+    logvar is None for deterministic encoders (no variance)."""
     mean, logvar = posterior_in_budget(encoder, x)  # in tiles inside a memory_scope when x would not fit
-    assert logvar is not None
-    return mean.float(), logvar.float()
+    return mean.float(), None if logvar is None else logvar.float()
 
 
-def preset_target(name: str, clean_logvar: torch.Tensor) -> float | torch.Tensor:
+def preset_target(name: str, clean_logvar: torch.Tensor | None) -> float | torch.Tensor:
     """A preset's target variance; 'adaptive' uses the clean posterior's variance."""
     v = PRESETS[name].target_variance
-    return clean_logvar.exp() if v is None else v
+    return posterior_variance(clean_logvar) if v is None else v
 
 
-def channel_summary(mean: torch.Tensor, logvar: torch.Tensor) -> list[dict[str, float]]:
-    """Per latent channel of one image ((C, h, w) tensors): mean/std of mu, mean sigma^2, mean logvar."""
+def channel_summary(mean: torch.Tensor, logvar: torch.Tensor | None) -> list[dict[str, float]]:
+    """Per latent channel of one image ((C, h, w) tensors): mean/std of mu, mean sigma^2, mean logvar.
+
+    A deterministic encoder (logvar None) is a point mass: variance 0, log-variance at the clamp floor."""
     out = []
     for c in range(mean.shape[0]):
-        mu, lv = mean[c], logvar[c]
+        mu = mean[c]
         out.append({
             "channel": c,
             "mu_mean": float(mu.mean()),
             "mu_std": float(mu.std(unbiased=False)),
             "mu_abs_max": float(mu.abs().max()),
-            "var_mean": float(lv.exp().mean()),
-            "logvar_mean": float(lv.mean()),
+            "var_mean": 0.0 if logvar is None else float(logvar[c].exp().mean()),
+            "logvar_mean": LOGVAR_MIN if logvar is None else float(logvar[c].mean()),
         })
     return out
 
@@ -66,12 +69,14 @@ def roundtrip(encoder: Encoder, decoder: Decoder, x: torch.Tensor) -> torch.Tens
     return decode_mean(decoder, mean, x.shape[-2], x.shape[-1])
 
 
-def posterior_summary(mean: torch.Tensor, logvar: torch.Tensor) -> dict[str, Any]:
+def posterior_summary(mean: torch.Tensor, logvar: torch.Tensor | None) -> dict[str, Any]:
     """KL to N(0, I) and to each fixed preset target, and per-channel summaries, of one posterior.
 
-    mean, logvar: (1, C, h, w) fp32.
+    mean, logvar: (1, C, h, w) fp32 (logvar None for a deterministic encoder: the KLs are their mean terms).
     """
     return {
+        "posterior": "deterministic" if logvar is None else "gaussian",
+        "mean_energy": float(mean_energy(mean)[0]),
         "kl_prior": float(mean_kl_per_element(mean, logvar, 1.0)[0]),
         "kl_to_target": {
             name: float(mean_kl_per_element(mean, logvar, preset.target_variance)[0])
@@ -79,9 +84,9 @@ def posterior_summary(mean: torch.Tensor, logvar: torch.Tensor) -> dict[str, Any
             if preset.target_variance is not None
         },
         "mu_rms": float(mean.pow(2).mean().sqrt()),
-        "logvar_mean": float(logvar.mean()),
+        "logvar_mean": None if logvar is None else float(logvar.mean()),
         "latent_shape": list(mean.shape[1:]),
-        "channels": channel_summary(mean[0], logvar[0]),
+        "channels": channel_summary(mean[0], None if logvar is None else logvar[0]),
     }
 
 
@@ -116,9 +121,9 @@ def pair_stats(
     mu_c, lv_c = posterior(encoder, clean[None])
     mu_p, lv_p = posterior(encoder, protected[None])
     clean_stats, protected_stats = posterior_summary(mu_c, lv_c), posterior_summary(mu_p, lv_p)
-    # the adaptive preset's target is the clean posterior's own variance: N(0, sigma_clean^2)
-    clean_stats["kl_to_target"]["adaptive"] = float(mean_kl_per_element(mu_c, lv_c, lv_c.exp())[0])
-    protected_stats["kl_to_target"]["adaptive"] = float(mean_kl_per_element(mu_p, lv_p, lv_c.exp())[0])
+    if lv_c is not None:  # the adaptive preset's target is the clean posterior's own variance: N(0, sigma_clean^2)
+        clean_stats["kl_to_target"]["adaptive"] = float(mean_kl_per_element(mu_c, lv_c, lv_c.exp())[0])
+        protected_stats["kl_to_target"]["adaptive"] = float(mean_kl_per_element(mu_p, lv_p, lv_c.exp())[0])
     if decoder is not None:
         clean_stats["roundtrip_psnr_db"] = psnr(decode_mean(decoder, mu_c, height, width)[0], clean.cpu())
         protected_stats["roundtrip_psnr_db"] = psnr(decode_mean(decoder, mu_p, height, width)[0], clean.cpu())

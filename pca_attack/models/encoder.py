@@ -1,37 +1,38 @@
 """Frozen VAE encoders (and, on demand, decoders) for the attack and its diagnostics.
 
-``load_encoder`` builds only what the attack needs — diffusers' ``Encoder`` and the ``quant_conv`` —
-from the weights file, without ever materialising the decoder. Parameters are frozen and the module is
-in eval mode; gradients flow to the input only. Loaded modules are cached per (spec, device, dtype).
+``load_encoder`` builds only what the attack needs — the encoder half of the model's family (see
+``build_encoder``) — from the weights file, without ever materialising the decoder. Parameters are frozen and
+the module is in eval mode; gradients flow to the input only. Loaded modules are cached per
+(source, decoder file, device, dtype).
+
+Two posterior types: ``"gaussian"`` encoders (KL-VAEs) return (mean, logvar); ``"deterministic"`` encoders
+(the tiny autoencoders, Sana's DC-AE) return (latent, None): there is no variance to collapse, and the
+collapse loss keeps only the mean term (``pca_attack.attack.losses``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pca_attack.errors import ModelLoadError
+from pca_attack.models.dc_ae import DC_CLASS, build_dc_encoder, dc_factor
 from pca_attack.models.devices import conv_memory_format, dtype_name, resolve_device, resolve_dtype
-from pca_attack.models.weights import ModelSource, load_config_and_tensors, resolve_source
+from pca_attack.models.kl import KL_CLASSES, build_kl_decoder, build_kl_encoder
+from pca_attack.models.qwen import QWEN_CLASS, build_qwen_encoder, qwen_factor
+from pca_attack.models.tiny_ae import build_tiny, from_diffusers, load_tiny
+from pca_attack.models.weights import ModelSource, read_model, resolve_source
 
 log = logging.getLogger("pca_attack")
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # diffusers' DiagonalGaussianDistribution clamp
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, what: str) -> None:
-    sub = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(sub, strict=False, assign=True)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{what} weights do not match the config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+PosteriorType = Literal["gaussian", "deterministic"]
+Posterior = tuple[torch.Tensor, torch.Tensor | None]  # mean (B, C, h, w), logvar (B, C, h, w) or None
 
 
 def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.memory_format:
@@ -63,7 +64,12 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
-    """x in [0, 1] (B, 3, H, W) -> posterior (mean, logvar), each (B, C, H/f, W/f)."""
+    """x in [0, 1] (B, 3, H, W) -> posterior (mean, logvar or None), each (B, C, H/f, W/f).
+
+    ``encoder`` maps the (scaled) pixels to the moments (B, 2C, h, w) — or to the latent (B, C, h, w) when
+    ``posterior_type`` is "deterministic"; ``quant_conv`` (KL-VAEs) follows it. ``signed_input``: the body
+    takes pixels in [-1, 1] (diffusers' VAEs) rather than [0, 1] (the original tiny autoencoders).
+    """
 
     def __init__(
         self,
@@ -74,39 +80,55 @@ class Encoder(nn.Module):
         config: dict[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        posterior_type: PosteriorType = "gaussian",
+        signed_input: bool = True,
+        latent_channels: int | None = None,
+        downsample_factor: int | None = None,
+        family: str = "AutoencoderKL",
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.quant_conv = quant_conv
         self.name = name
         self.config = dict(config)
-        self.latent_channels = int(config.get("latent_channels", 4))
-        self.downsample_factor = 2 ** (len(config.get("block_out_channels", (1,))) - 1)
+        self.family = family
+        self.posterior_type: PosteriorType = posterior_type
+        self.signed_input = signed_input
+        self.latent_channels = latent_channels or int(config.get("latent_channels", 4))
+        self.downsample_factor = downsample_factor or 2 ** (len(config.get("block_out_channels", (1,))) - 1)
         self.scaling_factor = float(config.get("scaling_factor", 0.18215))
         self.device = device
         self.dtype = dtype
         self.memory_format = _freeze(self, device, dtype)
 
-    def posterior(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def deterministic(self) -> bool:
+        """True when the encoder has no variance (its posterior is a point: the latent itself)."""
+        return self.posterior_type == "deterministic"
+
+    def posterior(self, x01: torch.Tensor) -> Posterior:
         """Posterior of (B, 3, H, W) images of ANY size: padded here to the encoder's multiple.
 
         The one place that pads for the encoder: the attack, diagnostics and the red team all call this.
-        Returns mean, logvar, each (B, C, ceil(H/f), ceil(W/f)).
+        Returns mean, logvar (None for deterministic encoders), each (B, C, ceil(H/f), ceil(W/f)).
         """
         return self(pad_to_multiple(x01.to(self.device), self.downsample_factor))
 
-    def forward(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x01: torch.Tensor) -> Posterior:
         """Posterior of images in [0, 1]; spatial sizes must be multiples of ``downsample_factor``."""
-        x = (x01.to(self.dtype) * 2.0 - 1.0).contiguous(memory_format=self.memory_format)  # (B, 3, H, W)
-        h = self.encoder(x)  # (B, 2C, H/f, W/f)
+        x = x01.to(self.dtype) * 2.0 - 1.0 if self.signed_input else x01.to(self.dtype)  # (B, 3, H, W)
+        h = self.encoder(x.contiguous(memory_format=self.memory_format))  # (B, 2C or C, H/f, W/f)
+        if self.deterministic:
+            return h, None  # (B, C, H/f, W/f)
         moments = self.quant_conv(h) if self.quant_conv is not None else h  # (B, 2C, H/f, W/f)
         mean, logvar = torch.chunk(moments, 2, dim=1)  # each (B, C, H/f, W/f)
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def extra_repr(self) -> str:
         return (
-            f"name={self.name!r}, latent_channels={self.latent_channels}, "
-            f"f={self.downsample_factor}, device={self.device}, dtype={dtype_name(self.dtype)}"
+            f"name={self.name!r}, family={self.family}, latent_channels={self.latent_channels}, "
+            f"f={self.downsample_factor}, posterior={self.posterior_type}, device={self.device}, "
+            f"dtype={dtype_name(self.dtype)}"
         )
 
     def num_parameters(self) -> int:
@@ -114,16 +136,20 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent (B, C, h, w) -> image in [0, 1] (B, 3, f*h, f*w). Used by diagnostics, never by the attack."""
+    """Latent (B, C, h, w) -> image in [0, 1] (B, 3, f*h, f*w). Used by diagnostics, never by the attack.
+
+    ``signed_output``: the body returns [-1, 1] (diffusers' KL decoders) rather than [0, 1] (tiny decoders).
+    """
 
     def __init__(
         self, decoder: nn.Module, post_quant_conv: nn.Module | None, *, name: str,
-        device: torch.device, dtype: torch.dtype,
+        device: torch.device, dtype: torch.dtype, signed_output: bool = True,
     ) -> None:
         super().__init__()
         self.decoder = decoder
         self.post_quant_conv = post_quant_conv
         self.name = name
+        self.signed_output = signed_output
         self.device = device
         self.dtype = dtype
         self.memory_format = _freeze(self, device, dtype)
@@ -132,95 +158,70 @@ class Decoder(nn.Module):
         z = z.to(self.dtype).contiguous(memory_format=self.memory_format)  # (B, C, h, w)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return ((self.decoder(z).float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, H, W)
+        out = self.decoder(z).float()  # (B, 3, H, W)
+        return ((out + 1.0) / 2.0 if self.signed_output else out).clamp(0.0, 1.0)
 
 
-_cache: dict[tuple[str, str, str, str], nn.Module] = {}
+_cache: dict[tuple[str, ...], nn.Module] = {}
 _cache_lock = threading.Lock()
-
-
-def _architecture(config: dict[str, Any]) -> dict[str, Any]:
-    n = len(config.get("block_out_channels", (64,)))
-    return {
-        "block_out_channels": tuple(config.get("block_out_channels", (64,))),
-        "layers_per_block": int(config.get("layers_per_block", 1)),
-        "norm_num_groups": int(config.get("norm_num_groups", 32)),
-        "act_fn": config.get("act_fn", "silu"),
-        "mid_block_add_attention": bool(config.get("mid_block_add_attention", True)),
-        "down_block_types": tuple(config.get("down_block_types", ("DownEncoderBlock2D",) * n)),
-        "up_block_types": tuple(config.get("up_block_types", ("UpDecoderBlock2D",) * n)),
-    }
 
 
 def build_encoder(
     source: ModelSource, device: torch.device, dtype: torch.dtype, offline: bool | None = None
 ) -> Encoder:
-    """Build the frozen encoder of ``source`` (no caching; see load_encoder)."""
-    from diffusers.models.autoencoders.vae import Encoder as DiffusersEncoder
-
-    config, state = load_config_and_tensors(source, ("encoder.", "quant_conv."), offline)
-    arch = _architecture(config)
-    latent = int(config.get("latent_channels", 4))
-    try:
-        with torch.device("meta"):  # no random init: the weights are assigned from the file below
-            body = DiffusersEncoder(
-                in_channels=int(config.get("in_channels", 3)),
-                out_channels=latent,
-                down_block_types=arch["down_block_types"],
-                block_out_channels=arch["block_out_channels"],
-                layers_per_block=arch["layers_per_block"],
-                norm_num_groups=arch["norm_num_groups"],
-                act_fn=arch["act_fn"],
-                double_z=True,
-                mid_block_add_attention=arch["mid_block_add_attention"],
-            )
-    except Exception as exc:
-        raise ModelLoadError(f"config of {source.label} does not describe a KL-VAE encoder: {exc}") from exc
-    _load_strict(body, state, "encoder.", "encoder")
-    quant_conv: nn.Module | None = None
-    if config.get("use_quant_conv", True):
-        with torch.device("meta"):
-            quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1)
-        _load_strict(quant_conv, state, "quant_conv.", "quant_conv")
-    return Encoder(body, quant_conv, name=source.label, config=config, device=device, dtype=dtype)
+    """Build the frozen encoder of ``source`` for its family (no caching; see load_encoder)."""
+    family, config, state = read_model(source, "encoder", offline)
+    common: dict[str, Any] = {"name": source.label, "config": config, "device": device, "dtype": dtype,
+                              "family": family}
+    if family == "tiny" or family == "AutoencoderTiny":
+        tensors = state if family == "tiny" else from_diffusers(state, "encoder")
+        tiny, variant = build_tiny(tensors, "encoder")
+        load_tiny(tiny, tensors, f"tiny encoder of {source.label}")
+        return Encoder(tiny, None, posterior_type="deterministic", signed_input=False,
+                       latent_channels=variant.latent_channels, downsample_factor=variant.downsample_factor,
+                       **common)
+    if family == QWEN_CLASS:
+        return Encoder(build_qwen_encoder(config, state, source.label), None,
+                       latent_channels=int(config.get("z_dim", 16)), downsample_factor=qwen_factor(config),
+                       **common)
+    if family == DC_CLASS:
+        return Encoder(build_dc_encoder(config, state, source.label), None, posterior_type="deterministic",
+                       latent_channels=int(config.get("latent_channels", 32)),
+                       downsample_factor=dc_factor(config), **common)
+    if family not in KL_CLASSES:
+        raise ModelLoadError(
+            f"{source.label} is a {family}; supported: {', '.join([*KL_CLASSES, QWEN_CLASS, DC_CLASS])}, "
+            "AutoencoderTiny and the original tiny-autoencoder .pth files"
+        )
+    body, quant_conv = build_kl_encoder(config, state, source.label)
+    return Encoder(body, quant_conv, **common)
 
 
 def build_decoder(
     source: ModelSource, device: torch.device, dtype: torch.dtype, offline: bool | None = None
 ) -> Decoder:
-    """Build the frozen decoder of ``source``; raises ModelLoadError if the weights have none."""
-    from diffusers.models.autoencoders.vae import Decoder as DiffusersDecoder
-
-    config, state = load_config_and_tensors(source, ("decoder.", "post_quant_conv."), offline)
-    if not any(k.startswith("decoder.") for k in state):
-        raise ModelLoadError(f"{source.label} has no decoder weights (an encoder-only file?)")
-    arch = _architecture(config)
-    latent = int(config.get("latent_channels", 4))
-    with torch.device("meta"):  # no random init: the weights are assigned from the file below
-        body = DiffusersDecoder(
-            in_channels=latent,
-            out_channels=int(config.get("out_channels", 3)),
-            up_block_types=arch["up_block_types"],
-            block_out_channels=arch["block_out_channels"],
-            layers_per_block=arch["layers_per_block"],
-            norm_num_groups=arch["norm_num_groups"],
-            act_fn=arch["act_fn"],
-            mid_block_add_attention=arch["mid_block_add_attention"],
-        )
-    _load_strict(body, state, "decoder.", "decoder")
-    post: nn.Module | None = None
-    if config.get("use_post_quant_conv", True):
-        with torch.device("meta"):
-            post = nn.Conv2d(latent, latent, 1)
-        _load_strict(post, state, "post_quant_conv.", "post_quant_conv")
+    """Build the frozen decoder of ``source``; raises ModelLoadError if there is none (or its family has none
+    here: Qwen-Image and DC-AE decoders are not built, so their certificates carry no round trip)."""
+    family, config, state = read_model(source, "decoder", offline)
+    if family == "tiny" or family == "AutoencoderTiny":
+        tensors = state if family == "tiny" else from_diffusers(state, "decoder")
+        tiny, _ = build_tiny(tensors, "decoder")
+        load_tiny(tiny, tensors, f"tiny decoder of {source.label}")
+        return Decoder(tiny, None, name=source.label, device=device, dtype=dtype, signed_output=False)
+    if family not in KL_CLASSES:
+        raise ModelLoadError(f"decoders of {family} models are not built by this engine (no round trips)")
+    body, post = build_kl_decoder(config, state, source.label)
     return Decoder(body, post, name=source.label, device=device, dtype=dtype)
 
 
-def _cached(kind: str, spec: str, device: str, dtype: str, offline: bool | None) -> nn.Module:
-    source = resolve_source(spec)
+def _cached(
+    kind: str, spec: str, device: str, dtype: str, offline: bool | None, decoder: str | None = None
+) -> nn.Module:
+    source = resolve_source(spec, decoder)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    key = (kind, source.location + "::" + (source.subfolder or ""), str(dev), dtype_name(dt))
+    where = source.location + "::" + (source.subfolder or "") + "::" + (source.decoder or "")
+    key = (kind, where, str(dev), dtype_name(dt))
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -240,10 +241,15 @@ def load_encoder(
 
 
 def load_decoder(
-    spec: str, device: str = "auto", dtype: str = "auto", offline: bool | None = None
+    spec: str, device: str = "auto", dtype: str = "auto", offline: bool | None = None,
+    decoder: str | None = None,
 ) -> Decoder:
-    """The frozen decoder of the same sources (cached); only diagnostics and benchmarks use it."""
-    module = _cached("decoder", spec, device, dtype, offline)
+    """The frozen decoder of the same sources (cached); only diagnostics and benchmarks use it.
+
+    ``decoder``: a separate decoder weights file (a tiny autoencoder's ``*_decoder.pth``); without it a tiny
+    encoder file's ``*_decoder.pth`` neighbour is used.
+    """
+    module = _cached("decoder", spec, device, dtype, offline, decoder)
     assert isinstance(module, Decoder)
     return module
 

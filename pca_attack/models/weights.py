@@ -1,7 +1,10 @@
-"""Find and read KL-VAE weights: registry names, local diffusers folders, single weight files.
+"""Find and read VAE weights: registry names, local diffusers folders, single weight files, tiny autoencoders.
 
 Only the tensors a caller asks for (by key prefix) are read, so the attack path never materialises the
-decoder. Single files may be in diffusers layout or in the original LDM layout (also inside a full
+decoder. The model family comes from the folder's ``config.json`` (``_class_name``) or, for single files,
+from the tensors' keys (see ``read_model``). Tiny autoencoders in their original layout are a folder holding
+``*_encoder.pth`` (and maybe ``*_decoder.pth``) or the encoder file itself.
+Single files may be in diffusers layout or in the original LDM layout (also inside a full
 Stable Diffusion checkpoint, under ``first_stage_model.``); LDM keys are converted with diffusers' own
 converter.
 """
@@ -12,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import torch
 
 from pca_attack.errors import ModelLoadError, ModelNotFoundError
 from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
+from pca_attack.models.tiny_ae import decoder_beside, encoder_file_in, is_tiny_state
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -33,6 +37,7 @@ class ModelSource:
     kind: str  # "hub" | "folder" | "file"
     location: str  # repo id, folder path or file path
     subfolder: str | None = None
+    decoder: str | None = None  # a separate decoder weights file (tiny autoencoders), when given or found
 
     @property
     def label(self) -> str:
@@ -54,9 +59,26 @@ def _fix_hint(spec: str) -> str:
     )
 
 
-def resolve_source(spec: str) -> ModelSource:
-    """Decide what kind of model reference ``spec`` is; raise ModelNotFoundError when it is none."""
-    name = str(spec).strip()
+def resolve_source(spec: str, decoder: str | Path | None = None) -> ModelSource:
+    """Decide what kind of model reference ``spec`` is; raise ModelNotFoundError when it is none.
+
+    ``decoder``: a separate decoder weights file (e.g. ``taef2_decoder.pth``); without it, a tiny encoder
+    file's ``*_decoder.pth`` neighbour is used when present.
+    """
+    source = _resolve(str(spec).strip())
+    if decoder is not None:
+        path = Path(decoder).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"decoder file {path} does not exist; pass the *_decoder.pth weights file")
+        return replace(source, decoder=str(path))
+    if source.kind == "file":
+        beside = decoder_beside(Path(source.location))
+        return replace(source, decoder=str(beside)) if beside else source
+    return source
+
+
+def _resolve(name: str) -> ModelSource:
+    spec = name
     if name.lower() in REGISTRY:
         entry = REGISTRY[name.lower()]
         if entry.repo_id is None:
@@ -73,9 +95,12 @@ def resolve_source(spec: str) -> ModelSource:
             return ModelSource(str(path), "folder", str(path))
         if (path / "vae" / "config.json").is_file():
             return ModelSource(str(path), "folder", str(path), "vae")
+        tiny = encoder_file_in(path)
+        if tiny is not None:
+            return ModelSource(str(path), "file", str(tiny))
         raise ModelNotFoundError(
-            f"folder {path} holds no diffusers VAE: expected config.json (or vae/config.json) next to "
-            "diffusion_pytorch_model.safetensors. " + _fix_hint("sd15")
+            f"folder {path} holds no diffusers VAE (config.json or vae/config.json next to "
+            "diffusion_pytorch_model.safetensors) and no tiny autoencoder (*_encoder.pth). " + _fix_hint("sd15")
         )
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -92,26 +117,50 @@ def resolve_source(spec: str) -> ModelSource:
     )
 
 
-def _hub_file(source: ModelSource, filename: str, offline: bool) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    subfolders: Iterable[str | None] = (
-        [source.subfolder] if source.subfolder is not None else [None, "vae"]
+def _unavailable(source: ModelSource, offline: bool, error: Exception | None) -> ModelNotFoundError:
+    why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}" if error else "not found"
+    advice = (
+        "It is not in the local Hugging Face cache and --offline (or HF_HUB_OFFLINE) forbids downloading. "
+        if offline else
+        "One attempt was made, without retries. If this machine has no network access, run with --offline "
+        "(or HF_HUB_OFFLINE=1) so that only local files are used. "
     )
+    return ModelNotFoundError(
+        f"model {source.spec!r} ({source.location}) is not available ({why}). " + advice + _fix_hint(source.spec)
+    )
+
+
+def _hub_file(source: ModelSource, filename: str, offline: bool) -> Path:
+    """A file of a hub model: from the local cache if there, else one metadata request and the download.
+
+    huggingface_hub retries network errors with back-off (about 25 s of repeated warning lines when the
+    network is down); a single HEAD request without retries decides first, so a missing model fails fast.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError
+
+    subfolders: list[str | None] = [source.subfolder] if source.subfolder is not None else [None, "vae"]
+    for sub in subfolders:  # the cache first: no network
+        try:
+            return Path(hf_hub_download(source.location, filename, subfolder=sub, local_files_only=True))
+        except Exception:  # not cached (any of the hub's error types)
+            continue
+    if offline:
+        raise _unavailable(source, True, None)
     last_error: Exception | None = None
     for sub in subfolders:
         try:
-            return Path(
-                hf_hub_download(source.location, filename, subfolder=sub, local_files_only=offline)
-            )
-        except Exception as exc:  # hub errors are many types; all mean "not available here"
+            get_hf_file_metadata(hf_hub_url(source.location, filename, subfolder=sub), timeout=10)
+        except EntryNotFoundError as exc:  # the repository is there, this file is not: try the next folder
             last_error = exc
-    raise ModelNotFoundError(
-        f"model {source.spec!r} ({source.location}) is not available"
-        + (" offline (HF_HUB_OFFLINE or --offline is set)" if offline else "")
-        + f": {type(last_error).__name__}: {str(last_error).splitlines()[0] if last_error else ''}. "
-        + _fix_hint(source.spec)
-    )
+            continue
+        except Exception as exc:  # no network, no such repository, gated: one try, then a clear error
+            raise _unavailable(source, False, exc) from None
+        try:
+            return Path(hf_hub_download(source.location, filename, subfolder=sub))
+        except Exception as exc:
+            raise _unavailable(source, False, exc) from None
+    raise _unavailable(source, False, last_error)
 
 
 def _folder_files(source: ModelSource, offline: bool) -> tuple[Path, Path]:
@@ -214,7 +263,7 @@ def _ldm_to_diffusers(state: dict[str, torch.Tensor], sidecar: dict[str, Any] | 
 def load_config_and_tensors(
     source: ModelSource, prefixes: tuple[str, ...], offline: bool | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The AutoencoderKL config and the tensors under ``prefixes`` (diffusers key layout)."""
+    """The config and the tensors under ``prefixes`` (diffusers key layout) of a KL-VAE-style source."""
     is_offline = _offline(offline)
     if source.kind in ("hub", "folder"):
         config_path, weights_path = _folder_files(source, is_offline)
@@ -223,13 +272,17 @@ def load_config_and_tensors(
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"could not read {config_path}: {exc}") from exc
         return config, read_tensors(weights_path, prefixes)
-
     path = Path(source.location)
+    return _file_config_and_tensors(path, read_tensors(path), prefixes)
+
+
+def _file_config_and_tensors(
+    path: Path, state: dict[str, torch.Tensor], prefixes: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     sidecar_path = next(
         (p for p in (path.with_suffix(".json"), path.parent / "config.json") if p.is_file()), None
     )
     sidecar = json.loads(sidecar_path.read_text()) if sidecar_path else None
-    state = read_tensors(path)
     if any(k.startswith("first_stage_model.") for k in state):  # a whole SD checkpoint
         state = {k.removeprefix("first_stage_model."): v for k, v in state.items()
                  if k.startswith("first_stage_model.")}
@@ -238,3 +291,29 @@ def load_config_and_tensors(
     else:
         config = sidecar or infer_config(state)
     return config, {k: v for k, v in state.items() if k.startswith(prefixes)}
+
+
+def read_model(
+    source: ModelSource, role: str, offline: bool | None = None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(family, config, tensors) of one half (``role`` = "encoder" | "decoder") of a model.
+
+    family: the diffusers class name from ``config.json`` (``AutoencoderKL`` when absent), or ``"tiny"``
+    for original tiny-autoencoder state dicts (config ``{}``, keys ``"<index>.<name>"``), recognised by
+    their keys. A tiny encoder's decoder comes from ``source.decoder`` (given, or found beside it).
+    """
+    prefixes = ("encoder.", "quant_conv.") if role == "encoder" else ("decoder.", "post_quant_conv.")
+    if source.kind != "file" and not (role == "decoder" and source.decoder):
+        config, state = load_config_and_tensors(source, prefixes, offline)
+        return str(config.get("_class_name", "AutoencoderKL")), config, state
+    path = Path(source.decoder if role == "decoder" and source.decoder else source.location)
+    state = read_tensors(path)
+    if is_tiny_state(state):
+        if role == "decoder" and not source.decoder:
+            raise ModelLoadError(
+                f"{path} is a tiny-autoencoder encoder with no decoder beside it (expected "
+                f"{path.name.replace('_encoder', '_decoder')}); pass the decoder file with --decoder PATH"
+            )
+        return "tiny", {}, state
+    config, state = _file_config_and_tensors(path, state, prefixes)
+    return str(config.get("_class_name", "AutoencoderKL")), config, state

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pca_attack.attack.config import PRESETS
-from pca_attack.attack.losses import mean_kl_per_element
+from pca_attack.attack.losses import mean_kl_per_element, posterior_variance
 from pca_attack.certify.diagnostics import posterior, psnr, roundtrip
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Decoder, Encoder
@@ -117,7 +117,7 @@ def _measure(encoder: Encoder, decoder: Decoder | None, tc: torch.Tensor, tp: to
     """Metrics of one transformed pair tc, tp: (1, 3, H, W)."""
     mu_c, lv_c = posterior(encoder, tc)
     mu_p, lv_p = posterior(encoder, tp)
-    v: float | torch.Tensor = lv_c.exp() if target is None else target
+    v: float | torch.Tensor = posterior_variance(lv_c) if target is None else target
     out: dict[str, float | None] = {
         "latent_drift": float((mu_p - mu_c).norm() / mu_c.norm().clamp(min=1e-12)),
         "kl_clean": float(mean_kl_per_element(mu_c, lv_c, 1.0)[0]),
