@@ -1,6 +1,6 @@
 """Theory of posterior collapse in linear VAEs / CVAEs / HVAEs and neural-collapse diagnostics.
 
-Calculators (closed forms from ``collapse-theory.md``) take data ``X``/``Y`` (N, d) or second moments
+Calculators (closed forms restated in docs/theory.md) take data ``X``/``Y`` (N, d) or second moments
 ``Sxx``/``Syy``/``Sxy`` and return dataclasses with per-mode arrays ``omega``, ``lam``, ``sigma``,
 ``kl_per_dim``, ``collapsed``, ``status`` and the ``loss`` at the optimum.  PyTorch trainers that check
 the theory against training live in :mod:`pca_attack.analysis.simulate` (imported lazily: it needs torch).

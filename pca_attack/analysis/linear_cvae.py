@@ -1,6 +1,6 @@
 """Closed-form optimum of the linear conditional VAE: collapse driven by the x-y correlation.
 
-Model (``collapse-theory.md`` §C, Dang et al. 2024): encoder ``q(z|x,y) = N(W1 x + W2 y, Sigma)``
+Model (docs/theory.md, Dang et al. 2024): encoder ``q(z|x,y) = N(W1 x + W2 y, Sigma)``
 (diagonal, learnable), decoder ``p(y|z,x) = N(U1 z + U2 x, eta_dec^2 I)``, prior ``N(0, eta_enc^2 I)``.
 Everything is governed by the residual covariance of y after linear regression on x,
 ``E = Syy - Sxy^T Sxx^{-1} Sxy`` with eigenvalues ``kappa`` (descending): a mode is active iff

@@ -1,6 +1,6 @@
 """Closed-form optimum of the two-level linear hierarchical VAE (MHVAE, Dang et al. 2024).
 
-Model (``collapse-theory.md`` §D): ``q(z1|x) = N(W1 x, sigma1^2 I)`` (fixed), ``q(z2|z1) = N(W2 z1,
+Model (docs/theory.md): ``q(z1|x) = N(W1 x, sigma1^2 I)`` (fixed), ``q(z2|z1) = N(W2 z1,
 Sigma2)``; ``p(x|z1) = N(U1 z1, eta_dec^2 I)``, ``p(z1|z2) = N(U2 z2, eta_dec^2 I)``, prior
 ``N(0, eta_enc^2 I)``.  Loss (per sample, constants of ``p(x|z1)`` dropped)::
 

@@ -1,6 +1,6 @@
 """Closed-form optimum of the linear (beta-)VAE: which latent modes collapse, and how strongly.
 
-Model (``collapse-theory.md`` §B, Wang & Ziyin 2022): encoder ``q(z|x) = N(W^T x, Sigma)`` with
+Model (docs/theory.md, Wang & Ziyin 2022): encoder ``q(z|x) = N(W^T x, Sigma)`` with
 diagonal ``Sigma``, decoder ``p(y|z) = N(U z, eta_dec^2 I)``, prior ``N(0, eta_enc^2 I)``; the loss is
 the negative beta-ELBO per sample ``E||U z - y||^2 / (2 eta_dec^2) + beta KL`` (without the constant
 Gaussian normaliser, reported separately as ``nll_constant``).  Plain VAEs have ``y = x``; pPCA is

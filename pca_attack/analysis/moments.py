@@ -3,7 +3,7 @@
 Every calculator accepts either data (``X``, ``Y`` as arrays of shape (N, d)) or second-moment
 matrices (``Sxx = E[x x^T]``, ``Syy = E[y y^T]``, ``Sxy = E[x y^T]``).  Linear models *without*
 biases need **uncentered** moments; ``center=True`` subtracts the sample means first, which is
-equivalent to giving the encoder and decoder learnable biases (see ``collapse-theory.md`` §A).
+equivalent to giving the encoder and decoder learnable biases (see docs/theory.md).
 
 Bad inputs raise subclasses of :class:`AnalysisInputError` (itself a ``ValueError``) whose message
 says what was wrong and what to do about it.

@@ -2,7 +2,7 @@
 
 (The closed-form geometry of the imbalanced deep linear model lives in :mod:`pca_attack.analysis.deep_linear`.)
 
-Conventions (``collapse-theory.md`` §F-H): features ``H`` are rows, shape (N, d); ``labels`` (N,)
+Conventions (docs/theory.md): features ``H`` are rows, shape (N, d); ``labels`` (N,)
 are integers 0..C-1; the classifier ``W`` is (C, d) with optional bias ``b`` (C,).  All metrics are
 exactly 0 on a simplex equiangular tight frame with no within-class spread.
 """
