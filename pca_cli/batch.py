@@ -34,6 +34,29 @@ def _remote_processor(
     return client.processor(ProtectSettings(**options.settings()))
 
 
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", envvar="PCA_SERVER", help="Service URL, e.g. http://127.0.0.1:8000.")
+]
+LocalOpt = Annotated[bool, typer.Option("--local", help="Use the in-process engine instead of a server.")]
+BatchModelOpt = Annotated[
+    list[str],
+    typer.Option("--model", "-m", help="Model for --local (registry name or folder); several (a comma list or "
+                 "a repeated --model) are attacked at once."),
+]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", envvar="PCA_API_KEY", help="API key of the service (X-API-Key).")
+]
+IncludeOpt = Annotated[
+    list[str] | None, typer.Option("--include", "-i", help="Glob to keep (repeatable), e.g. '*.jpg'.")
+]
+ExcludeOpt = Annotated[
+    list[str] | None, typer.Option("--exclude", "-x", help="Glob to skip (repeatable), e.g. 'raw/*'.")
+]
+WatchTimeoutOpt = Annotated[
+    float | None, typer.Option("--watch-timeout", help="Stop watching after this many seconds.")
+]
+
+
 class _UsageError(Exception):
     """Printed and answered with exit code 2."""
 
@@ -123,44 +146,20 @@ def batch_command(
     src: Annotated[Path, typer.Argument(help="Folder to protect (walked recursively).")],
     dst: Annotated[Path, typer.Argument(help="Output folder; the tree of SRC is mirrored into it.")],
     options: ProtectOptions,
-    server: Annotated[
-        str | None,
-        typer.Option("--server", envvar="PCA_SERVER", help="Service URL, e.g. http://127.0.0.1:8000."),
-    ] = None,
-    local: Annotated[
-        bool, typer.Option("--local", help="Use the in-process engine instead of a server.")
-    ] = False,
-    model: Annotated[
-        list[str],
-        typer.Option("--model", "-m", help="Model for --local (registry name or folder); several (a comma list or "
-                     "a repeated --model) are attacked at once."),
-    ] = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
+    server: ServerOpt = None,
+    local: LocalOpt = False,
+    model: BatchModelOpt = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
     device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")
-    ] = "auto",
-    api_key: Annotated[
-        str | None,
-        typer.Option("--api-key", envvar="PCA_API_KEY", help="API key of the service (X-API-Key)."),
-    ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", "-i", help="Glob to keep (repeatable), e.g. '*.jpg'.")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", "-x", help="Glob to skip (repeatable), e.g. 'raw/*'.")
-    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")] = "auto",
+    api_key: ApiKeyOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight (--local: 1).")] = 4,
     in_place: Annotated[bool, typer.Option("--in-place", help="Allow DST == SRC or DST inside SRC.")] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be done; write nothing.")
-    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; write nothing.")] = False,
     write_csv: Annotated[bool, typer.Option("--csv", help="Also write DST/.pca-manifest.csv.")] = False,
-    watch: Annotated[
-        bool, typer.Option("--watch", help="Then keep protecting new files until Ctrl-C.")
-    ] = False,
-    watch_timeout: Annotated[
-        float | None, typer.Option("--watch-timeout", help="Stop watching after this many seconds.")
-    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then keep protecting new files until Ctrl-C.")] = False,
+    watch_timeout: WatchTimeoutOpt = None,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Retries of transient errors.")] = 6,
     timeout: Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds.")] = 330.0,
 ) -> None:
@@ -195,7 +194,13 @@ def batch_command(
     if watch and report.ok:
         _watch(runner, report, watch_timeout, console, err)
     _summary(report, runner, console)
-    if report.interrupted:  # workers may still wait on the network: leave now (outputs are atomic)
+    _exit(report)
+
+
+def _exit(report: BatchReport) -> None:
+    """Exit 130 after Ctrl-C (at once: workers may still wait on the network; outputs are atomic), 1 when
+    files failed or the batch was aborted."""
+    if report.interrupted:
         import os
         import sys
 

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from service.settings import Settings
+
 
 def page_url(host: str, port: int) -> str:
     """The address to open in a browser: a wildcard bind is reached through the loopback address."""
@@ -18,45 +20,33 @@ def page_url(host: str, port: int) -> str:
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 
 
+def _about(name: str) -> str:
+    """Help of a serve option from the setting it overrides: description, environment variable, default."""
+    info = Settings.model_fields[name]
+    default = info.get_default(call_default_factory=True)
+    shown = default if default not in (None, []) else "none"
+    text = info.description or name
+    return f"{text[0].upper()}{text[1:]} (env PCA_{name.upper()}, default: {shown})."
+
+
 def serve_command(
     host: Annotated[str, typer.Option("--host", "-H", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-P", min=1, max=65535, help="TCP port.")] = 8000,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Registry name (demo, sd15, ...), diffusers folder or weights file. [default: PCA_MODEL or demo]",
-        ),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16. [default: auto]")
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", help="Uploads, results and the SQLite job database. [default: ./data]"),
-    ] = None,
-    database_url: Annotated[
-        str | None, typer.Option("--database-url", help="SQLAlchemy URL. [default: sqlite under --data-dir]")
-    ] = None,
-    api_key: Annotated[
-        list[str] | None, typer.Option("--api-key", help="Accepted API key (repeat for several). [default: open]")
-    ] = None,
-    queue_size: Annotated[int | None, typer.Option("--queue-size", help="Engine queue length. [default: 16]")] = None,
-    max_batch: Annotated[int | None, typer.Option("--max-batch", help="Micro-batch size. [default: 4]")] = None,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Never touch the network (also HF_HUB_OFFLINE=1).")
-    ] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=_about("model"))] = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help=_about("device"))] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help=_about("dtype"))] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help=_about("data_dir"))] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help=_about("database_url"))] = None,
+    api_key: Annotated[list[str] | None, typer.Option("--api-key", help=_about("api_keys"))] = None,
+    queue_size: Annotated[int | None, typer.Option("--queue-size", help=_about("queue_size"))] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", help=_about("max_batch"))] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (HF_HUB_OFFLINE=1).")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info, debug.")] = "info",
 ) -> None:
     """Serve /v1/protect, /v1/jobs, /v1/diagnostics, /v1/models, /healthz, /readyz and /metrics."""
     from pydantic import ValidationError
 
     from service.app import create_app
-    from service.settings import Settings
 
     overrides = {
         "model": model,

@@ -130,6 +130,51 @@ class BodyLimitMiddleware:
                 raise
 
 
+def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: Engine | None) -> None:
+    """Load the model (unless given), start the engine worker and the job runner, resume interrupted jobs."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    loaded = engine or Engine.from_spec(
+        settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        with_decoder=settings.with_decoder,
+        offline=settings.offline,
+        max_batch=settings.max_batch,
+    )
+    worker = EngineWorker(
+        loaded,
+        queue_size=settings.queue_size,
+        max_batch=settings.max_batch,
+        metrics=metrics,
+        retry_after_s=settings.retry_after_s,
+    )
+    store = JobStore(settings.db_url, settings.data_dir, settings.job_retention_s)
+    recovered = store.recover()
+    runner = JobRunner(
+        store,
+        worker,
+        max_pixels=settings.max_pixels,
+        batch=min(settings.max_batch, settings.queue_size),
+        task_timeout_s=max(settings.request_timeout_s, 3600.0),
+        cleanup_interval_s=settings.cleanup_interval_s,
+    )
+    app.state.engine, app.state.worker, app.state.store, app.state.runner = loaded, worker, store, runner
+    log.info("environment: %s", environment_dump(settings, loaded))
+    log.info("job recovery after start: %s", recovered)
+    worker.start()
+    runner.start()
+    metrics.ready.set(1)
+
+
+def stop_services(app: FastAPI, metrics: Metrics) -> None:
+    """Stop taking work, then stop the runner, the worker and the store."""
+    metrics.ready.set(0)
+    app.state.runner.stop()
+    app.state.worker.stop()
+    app.state.store.close()
+    app.state.engine = app.state.worker = app.state.store = app.state.runner = None
+
+
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """Build the service. ``engine`` (optional) is used instead of loading ``settings.model``."""
     settings = settings or Settings()
@@ -138,46 +183,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        loaded = engine or Engine.from_spec(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            with_decoder=settings.with_decoder,
-            offline=settings.offline,
-            max_batch=settings.max_batch,
-        )
-        worker = EngineWorker(
-            loaded,
-            queue_size=settings.queue_size,
-            max_batch=settings.max_batch,
-            metrics=metrics,
-            retry_after_s=settings.retry_after_s,
-        )
-        store = JobStore(settings.db_url, settings.data_dir, settings.job_retention_s)
-        recovered = store.recover()
-        runner = JobRunner(
-            store,
-            worker,
-            max_pixels=settings.max_pixels,
-            batch=min(settings.max_batch, settings.queue_size),
-            task_timeout_s=max(settings.request_timeout_s, 3600.0),
-            cleanup_interval_s=settings.cleanup_interval_s,
-        )
-        app.state.engine, app.state.worker, app.state.store, app.state.runner = loaded, worker, store, runner
-        log.info("environment: %s", environment_dump(settings, loaded))
-        log.info("job recovery after start: %s", recovered)
-        worker.start()
-        runner.start()
-        metrics.ready.set(1)
+        start_services(app, settings, metrics, engine)
         try:
             yield
         finally:
-            metrics.ready.set(0)
-            runner.stop()
-            worker.stop()
-            store.close()
-            app.state.engine = app.state.worker = app.state.store = app.state.runner = None
+            stop_services(app, metrics)
 
     app = FastAPI(
         title="pca-protect",
