@@ -31,7 +31,6 @@ else:  # the choices are the engine's own tables
 
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
 ATTACK_FIELDS = ("preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples")
-OUTPUT_FIELDS = ("format", "quality", "keep_exif")
 
 
 def format_alias(value: Any) -> Any:
