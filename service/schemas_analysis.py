@@ -22,19 +22,9 @@ MAX_CLASSES = MAX_DIM  # neural collapse: class ids 0..MAX_CLASSES-1 (W has one 
 
 
 def _rectangular(rows: list[list[float]]) -> list[list[float]]:
-    if not rows or not rows[0]:
-        raise ValueError("matrix is empty; send a non-empty list of rows")
-    width = len(rows[0])
-    if any(len(r) != width for r in rows):
+    """Rows of one length (emptiness and sizes are the schema's ``min_length``/``max_length``)."""
+    if any(len(r) != len(rows[0]) for r in rows):
         raise ValueError("matrix rows have different lengths; send a rectangular list of rows")
-    if width > MAX_DIM:
-        raise ValueError(f"matrix has {width} columns; at most {MAX_DIM} are allowed")
-    return rows
-
-
-def _square_limit(rows: list[list[float]]) -> list[list[float]]:
-    if len(rows) > MAX_DIM:
-        raise ValueError(f"moment matrix has {len(rows)} rows; at most {MAX_DIM} are allowed")
     return rows
 
 
@@ -55,8 +45,9 @@ def _check_within(lo: float, hi: float) -> AfterValidator:
 
 
 Finite = Annotated[float, _schema_within(-MAX_ENTRY, MAX_ENTRY), _check_within(-MAX_ENTRY, MAX_ENTRY)]
-Data = Annotated[list[list[Finite]], Field(max_length=MAX_ROWS), AfterValidator(_rectangular)]
-Moment = Annotated[list[list[Finite]], AfterValidator(_rectangular), AfterValidator(_square_limit)]
+Row = Annotated[list[Finite], Field(min_length=1, max_length=MAX_DIM)]
+Data = Annotated[list[Row], Field(min_length=1, max_length=MAX_ROWS), AfterValidator(_rectangular)]
+Moment = Annotated[list[Row], Field(min_length=1, max_length=MAX_DIM), AfterValidator(_rectangular)]
 Positive = Annotated[float, _schema_within(MIN_SCALE, MAX_SCALE), _check_within(MIN_SCALE, MAX_SCALE)]
 Label = Annotated[int, Field(strict=True, ge=0, lt=MAX_CLASSES)]  # JSON integers only: no true/1.0
 Status = Literal["collapsed", "active", "indeterminate"]
@@ -102,7 +93,7 @@ class LinearVAERequest(MomentsInput):
     """Linear (beta-)VAE; y = x unless Y (or Syy and Sxy) is given."""
 
     beta: Positive = Field(1.0, description="KL weight beta.")
-    sigma: Positive | list[Positive] | None = Field(
+    sigma: Positive | Annotated[list[Positive], Field(min_length=1, max_length=MAX_DIM)] | None = Field(
         None, description="Fixed encoder std (scalar or one per latent slot); omit to learn it."
     )
 
@@ -134,11 +125,14 @@ class NeuralCollapseRequest(_Request):
     H: Data = Field(..., description="Features, one row per sample, shape (N, d).")
     labels: list[Label] = Field(
         ...,
+        min_length=2,
         max_length=MAX_ROWS,
         description=f"Class ids 0..C-1, (N,), every class present (not renumbered), C <= N and C <= {MAX_CLASSES}.",
     )
     W: Moment | None = Field(None, description="Classifier weights, shape (C, d).")
-    b: list[Finite] | None = Field(None, description="Classifier bias, shape (C,).")
+    b: Annotated[list[Finite], Field(min_length=2, max_length=MAX_CLASSES)] | None = Field(
+        None, description="Classifier bias, shape (C,)."
+    )
     global_mean: Literal["sample", "class"] = Field("sample", description="Global mean: of samples or of class means.")
 
 

@@ -1,6 +1,6 @@
 """`/analysis` routes: the posterior-collapse calculators and neural-collapse metrics over JSON.
 
-Self-contained (imports nothing else from ``service``): the app mounts ``router`` under ``/v1``.
+Imports only schemas from ``service`` (no other route): the app mounts ``router`` under ``/v1``.
 Invalid inputs (non-PSD or singular moments, mismatched shapes, labels with gaps, numbers that
 overflow double precision, ...) answer 422 with the calculator's message (at most 500 characters).
 Handlers are plain ``def`` so FastAPI runs the CPU work in its threadpool.
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, HTTPException
 
 from pca_attack.analysis import linear_cvae, linear_hvae, linear_vae, neural_collapse_metrics
+from service.schemas import ErrorResponse
 from service.schemas_analysis import (
     LinearCVAERequest,
     LinearCVAEResponse,
@@ -26,6 +27,17 @@ from service.schemas_analysis import (
 )
 
 router = APIRouter(prefix="/analysis", tags=["analysis"])
+
+#: Every status these routes answer besides 200, in the common error shape (schemathesis checks the list).
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "the body is not valid JSON",
+        401: "API key missing or wrong (when keys are configured)",
+        413: "request body larger than the limit",
+        422: "invalid input: the message names the field and what to do",
+    }.items()
+}
 
 R = TypeVar("R")
 
@@ -53,6 +65,7 @@ def _short(message: str, limit: int = 500) -> str:
     "/linear-vae",
     operation_id="analysis-linear-vae",
     response_model=LinearVAEResponse,
+    responses=_ERRORS,
     summary="Optimal linear VAE: per-mode collapse",
 )
 def post_linear_vae(body: LinearVAERequest) -> LinearVAEResponse:
@@ -64,6 +77,7 @@ def post_linear_vae(body: LinearVAERequest) -> LinearVAEResponse:
     "/linear-cvae",
     operation_id="analysis-linear-cvae",
     response_model=LinearCVAEResponse,
+    responses=_ERRORS,
     summary="Optimal linear conditional VAE: collapse from x-y correlation",
 )
 def post_linear_cvae(body: LinearCVAERequest) -> LinearCVAEResponse:
@@ -75,6 +89,7 @@ def post_linear_cvae(body: LinearCVAERequest) -> LinearCVAEResponse:
     "/linear-hvae",
     operation_id="analysis-linear-hvae",
     response_model=LinearHVAEResponse,
+    responses=_ERRORS,
     summary="Optimal two-level linear hierarchical VAE",
 )
 def post_linear_hvae(body: LinearHVAERequest) -> LinearHVAEResponse:
@@ -86,6 +101,7 @@ def post_linear_hvae(body: LinearHVAERequest) -> LinearHVAEResponse:
     "/neural-collapse",
     operation_id="analysis-neural-collapse",
     response_model=NeuralCollapseResponse,
+    responses=_ERRORS,
     summary="Neural-collapse metrics NC1-NC4",
 )
 def post_neural_collapse(body: NeuralCollapseRequest) -> NeuralCollapseResponse:
