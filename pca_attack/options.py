@@ -30,7 +30,7 @@ else:  # the choices are the engine's own tables
     FormatName = Literal[FORMAT_NAMES]
 
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
-ATTACK_FIELDS = ("preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples")
+ATTACK_FIELDS = ("preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation")
 
 
 def format_alias(value: Any) -> Any:
@@ -66,6 +66,14 @@ class ProtectOptions(BaseModel):
     eot_samples: int = Field(
         default=ENGINE_DEFAULTS["eot_samples"], ge=1, le=64, description="EoT draws averaged per PGD step"
     )
+    aggregation: Literal["mean", "worst"] = Field(
+        default=ENGINE_DEFAULTS["aggregation"],
+        description="several models: mean of their normalised collapse losses, or the worst one (min-max)",
+    )
+    model_weights: str | None = Field(
+        default=None, max_length=200,
+        description="several models, aggregation mean: one weight per model, comma-separated (e.g. 2,1)",
+    )
     format: FormatName = Field(default="png", description="output format (png is lossless)")
     quality: int | None = Field(default=None, ge=1, le=100, description="jpeg/webp quality (default 95/90)")
     keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
@@ -81,9 +89,26 @@ class ProtectOptions(BaseModel):
         """An empty form field means no EoT."""
         return value or None
 
+    @field_validator("model_weights", mode="before")
+    @classmethod
+    def _weights(cls, value: Any) -> Any:
+        """'2, 1' -> '2,1'; a list -> its comma form; empty -> None; each weight a positive number."""
+        if value is None or value == "" or value == []:
+            return None
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        try:
+            weights = [float(p) for p in parts]
+        except (TypeError, ValueError):
+            raise ValueError("model weights must be numbers, comma-separated (e.g. 2,1)") from None
+        if not all(0 < w < float("inf") for w in weights):
+            raise ValueError("every model weight must be a positive number")
+        return ",".join(f"{w:g}" for w in weights)
+
     def to_attack_config(self) -> AttackConfig:
         """The engine's configuration (raises ``ConfigError`` where the engine disagrees)."""
-        return AttackConfig(**{name: getattr(self, name) for name in ATTACK_FIELDS})
+        weights = None if self.model_weights is None else tuple(float(w) for w in self.model_weights.split(","))
+        return AttackConfig(**{name: getattr(self, name) for name in ATTACK_FIELDS}, model_weights=weights)
+
 
     def output(self) -> dict[str, Any]:
         """Keyword arguments of ``Engine.protect_bytes`` for the output file."""
@@ -95,6 +120,8 @@ class ProtectOptions(BaseModel):
         values = self.model_dump(mode="json")
         if values["eot"] is None:
             values.pop("eot_samples")
+        if values["aggregation"] == "mean" and values["model_weights"] is None:  # one model, or the default
+            del values["aggregation"], values["model_weights"]
         return values
 
 

@@ -26,6 +26,7 @@ from pca_attack.attack.memory import (
 )
 from pca_attack.attack.pgd import Protector, ProtectResult
 from pca_attack.attack.progress import StepProgress
+from pca_attack.certify.members import ensemble_fields
 from pca_attack.certify.report import Certificate, certificate
 from pca_attack.errors import ModelLoadError, ModelNotFoundError
 from pca_attack.io.formats import FORMATS, normalise_format
@@ -38,6 +39,7 @@ from pca_attack.io.images import (
     tensor_to_array,
 )
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder
+from pca_attack.models.ensemble import Ensemble, load_decoders, load_model, split_specs
 
 
 @dataclass
@@ -64,17 +66,20 @@ class Engine:
     """
 
     def __init__(
-        self, encoder: Encoder, decoder: Decoder | None = None, *, max_batch: int = 4, max_memory: int | None = None
+        self, encoder: Encoder, decoder: Decoder | None = None, *, max_batch: int = 4, max_memory: int | None = None,
+        ensemble: Ensemble | None = None, decoders: dict[str, Decoder | None] | None = None,
     ) -> None:
         self.encoder = encoder
         self.decoder = decoder
+        self.ensemble = ensemble  # several models attacked at once (encoder is then its first member)
+        self.decoders = decoders or {}  # ensemble: each member's decoder (None where it has none)
         self.max_batch = max(1, int(max_batch))
         self.max_memory = max_memory
 
     @classmethod
     def from_spec(
         cls,
-        model: str = "demo",
+        model: str | Sequence[str] = "demo",
         *,
         device: str = "auto",
         dtype: str = "auto",
@@ -83,7 +88,15 @@ class Engine:
         max_batch: int = 4,
         max_memory: int | None = None,
     ) -> Engine:
-        """Load the encoder (and the decoder when available and asked for) of ``model``."""
+        """Load the encoder (and the decoder when available and asked for) of ``model``; a model list
+        (``"taef2,demo"`` or several specs) loads an ensemble (``pca_attack.models.ensemble``)."""
+        loaded = load_model(model, device=device, dtype=dtype, offline=offline)
+        if isinstance(loaded, Ensemble):
+            decoders = load_decoders(loaded, model, device, dtype, offline) if with_decoder else {}
+            first = loaded.members[0]
+            return cls(first, decoders.get(first.name), max_batch=max_batch, max_memory=max_memory,
+                       ensemble=loaded, decoders=decoders)
+        model = split_specs(model)[0]  # one spec: the single-model path (load_encoder is cached)
         encoder = load_encoder(model, device=device, dtype=dtype, offline=offline)
         decoder = None
         if with_decoder:
@@ -137,7 +150,7 @@ class Engine:
         every tile of every PGD step.
         """
         name = normalise_format(fmt)
-        protector = Protector(self.encoder, config)
+        protector = Protector(self.ensemble or self.encoder, config)
         results: list[ProtectedImage | None] = [None] * len(images)
         for chunk, plan in self.plan(images, config):
             if on_plan is not None:
@@ -182,6 +195,9 @@ class Engine:
             decoder=self.decoder if plan.grid is None else None,  # a full-size decode would not fit
         )
         cert.tiles, cert.tile_size = plan.tiles, plan.tile_side
+        if self.ensemble is not None:  # one entry per attacked model, plus the aggregate
+            fields = ensemble_fields(self.ensemble, self.decoders, config, source, written, roundtrip=plan.grid is None)
+            cert = cert.model_copy(update=fields)
         if plan.grid is not None and self.decoder is not None:
             cert.notes.append("round-trip PSNR not measured: the image was protected in tiles (memory budget)")
         return ProtectedImage(data, name, mime_type(name), cert, outcome.loss_trace[row].tolist())

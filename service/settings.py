@@ -20,7 +20,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PCA_", extra="ignore", validate_default=True)
 
-    model: str = Field(default="demo", min_length=1, description="registry name, diffusers folder or weights file")
+    model: str = Field(
+        default="demo", min_length=1,
+        description="registry name, diffusers folder or weights file; several (a comma list) are attacked at once",
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps (explicit devices must exist)")
     dtype: Dtype = Field(default="auto", description="encoder dtype; auto = fp16 on CUDA, fp32 elsewhere")
     offline: bool | None = Field(default=None, description="never touch the network (None: follow HF_HUB_OFFLINE)")
@@ -46,6 +49,16 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = Field(default=60.0, gt=0, description="how often expired jobs are looked for")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _join_models(cls, value: Any) -> Any:
+        """Several models (a list, or a comma list in PCA_MODEL) are attacked at once: kept as 'a,b'."""
+        parts = value if isinstance(value, list | tuple) else str(value).split(",") if value is not None else []
+        names = [str(part).strip() for part in parts if str(part).strip()]
+        if len(set(names)) < len(names):
+            raise ValueError(f"a model is listed twice in {','.join(names)!r}; list each model once")
+        return ",".join(names) if names else value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -86,6 +86,8 @@ class AttackConfig:
     early_stop_tol: float = 1e-4  # relative improvement that counts as progress for early stop
     eot: str | None = None  # expectation-over-transformations preset name (see pca_attack.attack.eot)
     eot_samples: int = 1  # random transformations averaged per step when eot is set
+    aggregation: Literal["mean", "worst"] = "mean"  # ensembles: mean of normalised member losses, or the worst
+    model_weights: tuple[float, ...] | None = None  # ensembles: one weight per model for "mean" (None = equal)
     editor_resolution: int | None = None  # also collapse the image downscaled to this long side (editors' ~1 MP)
     budget: Literal["linf", "jnd"] = "linf"  # per-pixel bound: eps everywhere, or a JND map <= eps (budget.py)
     colour_neutral: bool = False  # remove the perturbation's mean per channel, globally and per window
@@ -123,6 +125,10 @@ class AttackConfig:
             raise ConfigError(f"shrink={self.shrink}; use 0 (off) or a share of the collapse in [0.5, 1], e.g. 0.95")
         if self.eot_samples < 1:
             raise ConfigError("eot_samples must be >= 1")
+        if self.aggregation not in ("mean", "worst"):
+            raise ConfigError(f"aggregation={self.aggregation!r}; use 'mean' (default) or 'worst' (min-max)")
+        if self.model_weights is not None and not all(0 < w < float("inf") for w in self.model_weights):
+            raise ConfigError(f"model_weights={self.model_weights}; every weight must be a positive number")
         if self.editor_resolution is not None and not 64 <= self.editor_resolution <= 16384:
             raise ConfigError(f"editor_resolution={self.editor_resolution}; use a long side in [64, 16384], e.g. 1024")
         if self.preset == "custom":

@@ -12,7 +12,7 @@ grid with the budget re-enforced after rounding.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +21,14 @@ from pca_attack.attack.best import BestIterate
 from pca_attack.attack.budget import Budget, make_budget, quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import objective_sign
+from pca_attack.attack.objective import combine
 from pca_attack.attack.progress import ProgressCallback, StepProgress
 from pca_attack.attack.tiling import TiledObjective, TileGrid
 from pca_attack.attack.shrink import Shrinker
 from pca_attack.attack.updates import make_update
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Encoder
+from pca_attack.models.ensemble import Ensemble, as_model
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -47,16 +49,19 @@ class ProtectResult:
 class Protector:
     """Protect images against latent-diffusion editing by collapsing the VAE encoder's posterior."""
 
-    def __init__(self, encoder: Encoder, config: AttackConfig | None = None) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: Encoder | Ensemble | Sequence[Encoder], config: AttackConfig | None = None) -> None:
+        self.encoder = encoder = as_model(encoder)  # a list of one is the single-model path; more: an Ensemble
         self.config = config or AttackConfig()
         self._transform: Transform | None = None
         if self.config.eot:
             from pca_attack.attack.eot import build_eot
 
             self._transform = build_eot(self.config.eot)
-        self.tiled = TiledObjective(
-            encoder, self._transform, self.config.eot_samples, editor_resize=self._editor_resize()
+        self.tiled = combine(  # several models: pca_attack.attack.objective.EnsembleObjective over their objectives
+            encoder, self.config,
+            lambda member: TiledObjective(
+                member, self._transform, self.config.eot_samples, editor_resize=self._editor_resize()
+            ),
         )
 
     def _editor_resize(self) -> Callable[[torch.Tensor], torch.Tensor] | None:

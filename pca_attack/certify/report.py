@@ -17,6 +17,7 @@ from pca_attack._version import __version__
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import mean_kl_per_element, pca_loss
 from pca_attack.certify.diagnostics import decode_mean, drift, posterior, preset_target, psnr
+from pca_attack.certify.members import EnsembleAggregate, ModelReport
 from pca_attack.io.images import DecodedImage
 from pca_attack.models.devices import dtype_name
 from pca_attack.models.encoder import Decoder, Encoder
@@ -59,6 +60,12 @@ class Certificate(BaseModel):
     )
     roundtrip_psnr_protected_db: float | None = Field(
         default=None, description="PSNR of decode(encode(output)) vs input; null without a decoder"
+    )
+    models: dict[str, ModelReport] | None = Field(
+        default=None, description="ensemble protections: each attacked model measured on the output (null: one model)"
+    )
+    aggregate: EnsembleAggregate | None = Field(
+        default=None, description="ensemble protections: the aggregate objective and the spread over the models"
     )
     notes: list[str] = Field(default_factory=list, description="conversions applied to the input")
     elapsed_s: float = Field(description="wall time of decode + attack + encode + certify")

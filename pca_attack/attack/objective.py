@@ -1,0 +1,181 @@
+"""The collapse objective over several encoders (an ensemble): one perturbation for every listed editor.
+
+One encoder: ``Protector`` uses the single-model objective (``pca_attack.attack.tiling.TiledObjective``)
+as it always did (same numbers, same bytes); ``combine`` returns it untouched. Several encoders: each
+member keeps its own single-model objective (tiling, EoT, editor-resolution term included), its loss is
+divided by its own loss on the clean image (scale-free: a 32-channel f8 latent and a 4-channel f16 one weigh
+the same), and the normalised losses are aggregated per image
+
+    mean  (default):  L = sum_m w_m * L_m(x) / L_m(x_clean)            (w normalised to sum 1)
+    worst:            L = the member whose normalised loss is furthest from the goal (the largest when
+                          minimising, the smallest when maximising): a min-max objective
+
+Memory: ``loss_and_grad`` runs the members ONE AFTER ANOTHER, each with its own forward and backward pass,
+and adds their input gradients, so the peak is that of the largest member, not the sum. Every member sees
+the same input, padded once (reflect) to the least common multiple of the members' spatial factors, and,
+with EoT, the same random draws (the generator is rewound before each member).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.losses import check_preset, objective_sign, posterior_variance
+from pca_attack.attack.tiling import TileCallback, TiledObjective, TileGrid
+from pca_attack.errors import ConfigError
+from pca_attack.models.encoder import Encoder, pad_to_multiple
+from pca_attack.models.ensemble import Ensemble, padding_multiple
+
+CLEAN_FLOOR = 1e-12  # a clean loss of exactly 0 (an all-zero latent) must not divide by zero
+MemberFactory = Callable[[Encoder], TiledObjective]
+
+
+def combine(
+    model: Encoder | Ensemble, config: AttackConfig, make: MemberFactory
+) -> TiledObjective | EnsembleObjective:
+    """The single-model objective of an Encoder (unchanged), or the ensemble objective of its members."""
+    if isinstance(model, Encoder):
+        return make(model)
+    return EnsembleObjective([make(m) for m in model.members], config)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class EnsembleObjective:
+    """Aggregate loss (B,) and input gradient (B, 3, H, W) over the members' single-model objectives.
+
+    Has the single-model objective's interface (``loss``, ``loss_and_grad``, ``posterior``, ``prepare``,
+    ``grid``, ``grid_tiles``, ``on_tile``), so ``Protector`` runs either without knowing which it has.
+    """
+
+    def __init__(self, members: Sequence[TiledObjective], config: AttackConfig) -> None:
+        encoders = [m.encoder for m in members]
+        for encoder in encoders:
+            check_preset(encoder, config.loss_preset.name)
+        if config.aggregation not in ("mean", "worst"):
+            raise ConfigError(f"aggregation={config.aggregation!r}; use 'mean' (default) or 'worst'")
+        weights = config.model_weights or (1.0,) * len(members)
+        if len(weights) != len(members):
+            names = ",".join(e.name for e in encoders)
+            raise ConfigError(f"{len(weights)} model weights for {len(members)} models ({names}); give one each")
+        self.members = list(members)
+        self.aggregation = config.aggregation
+        self.weights = [float(w) / float(sum(weights)) for w in weights]
+        self.sign = objective_sign(config.loss_preset.direction)
+        self.fixed_target = config.loss_preset.target_variance  # None: 'adaptive', each member's own
+        self.multiple = padding_multiple(encoders)
+        self.targets: list[float | torch.Tensor] = []  # per member, set by prepare()
+        self.clean: list[torch.Tensor] = []  # per member, (B,) clean loss, set by prepare()
+        self._grid: TileGrid | None = None
+
+    # -- the interface Protector uses --------------------------------------------------------------------
+    @property
+    def grid(self) -> TileGrid | None:
+        return self._grid
+
+    @grid.setter
+    def grid(self, grid: TileGrid | None) -> None:
+        """Tile every member on the padded image, its core and halo rounded up to the member's factor."""
+        self._grid = grid
+        for member in self.members:
+            member.grid = None if grid is None else self._member_grid(grid, member.encoder.downsample_factor)
+
+    def _member_grid(self, grid: TileGrid, factor: int) -> TileGrid:
+        return replace(
+            grid, height=_round_up(grid.height, self.multiple), width=_round_up(grid.width, self.multiple),
+            factor=factor, core=_round_up(grid.core, factor), halo=_round_up(grid.halo, factor),
+        )
+
+    @property
+    def grid_tiles(self) -> int:
+        """Tiles per step over all members."""
+        return sum(m.grid_tiles for m in self.members)
+
+    @property
+    def on_tile(self) -> TileCallback | None:
+        return self.members[0].on_tile
+
+    @on_tile.setter
+    def on_tile(self, callback: TileCallback | None) -> None:
+        """Per-member tile reports become one count over all members' tiles of the step."""
+        offset = 0
+        for member in self.members:
+            member.on_tile = None if callback is None else self._shifted(callback, offset)
+            offset += member.grid_tiles
+
+    def _shifted(self, callback: TileCallback, offset: int) -> TileCallback:
+        return lambda done, _total: callback(offset + done, self.grid_tiles)
+
+    @torch.no_grad()
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first member's posterior (``Protector.target_variance``); ``prepare`` sets every member's own."""
+        return self.members[0].posterior(self._pad(x))
+
+    @torch.no_grad()
+    def prepare(self, x: torch.Tensor, target: float | torch.Tensor) -> None:
+        """Each member's target (the preset's v, or for 'adaptive' its own clean variance) and clean loss."""
+        padded = self._pad(x)  # (B, 3, Hp, Wp)
+        self.targets, self.clean = [], []
+        for member in self.members:
+            own: float | torch.Tensor = (
+                self.fixed_target if self.fixed_target is not None
+                else posterior_variance(member.posterior(padded)[1])  # (B, C, h, w)
+            )
+            member.prepare(padded, own)
+            self.targets.append(own)
+            self.clean.append(member.loss(padded, own, None).clamp_min(CLEAN_FLOOR))  # (B,)
+
+    def loss(
+        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Aggregate of the normalised member losses (B,) fp32, no gradient (``target``: see ``prepare``)."""
+        padded = self._pad(x.detach())
+        state = generator.get_state() if generator is not None else None
+        normed = []
+        for index, member in enumerate(self.members):
+            if generator is not None and state is not None:
+                generator.set_state(state)  # every member sees the same EoT draws
+            normed.append(member.loss(padded, self.targets[index], generator) / self.clean[index])  # (B,)
+        stacked = torch.stack(normed)  # (M, B)
+        if self.aggregation == "mean":
+            return (torch.tensor(self.weights, device=stacked.device)[:, None] * stacked).sum(dim=0)
+        return stacked.gather(0, (self.sign * stacked).argmax(dim=0)[None])[0]
+
+    def loss_and_grad(
+        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator, sign: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aggregate loss (B,) and the gradient of ``sign * aggregate.sum()`` w.r.t. x (B, 3, H, W).
+
+        Members run one after another; each member's gradient is scaled per image by weight / clean loss
+        (images of a batch do not interact in an encoder, so this is the normalised loss's gradient)."""
+        leaf = x.detach().requires_grad_(True)
+        padded = pad_to_multiple(leaf, self.multiple)  # (B, 3, Hp, Wp), keeps the graph of the pad
+        loss = torch.zeros(x.shape[0], device=x.device)  # (B,)
+        grad_padded = torch.zeros_like(padded)  # (B, 3, Hp, Wp)
+        score = torch.full_like(loss, -torch.inf)  # worst: sign * normalised loss of the member kept so far
+        state = generator.get_state()
+        for index, member in enumerate(self.members):
+            generator.set_state(state)  # every member sees the same EoT draws
+            raw, g = member.loss_and_grad(padded.detach(), self.targets[index], generator, sign)  # (B,), grad
+            scale = 1.0 / self.clean[index]  # (B,)
+            normed = raw * scale
+            if self.aggregation == "mean":
+                scale = scale * self.weights[index]
+                loss = loss + self.weights[index] * normed
+                grad_padded += g * scale[:, None, None, None]
+                continue
+            take = sign * normed > score  # (B,)
+            score = torch.where(take, sign * normed, score)
+            loss = torch.where(take, normed, loss)
+            grad_padded = torch.where(take[:, None, None, None], g * scale[:, None, None, None], grad_padded)
+        (grad,) = torch.autograd.grad(padded, leaf, grad_padded)  # (B, 3, H, W): through the reflect pad
+        return loss, grad
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_to_multiple(x, self.multiple)  # (B, 3, Hp, Wp)
