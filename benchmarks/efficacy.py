@@ -18,6 +18,7 @@ Prints JSON, writes ``docs/efficacy.json`` and ``docs/img/efficacy_*.png``.
 
     python benchmarks/efficacy.py                 # full run on the demo model (~10-15 min on 2 cores)
     python benchmarks/efficacy.py --quick         # 2 small crops, few steps (used by the tests)
+    python benchmarks/efficacy.py --model PATH    # a real pretrained model, e.g. TAEF2 (benchmarks/efficacy_real.py)
 """
 
 from __future__ import annotations
@@ -355,6 +356,13 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    model = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"), "demo")
+    if model != "demo":  # a real pretrained model (e.g. TAEF2): benchmarks/efficacy_real.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from efficacy_real import main as real_main
+
+        return real_main(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 small crops, 4 steps (smoke test)")
     parser.add_argument("--model", default="demo", help="model spec (default: the bundled demo VAE)")

@@ -24,15 +24,25 @@ def list_command() -> None:
 
     from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
 
-    table = Table("name", "source", "latent ch.", "available", "description")
+    table = Table("name", "source", "latent ch.", "factor", "posterior", "hub weights run here", "available",
+                  "description")
     for entry in REGISTRY.values():
         if entry.repo_id is None:
             source, ok = str(DEMO_MODEL_DIR), (DEMO_MODEL_DIR / "config.json").is_file()
         else:
             source = entry.repo_id + (f" ({entry.subfolder})" if entry.subfolder else "")
             ok = _cached(entry.repo_id, entry.subfolder)
-        table.add_row(entry.name, source, str(entry.latent_channels), "yes" if ok else "no", entry.description)
+        table.add_row(
+            entry.name, source, str(entry.latent_channels), f"f{entry.spatial_factor}", entry.posterior,
+            "bundled" if entry.repo_id is None else ("yes" if entry.ran_here else "no"),
+            "yes" if ok else "no", entry.description,
+        )
     Console().print(table)
+    typer.echo(
+        "Local weights work too: --model PATH takes a diffusers folder (AutoencoderKL, AutoencoderKLFlux2, "
+        "AutoencoderKLQwenImage, AutoencoderDC, AutoencoderTiny), a .safetensors file, or a tiny "
+        "autoencoder's *_encoder.pth (or its folder)."
+    )
 
 
 @models_app.command("download")

@@ -1,7 +1,12 @@
 """Names of the VAEs the engine knows, mapped to where their weights live.
 
-Every entry is the ``vae`` of a latent-diffusion model on the Hugging Face hub, except ``demo``, the small
-KL-VAE bundled with this package (a demo: it does not protect against real diffusion models).
+Every entry is the ``vae`` of a latent-diffusion model on the Hugging Face hub (or a tiny autoencoder of one's
+latent space), except ``demo``, the small KL-VAE bundled with this package (a demo: it does not protect
+against real diffusion models). Hub ids are the ones the models' own diffusers documentation or model cards
+use. None of the hub weights was ever run by this project (``ran_here``): the engine's loaders for each
+family are tested on tiny random configs, and on real weights only for TAEF2 and TAESana (local files).
+FLUX.2 has no entry: no diffusers page naming its VAE's hub id was found; load a local FLUX.2 ``vae``
+folder with ``--model PATH``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ class ModelEntry:
     latent_channels: int
     description: str
     gated: bool = False  # the hub requires accepting a licence (and a token) before download
+    spatial_factor: int = 8  # image side / latent side
+    posterior: str = "gaussian"  # "gaussian" (mean + log-variance) or "deterministic" (the latent itself)
+    ran_here: bool = False  # whether these hub weights were ever run by this project
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -43,10 +51,26 @@ REGISTRY: dict[str, ModelEntry] = {
     "flux": ModelEntry(
         "flux", "black-forest-labs/FLUX.1-schnell", "vae", 16, "FLUX.1 VAE (16 latent channels)",
     ),
+    "qwen-image": ModelEntry(
+        "qwen-image", "Qwen/Qwen-Image", "vae", 16,
+        "Qwen-Image / Qwen-Image-Edit VAE (Wan-2.1 causal 3-D VAE, used on one frame)",
+    ),
+    "sana": ModelEntry(
+        "sana", "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers", None, 32,
+        "Sana deep-compression autoencoder DC-AE f32c32 (deterministic)", spatial_factor=32,
+        posterior="deterministic",
+    ),
+    **{
+        name: ModelEntry(name, f"madebyollin/{name}", None, channels, f"tiny autoencoder of the {what} latent space",
+                         posterior="deterministic")
+        for name, channels, what in (
+            ("taesd", 4, "SD 1.x/2.x"), ("taesdxl", 4, "SDXL"), ("taesd3", 16, "SD3"), ("taef1", 16, "FLUX.1"),
+        )
+    },
     "demo": ModelEntry(
         "demo", None, None, 4,
         "Bundled demo KL-VAE (a few MB, trained on public-domain photos). DEMO ONLY: it does not protect "
-        "against real diffusion models.",
+        "against real diffusion models.", ran_here=True,
     ),
 }
 
