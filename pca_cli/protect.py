@@ -91,6 +91,7 @@ def protect_command(
     offline: OfflineOpt = False,
 ) -> None:
     """Protect images in-process and write each output with its JSON certificate beside it."""
+    from pca_attack.attack.losses import check_preset
     from pca_attack.errors import PCAError
     from pca_attack.io.formats import image_format
     from pca_attack.pipeline import Engine
@@ -109,6 +110,7 @@ def protect_command(
         raise typer.Exit(1)
     try:
         engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None)
+        check_preset(engine.encoder, options.to_attack_config().loss_preset.name)  # e.g. adaptive on a tiny AE
     except PCAError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -105,3 +105,15 @@ def test_taesana_is_f32_without_decoder() -> None:
     assert mean.shape == (1, 32, 2, 3) and logvar is None
     engine = Engine.from_spec(str(TAESANA), device="cpu")
     assert engine.decoder is None  # encoder-only: certificates carry no round trip
+
+
+def test_cli_refuses_adaptive_with_exit_code_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pca_cli import app
+
+    Image.fromarray(_crop(32, 32)).save(tmp_path / "in.png")
+    result = CliRunner().invoke(app, ["protect", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"),
+                                      "--model", str(_need(TAEF2)), "--preset", "adaptive", "--steps", "1"])
+    assert result.exit_code == 2
+    assert "deterministic encoder" in result.output
