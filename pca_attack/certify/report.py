@@ -15,7 +15,7 @@ from skimage.metrics import structural_similarity
 
 from pca_attack._version import __version__
 from pca_attack.attack.config import AttackConfig
-from pca_attack.attack.losses import mean_kl_per_element, pca_loss
+from pca_attack.attack.losses import mean_energy, mean_kl_per_element, pca_loss, posterior_variance
 from pca_attack.certify.diagnostics import decode_mean, drift, posterior, preset_target, psnr
 from pca_attack.certify.members import EnsembleAggregate, ModelReport
 from pca_attack.io.images import DecodedImage
@@ -55,6 +55,13 @@ class Certificate(BaseModel):
     target_kl_clean: float = Field(description="KL of the input posterior to the preset's target")
     target_kl_protected: float = Field(description="KL of the output posterior to the preset's target")
     latent_drift: float = Field(description="||mu(output) - mu(input)|| / ||mu(input)||")
+    posterior: str = Field(
+        default="gaussian",
+        description="gaussian (the encoder returns mean and log-variance) or deterministic (it returns the latent "
+        "itself: the loss and every KL field are then the mean term mu^2 / (2 v) of the KL only)",
+    )
+    mean_energy_clean: float = Field(default=0.0, description="mean of mu^2 over the input's latent elements")
+    mean_energy_protected: float = Field(default=0.0, description="mean of mu^2 over the output's latent elements")
     roundtrip_psnr_clean_db: float | None = Field(
         default=None, description="PSNR of decode(encode(input)) vs input; null without a decoder"
     )
@@ -80,6 +87,26 @@ def _ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     side = min(a.shape[0], a.shape[1])
     win = min(7, side if side % 2 == 1 else side - 1)
     return float(structural_similarity(a, b, channel_axis=2, data_range=data_range, win_size=win))
+
+
+def _collapse_fields(
+    mu_c: torch.Tensor, lv_c: torch.Tensor | None, mu_p: torch.Tensor, lv_p: torch.Tensor | None,
+    target_variance: float | None,
+) -> dict[str, Any]:
+    """Loss, KLs, mean energies and drift of the clean (c) and protected (p) posteriors, (1, C, h, w) each."""
+    target = target_variance if target_variance is not None else posterior_variance(lv_c)
+    return {
+        "loss_clean": float(pca_loss(mu_c, lv_c, target)[0]),
+        "loss_protected": float(pca_loss(mu_p, lv_p, target)[0]),
+        "kl_clean": float(mean_kl_per_element(mu_c, lv_c, 1.0)[0]),
+        "kl_protected": float(mean_kl_per_element(mu_p, lv_p, 1.0)[0]),
+        "target_kl_clean": float(mean_kl_per_element(mu_c, lv_c, target)[0]),
+        "target_kl_protected": float(mean_kl_per_element(mu_p, lv_p, target)[0]),
+        "latent_drift": drift(mu_c, mu_p),
+        "posterior": "deterministic" if lv_c is None else "gaussian",
+        "mean_energy_clean": float(mean_energy(mu_c)[0]),
+        "mean_energy_protected": float(mean_energy(mu_p)[0]),
+    }
 
 
 def certificate(
@@ -108,8 +135,7 @@ def certificate(
     preset = config.loss_preset
     mu_c, lv_c = posterior(encoder, x_clean[None])
     mu_p, lv_p = posterior(encoder, x_out[None])
-    target = preset.target_variance if preset.target_variance is not None else lv_c.exp()
-    extra: dict[str, Any] = {}
+    extra = _collapse_fields(mu_c, lv_c, mu_p, lv_p, preset.target_variance)
     if decoder is not None:
         recon_clean = decode_mean(decoder, mu_c, clean.height, clean.width)[0]  # (3, H, W)
         recon_out = decode_mean(decoder, mu_p, clean.height, clean.width)[0]
@@ -142,13 +168,6 @@ def certificate(
         psnr_db=None if mse == 0 else float(10 * np.log10(1.0 / mse)),
         ssim=_ssim(a, b, levels),
         alpha_preserved=alpha_ok,
-        loss_clean=float(pca_loss(mu_c, lv_c, target)[0]),
-        loss_protected=float(pca_loss(mu_p, lv_p, target)[0]),
-        kl_clean=float(mean_kl_per_element(mu_c, lv_c, 1.0)[0]),
-        kl_protected=float(mean_kl_per_element(mu_p, lv_p, 1.0)[0]),
-        target_kl_clean=float(mean_kl_per_element(mu_c, lv_c, target)[0]),
-        target_kl_protected=float(mean_kl_per_element(mu_p, lv_p, target)[0]),
-        latent_drift=drift(mu_c, mu_p),
         notes=list(clean.notes),
         elapsed_s=elapsed_s,
         device=str(encoder.device),
