@@ -20,7 +20,7 @@ import torch
 from pca_attack.attack.best import BestIterate
 from pca_attack.attack.budget import Budget, make_budget, quantize
 from pca_attack.attack.config import AttackConfig
-from pca_attack.attack.losses import objective_sign
+from pca_attack.attack.losses import check_preset, objective_sign, posterior_variance
 from pca_attack.attack.objective import combine
 from pca_attack.attack.progress import ProgressCallback, StepProgress
 from pca_attack.attack.tiling import TiledObjective, TileGrid
@@ -52,6 +52,7 @@ class Protector:
     def __init__(self, encoder: Encoder | Ensemble | Sequence[Encoder], config: AttackConfig | None = None) -> None:
         self.encoder = encoder = as_model(encoder)  # a list of one is the single-model path; more: an Ensemble
         self.config = config or AttackConfig()
+        check_preset(encoder, self.config.loss_preset.name)  # deterministic encoders: no variance presets
         self._transform: Transform | None = None
         if self.config.eot:
             from pca_attack.attack.eot import build_eot
@@ -101,8 +102,7 @@ class Protector:
         if v is not None:
             return v
         _, logvar = self.tiled.posterior(x)  # tiled when the attack is
-        assert logvar is not None
-        return logvar.float().exp().detach()
+        return posterior_variance(logvar)
 
     def loss_and_grad(
         self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator, sign: float
