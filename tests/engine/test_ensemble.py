@@ -241,3 +241,19 @@ def test_service_and_client_accept_model_lists(pair: tuple[str, str], tmp_path: 
     unknown = Settings(model=f"{pair[0]},no-such-vae", data_dir=tmp_path / "data2", **common)  # type: ignore[arg-type]
     with pytest.raises(ModelNotFoundError, match="no-such-vae"), TestClient(create_app(unknown)):
         pass
+
+
+def test_tiled_ensemble_recuts_the_grid_per_member(pair: tuple[str, str], images: torch.Tensor) -> None:
+    """A tile grid planned for one factor is re-cut per member (core and halo rounded up to its factor)."""
+    from pca_attack.attack.tiling import TileGrid
+
+    model = load_model(list(pair), device="cpu")
+    assert isinstance(model, Ensemble)
+    grid = TileGrid(height=30, width=37, factor=4, core=12, halo=4)
+    events: list[tuple[int, int]] = []
+    result = Protector(model, FAST.with_(steps=2)).protect(
+        images, tiles=grid, progress=lambda e: events.append((e.tile, e.tiles))
+    )
+    assert (result.final_loss < result.clean_loss).all()
+    tiles_per_step = events[0][1]
+    assert tiles_per_step > 2 and {t for t, _ in events} == set(range(1, tiles_per_step + 1))
