@@ -159,3 +159,31 @@ class AttackConfig:
 
 # the reference loop: one constant sign step for every pixel, last iterate returned
 REFERENCE_CONFIG = AttackConfig(keep_best=False, update="sign", step_schedule="constant")
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """One step of the user's intensity knob: budget size and shape, and how much of the collapse the shrink
+    pass must keep. Measured protection and visibility of each: ``benchmarks/visibility.py``, README."""
+
+    eps: float  # L-inf bound on the 0-255 scale (the certificate's eps)
+    budget: Literal["linf", "jnd"]  # per-pixel bound: eps everywhere, or the JND map <= eps
+    shrink: float  # share of the collapse the shrink pass keeps (0 = no shrink)
+    colour_neutral: bool  # remove the perturbation's mean colour
+    summary: str
+
+
+INTENSITIES: dict[str, Intensity] = {
+    "subtle": Intensity(8.0, "jnd", 0.95, True, "least visible: JND budget <= 8/255, shrunk; less protection"),
+    "standard": Intensity(16.0, "linf", 0.98, True, "eps 16 box, colour-neutral, shrunk keeping 98% of the collapse"),
+    "strong": Intensity(24.0, "linf", 0.0, True, "eps 24 box, colour-neutral, no shrink: most protection"),
+}
+
+
+def intensity_config(name: str, **overrides: Any) -> AttackConfig:
+    """The configuration of intensity ``name`` (see ``INTENSITIES``), with ``overrides`` on top."""
+    if name not in INTENSITIES:
+        raise ConfigError(f"unknown intensity {name!r}; choose one of: {', '.join(INTENSITIES)}")
+    level = INTENSITIES[name]
+    fields = {"eps": level.eps, "budget": level.budget, "shrink": level.shrink, "colour_neutral": level.colour_neutral}
+    return AttackConfig(**(fields | overrides))

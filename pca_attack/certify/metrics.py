@@ -57,7 +57,8 @@ def ms_ssim(reference: torch.Tensor, test: torch.Tensor) -> float | None:
         scales += 1
     if scales < 2:
         return None
-    betas = tuple(b / sum(MS_SSIM_BETAS[:scales]) for b in MS_SSIM_BETAS[:scales])
+    kept = MS_SSIM_BETAS[:scales]
+    betas = kept if scales == len(MS_SSIM_BETAS) else tuple(b / sum(kept) for b in kept)
     value = multiscale_structural_similarity_index_measure(
         test[None].double(), reference[None].double(), data_range=1.0, kernel_size=MS_SSIM_KERNEL, betas=betas
     )

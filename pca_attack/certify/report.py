@@ -47,6 +47,22 @@ class Certificate(BaseModel):
     l2: float = Field(description="Euclidean norm of (output - input) in [0, 1] pixel units")
     psnr_db: float | None = Field(description="PSNR of output vs input; null if identical")
     ssim: float = Field(description="SSIM of output vs input (1 = identical)")
+    ms_ssim: float | None = Field(default=None, description="MS-SSIM of output vs input; null for tiny images")
+    vif: float | None = Field(
+        default=None, description="VIF-P of output vs input (perceptual index, 1 = identical); null under 41 px"
+    )
+    budget: str = Field(default="linf", description="linf (eps everywhere) or jnd (a per-pixel map <= eps)")
+    budget_map_255: list[float] = Field(
+        default_factory=list, description="min, mean, max of the per-pixel bound (0-255 scale; all eps for linf)"
+    )
+    colour_neutral: bool = Field(default=False, description="the perturbation's mean colour was projected out")
+    shrink: float = Field(default=0.0, description="share of the collapse the shrink pass kept (0 = off)")
+    mean_shift_255: list[float] = Field(
+        default_factory=list, description="mean of (output - input) per channel R, G, B, 0-255 scale (colour cast)"
+    )
+    mean_shift_window_max_255: list[float] = Field(
+        default_factory=list, description="per channel, the largest |mean shift| over 64x64 tiles, 0-255 scale"
+    )
     alpha_preserved: bool | None = Field(description="alpha channel byte-identical; null if no alpha")
     loss_clean: float = Field(description="collapse loss of the input (sum over latent elements)")
     loss_protected: float = Field(description="collapse loss of the written output")
@@ -87,6 +103,21 @@ def _ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     side = min(a.shape[0], a.shape[1])
     win = min(7, side if side % 2 == 1 else side - 1)
     return float(structural_similarity(a, b, channel_axis=2, data_range=data_range, win_size=win))
+
+
+def _visibility_fields(config: AttackConfig, x_clean: torch.Tensor, x_out: torch.Tensor) -> dict[str, Any]:
+    """Perceptual metrics, colour shift and the budget map of one (3, H, W) pair (issue 13)."""
+    from pca_attack.attack.budget import jnd_map
+    from pca_attack.certify.metrics import colour_shift, ms_ssim, vif
+
+    bound = jnd_map(x_clean[None], config.eps) if config.budget == "jnd" else torch.full((1,), config.eps)
+    shift = colour_shift(x_clean, x_out)
+    return {
+        "ms_ssim": ms_ssim(x_clean, x_out), "vif": vif(x_clean, x_out), "budget": config.budget,
+        "budget_map_255": [round(float(v), 3) for v in (bound.min(), bound.mean(), bound.max())],
+        "colour_neutral": config.colour_neutral, "shrink": config.shrink,
+        "mean_shift_255": shift["global"], "mean_shift_window_max_255": shift["window_max"],
+    }
 
 
 def _collapse_fields(
@@ -136,6 +167,7 @@ def certificate(
     mu_c, lv_c = posterior(encoder, x_clean[None])
     mu_p, lv_p = posterior(encoder, x_out[None])
     extra = _collapse_fields(mu_c, lv_c, mu_p, lv_p, preset.target_variance)
+    extra |= _visibility_fields(config, x_clean, x_out)
     if decoder is not None:
         recon_clean = decode_mean(decoder, mu_c, clean.height, clean.width)[0]  # (3, H, W)
         recon_out = decode_mean(decoder, mu_p, clean.height, clean.width)[0]
