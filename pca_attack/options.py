@@ -19,18 +19,23 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
-from pca_attack.attack.config import PRESETS, AttackConfig
+from pca_attack.attack.config import INTENSITIES, PRESETS, AttackConfig, intensity_config
 from pca_attack.io.formats import ALIASES, FORMAT_NAMES
 
 if TYPE_CHECKING:
     PresetName = str
     FormatName = str
+    IntensityName = str
 else:  # the choices are the engine's own tables
     PresetName = Literal[tuple(PRESETS)]
+    IntensityName = Literal[tuple(INTENSITIES)]
     FormatName = Literal[FORMAT_NAMES]
 
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
-ATTACK_FIELDS = ("preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation")
+ATTACK_FIELDS = (
+    "preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation", "budget"
+)
+INTENSITY_FIELDS = ("eps", "budget")  # set by an intensity unless given explicitly
 
 
 def format_alias(value: Any) -> Any:
@@ -74,6 +79,15 @@ class ProtectOptions(BaseModel):
         default=None, max_length=200,
         description="several models, aggregation mean: one weight per model, comma-separated (e.g. 2,1)",
     )
+    intensity: IntensityName | None = Field(
+        default=None,
+        description="subtle | standard | strong: sets eps, budget, shrink and colour neutrality together "
+        "(an eps or budget other than the default wins); measured protection and visibility in the README",
+    )
+    budget: Literal["linf", "jnd"] = Field(
+        default=ENGINE_DEFAULTS["budget"],
+        description="linf: eps for every pixel; jnd: a per-pixel perceptual bound <= eps (texture, dark areas)",
+    )
     format: FormatName = Field(default="png", description="output format (png is lossless)")
     quality: int | None = Field(default=None, ge=1, le=100, description="jpeg/webp quality (default 95/90)")
     keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
@@ -107,7 +121,12 @@ class ProtectOptions(BaseModel):
     def to_attack_config(self) -> AttackConfig:
         """The engine's configuration (raises ``ConfigError`` where the engine disagrees)."""
         weights = None if self.model_weights is None else tuple(float(w) for w in self.model_weights.split(","))
-        return AttackConfig(**{name: getattr(self, name) for name in ATTACK_FIELDS}, model_weights=weights)
+        fields = {name: getattr(self, name) for name in ATTACK_FIELDS}
+        if self.intensity is None:
+            return AttackConfig(**fields, model_weights=weights)
+        # eps / budget: the intensity's, unless set to something other than the default (interfaces pass defaults)
+        given = {k: v for k, v in fields.items() if k not in INTENSITY_FIELDS or v != ENGINE_DEFAULTS[k]}
+        return intensity_config(self.intensity, **given, model_weights=weights)
 
 
     def output(self) -> dict[str, Any]:
@@ -122,6 +141,11 @@ class ProtectOptions(BaseModel):
             values.pop("eot_samples")
         if values["aggregation"] == "mean" and values["model_weights"] is None:  # one model, or the default
             del values["aggregation"], values["model_weights"]
+        if values["intensity"] is None and values["budget"] == "linf":  # the defaults before issue 13
+            del values["intensity"], values["budget"]
+        elif values["intensity"] is not None:  # what the intensity resolved to
+            resolved = self.to_attack_config()
+            values["eps"], values["budget"] = resolved.eps, resolved.budget
         return values
 
 

@@ -133,3 +133,16 @@ def test_colour_neutral_output_has_no_colour_cast(demo_available: bool, photo) -
     shift = lambda p: ((p - x) * 255).mean(dim=(2, 3)).abs().max().item()  # noqa: E731
     assert shift(neutral) <= 0.5, shift(neutral)
     assert shift(cast) > shift(neutral)
+
+
+def test_intensity_reaches_the_protect_options_of_every_interface() -> None:
+    from pca_attack.options import ProtectOptions
+
+    for name in INTENSITIES:
+        options = ProtectOptions(intensity=name)
+        assert options.to_attack_config() == intensity_config(name)
+        again = ProtectOptions.model_validate(options.settings())  # a job row read back by the worker
+        assert again.to_attack_config() == options.to_attack_config()
+    assert ProtectOptions(intensity="subtle", eps=10).to_attack_config().eps == 10  # a non-default eps wins
+    assert ProtectOptions(budget="jnd").to_attack_config().budget == "jnd"
+    assert "intensity" not in ProtectOptions().settings()  # fingerprints of earlier runs stay valid
