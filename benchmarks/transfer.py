@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], help="NAME=SPEC to add (default: taef2, taesana, demo)")
     p.add_argument("--photos", type=int, default=8)
+    p.add_argument("--first", type=int, default=0, help="skip the first photos (split a run over processes)")
+    p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of split runs into --out")
     p.add_argument("--side", type=int, default=160, help="long side the photos are resized to")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eps", type=float, default=16.0)
@@ -58,12 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_photos(count: int, side: int) -> dict[str, torch.Tensor]:
+def load_photos(count: int, side: int, first: int = 0) -> dict[str, torch.Tensor]:
     """Name -> (1, 3, h, w) float on the 8-bit grid, long side ``side``."""
     from efficacy import load_photos as efficacy_photos
 
     out = {}
-    for name, x in list(efficacy_photos(False).items())[:count]:
+    for name, x in list(efficacy_photos(False).items())[first:count]:
         scale = side / max(x.shape[-2:])
         size = (max(8, round(x.shape[-2] * scale)), max(8, round(x.shape[-1] * scale)))
         small = F.interpolate(x[None], size=size, mode="bicubic", antialias=True, align_corners=False)
@@ -151,6 +153,26 @@ def targets(matrix: dict[str, dict[str, dict[str, float]]], names: list[str]) ->
     }
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs over disjoint photo sets: cells averaged with each run's photo count as weight."""
+    merged = dict(parts[0])
+    counts = [len(p["photos"]) for p in parts]
+    total = sum(counts)
+    merged["photos"] = {name: size for p in parts for name, size in p["photos"].items()}
+    merged["command"] = [p["command"] for p in parts]
+    merged["matrix"] = {
+        row: {m: {k: round(sum(n * p["matrix"][row][m][k] for n, p in zip(counts, parts, strict=True)) / total, 4)
+                  for k in cells} for m, cells in columns.items()}
+        for row, columns in parts[0]["matrix"].items()
+    }
+    merged["attack_seconds_per_photo"] = {
+        row: round(sum(n * p["attack_seconds_per_photo"][row] for n, p in zip(counts, parts, strict=True)) / total, 2)
+        for row in parts[0]["attack_seconds_per_photo"]
+    }
+    merged["targets"] = targets(merged["matrix"], merged["models"])
+    return merged
+
+
 def figure(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -179,7 +201,11 @@ def figure(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.figure_only:
+    if args.merge:
+        result = merge([json.loads(Path(path).read_text()) for path in args.merge])
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+    if args.figure_only or args.merge:
         result = json.loads(Path(args.out).read_text())
         figure(result, Path(args.figure))
         return result
@@ -188,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     specs.update(dict(item.split("=", 1) for item in args.model))
     encoders, decoders = load_models(specs)
     names = list(specs)
-    photos = load_photos(args.photos, args.side)
+    photos = load_photos(args.photos, args.side, args.first)
     rows = rows_of(names)
     cells: dict[str, dict[str, list[dict[str, float]]]] = {r[0]: {m: [] for m in names} for r in rows}
     seconds: dict[str, float] = {r[0]: 0.0 for r in rows}
