@@ -110,7 +110,7 @@ def _visibility_fields(config: AttackConfig, x_clean: torch.Tensor, x_out: torch
     from pca_attack.attack.budget import jnd_map
     from pca_attack.certify.metrics import colour_shift, ms_ssim, vif
 
-    bound = jnd_map(x_clean[None], config.eps) if config.budget == "jnd" else torch.full((1,), config.eps)
+    bound = jnd_map(x_clean[None], config.eps) if config.budget == "jnd" else torch.full((1,), float(config.eps))
     shift = colour_shift(x_clean, x_out)
     return {
         "ms_ssim": ms_ssim(x_clean, x_out), "vif": vif(x_clean, x_out), "budget": config.budget,
