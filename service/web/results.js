@@ -107,7 +107,7 @@ function compareView(name, beforeUrl, afterUrl) {
   });
   split.dispatchEvent(new Event("input"));
   const controls = el("div", { class: "compare-controls" },
-    el("label", {}, "Original | Protected ", split), el("label", {}, "Zoom ", zoom));
+    el("label", {}, "Split ", split), el("label", {}, "Zoom ", zoom));
   const figure = el("figure", { class: "compare" }, viewport, controls,
     el("figcaption", { text: "Left of the line: your original. Right of it: the protected picture." }));
   return { figure, before, after };

@@ -68,7 +68,33 @@ def test_phone_width_labels_and_contrast(server: Served, browser: Any, tmp_path:
         assert len(ratios) > 30
         low = [(text, round(ratio, 2)) for text, ratio in ratios if ratio < AA_CONTRAST]
         assert low == [], f"text below WCAG AA contrast {AA_CONTRAST}:1: {low}"
+        page.get_by_role("button", name="Red-team report").click()
+        table = page.locator(".result .redteam table")
+        expect(table).to_be_visible(timeout=90_000)
+        assert table.locator("tbody tr").count() >= 3  # one row per publishing channel
         assert not watch.errors, watch.errors
+    finally:
+        context.close()
+
+
+def test_cancel_deletes_the_job(server: Served, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    context, page, _ = open_page(browser, server.url)
+    try:
+        created: list[str] = []
+        page.on("response", lambda r: created.append(r.json()["id"]) if r.request.method == "POST"
+                and r.url.endswith("/v1/jobs") and r.status == 202 else None)
+        files = [upload(f"slow{i}.png", "image/png", png_with_alpha(96, 96)) for i in range(2)]
+        page.set_input_files("#file-input", files)
+        page.fill("#opt-steps", "60")
+        page.get_by_role("button", name="Protect", exact=True).click()
+        expect(page.locator('#progress li[data-status="running"]').first).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.locator('#progress li[data-status="cancelled"]')).to_have_count(2)
+        expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+        assert httpx.get(f"{server.url}/v1/jobs/{created[0]}", timeout=10).status_code == 404
+        expect(page.locator(".result")).to_have_count(0)
     finally:
         context.close()
 
