@@ -94,6 +94,13 @@ def jnd_map(x: torch.Tensor, eps_255: float) -> torch.Tensor:
     return (eps_255 * _gaussian_blur(share, SMOOTH_SIGMA)).clamp(FLOOR_SHARE * eps_255, eps_255)
 
 
+def budget_map_image(x: torch.Tensor, eps_255: float) -> torch.Tensor:
+    """The JND budget map of one image x (3, H, W) as an 8-bit grey picture (H, W) uint8: 255 = the whole eps
+    (save it with ``PIL.Image.fromarray(m.numpy())``)."""
+    share = jnd_map(x[None], eps_255)[0, 0] / eps_255  # (H, W) in [FLOOR_SHARE, 1]
+    return torch.round(share * 255.0).clamp(0, 255).to(torch.uint8)
+
+
 class Budget(Protocol):
     """The feasible set the PGD loop and the shrink pass work in."""
 

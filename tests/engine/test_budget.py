@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from pca_attack import AttackConfig, Protector, load_encoder
-from pca_attack.attack.budget import ColourNeutral, JndBudget, LinfBudget, jnd_map, make_budget, quantize
+from pca_attack.attack.budget import (
+    ColourNeutral,
+    JndBudget,
+    LinfBudget,
+    budget_map_image,
+    jnd_map,
+    make_budget,
+    quantize,
+)
 from pca_attack.attack.config import INTENSITIES, intensity_config
 from pca_attack.errors import ConfigError
 
@@ -27,6 +35,13 @@ def test_jnd_map_is_inside_the_budget_and_larger_on_texture() -> None:
     assert float(bound.min()) >= 0.0 and float(bound.max()) <= 16.0 + 1e-5
     flat, textured = bound[..., 8:-8, 8:48], bound[..., 8:-8, 80:120]  # away from the seam
     assert float(textured.mean()) > 1.15 * float(flat.mean()), (float(flat.mean()), float(textured.mean()))
+
+
+def test_budget_map_saves_as_an_8_bit_picture() -> None:
+    x = half_flat_half_textured()[0]
+    picture = budget_map_image(x, 16.0)  # (H, W) uint8
+    assert picture.dtype == torch.uint8 and picture.shape == (64, 128)
+    assert picture[8:-8, 80:120].float().mean() > picture[8:-8, 8:48].float().mean()
 
 
 def test_jnd_map_is_larger_in_the_dark_than_in_mid_grey() -> None:
