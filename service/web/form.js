@@ -9,6 +9,7 @@ export const STRENGTH_STOPS = [
   { name: "strong", eps: 24 },
 ];
 const MAIN_FIELDS = ["eps", "steps", "preset", "format", "model"];
+const STRENGTH_FIELDS = ["eps", "intensity"]; // both drawn by the strength control
 const LOSSLESS = new Set(["png"]);
 
 const el = (tag, attrs = {}, ...children) => {
@@ -72,13 +73,18 @@ function genericField(name, prop) {
   return el("div", { class: "field" }, el("label", { for: id, text: labelText(name, schema) }), input, help);
 }
 
-function strengthField(prop) {
+/** The strength control: a slider over eps with named stops. When the server's options model has an
+ * `intensity` knob, a named stop sends that name (the server's tuned settings for the level) instead of
+ * eps; any other slider value sends a plain eps. */
+function strengthField(prop, intensityProp) {
   const { schema } = unwrap(prop);
+  const named = intensityProp ? unwrap(intensityProp).schema.enum || [] : null;
   const { min, max, exclusiveMin } = bounds(schema);
   const low = Math.max(1, exclusiveMin ? Math.floor(min) + 1 : Math.ceil(min ?? 1));
   const high = Math.floor(max ?? 64);
   const value = schema.default ?? 16;
-  const stops = STRENGTH_STOPS.filter((s) => s.eps >= low && s.eps <= high);
+  const stops = STRENGTH_STOPS.filter((s) => s.eps >= low && s.eps <= high && (!named || named.includes(s.name)));
+  const intensity = named ? el("input", { type: "hidden", id: "opt-intensity", name: "intensity" }) : null;
   const list = el("datalist", { id: "eps-stops" }, ...stops.map((s) => el("option", { value: s.eps, label: s.name })));
   const slider = el("input", {
     id: "opt-eps", name: "eps", type: "range", min: low, max: high, step: 1, value, list: "eps-stops",
@@ -89,8 +95,9 @@ function strengthField(prop) {
     ...stops.map((s) => el("button", { type: "button", "data-eps": s.eps, text: `${s.name[0].toUpperCase()}${s.name.slice(1)} ${s.eps}` })));
   const show = () => {
     const eps = Number(slider.value);
-    const named = stops.find((s) => s.eps === eps);
-    out.textContent = `${eps} of 255 levels${named ? ` (${named.name})` : ""}`;
+    const stop = stops.find((s) => s.eps === eps);
+    out.textContent = `${eps} of 255 levels${stop ? ` (${stop.name})` : ""}`;
+    if (intensity) intensity.value = stop ? stop.name : "";
     for (const b of buttons.querySelectorAll("button")) b.setAttribute("aria-pressed", String(Number(b.dataset.eps) === eps));
   };
   slider.addEventListener("input", show);
@@ -102,9 +109,10 @@ function strengthField(prop) {
   });
   show();
   const help = el("small", { id: "eps-help", class: "help",
-    text: "The most any pixel may change, on the 0-255 scale. Higher protects more and shows more." });
+    text: "The most any pixel may change, on the 0-255 scale. Higher protects more and shows more." +
+      (intensity ? " A named strength also uses the server's tuned settings for that level." : "") });
   return el("div", { class: "field strength" },
-    el("label", { for: "opt-eps", text: "Strength" }), buttons, slider, list, out, help);
+    el("label", { for: "opt-eps", text: "Strength" }), buttons, slider, list, out, help, intensity);
 }
 
 function presetHelp(models, select) {
@@ -138,8 +146,11 @@ function formatWarning(select) {
 export function buildOptions(properties, models, mainBox, moreBox) {
   const fields = Object.entries(properties).filter(([name, p]) => name !== "files" && p.type !== "array");
   const main = MAIN_FIELDS.filter((name) => properties[name]);
-  for (const name of main) mainBox.append(name === "eps" ? strengthField(properties[name]) : genericField(name, properties[name]));
-  for (const [name, prop] of fields) if (!main.includes(name)) moreBox.append(genericField(name, prop));
+  for (const name of main) {
+    mainBox.append(name === "eps" ? strengthField(properties.eps, properties.intensity) : genericField(name, properties[name]));
+  }
+  const drawn = properties.eps ? [...main, ...STRENGTH_FIELDS] : main;
+  for (const [name, prop] of fields) if (!drawn.includes(name)) moreBox.append(genericField(name, prop));
   const steps = mainBox.querySelector("#opt-steps");
   const cap = models.limits && models.limits.max_steps;
   if (steps && cap) steps.max = Math.min(Number(steps.max || cap), cap);
@@ -160,6 +171,7 @@ export function buildOptions(properties, models, mainBox, moreBox) {
         if (input.type === "checkbox") out[input.name] = input.checked ? "true" : "false";
         else if (input.value !== "") out[input.name] = input.value;
       }
+      if (out.intensity) delete out.eps; // the named level brings its own eps
       return out;
     },
     invalid() {

@@ -99,6 +99,8 @@ def test_two_photos_round_trip_through_the_page(server: Served, browser: Any, tm
 
         assert len(jobs) == 1
         job = httpx.get(f"{server.url}/v1/jobs/{jobs[0]}", timeout=10).json()
+        if "intensity" in job["settings"]:  # the named stop was sent as the server's intensity knob
+            assert job["settings"]["intensity"] == "standard"
         for item in job["items"]:
             cert = item["certificate"]
             panel = page.locator(f'.result[data-name="{item["filename"]}"] .certificate')

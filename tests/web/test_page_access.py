@@ -99,6 +99,12 @@ def test_cancel_deletes_the_job(server: Served, browser: Any) -> None:
         context.close()
 
 
+def body_props(schema: dict[str, Any]) -> dict[str, Any]:
+    """The form fields of POST /v1/jobs in an OpenAPI document."""
+    body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    return schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]  # type: ignore[no-any-return]
+
+
 def test_strength_stops_drive_the_slider(server: Served, browser: Any) -> None:
     """Named stops set eps; the slider's bounds come from the server's OpenAPI schema."""
     from playwright.sync_api import expect
@@ -106,8 +112,7 @@ def test_strength_stops_drive_the_slider(server: Served, browser: Any) -> None:
     context, page, _ = open_page(browser, server.url)
     try:
         schema = httpx.get(server.url + "/openapi.json", timeout=10).json()
-        body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-        eps = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]["eps"]
+        eps = body_props(schema)["eps"]
         slider = page.locator("#opt-eps")
         expect(slider).to_have_attribute("max", str(int(eps["maximum"])))
         expect(slider).to_have_value(str(int(eps["default"])))
@@ -118,6 +123,11 @@ def test_strength_stops_drive_the_slider(server: Served, browser: Any) -> None:
         slider.focus()
         page.keyboard.press("ArrowLeft")
         expect(page.locator("#eps-out")).to_have_text("23 of 255 levels")
+        if "intensity" in body_props(schema):  # named stops send the server's intensity knob, others a plain eps
+            expect(page.locator("#opt-intensity")).to_have_value("")
+            page.get_by_role("button", name="Strong 24").click()
+            expect(page.locator("#opt-intensity")).to_have_value("strong")
+            assert "intensity" not in page.locator("#options-more").inner_html()
         page.select_option("#opt-format", "jpeg")
         expect(page.locator("#lossy-warning")).to_contain_text("lossy")
         page.select_option("#opt-format", "png")
