@@ -52,8 +52,12 @@ def ms_ssim(reference: torch.Tensor, test: torch.Tensor) -> float | None:
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
     side = min(reference.shape[-2:])
+
+    def fits(n: int) -> bool:  # torchmetrics' size rule for n scales
+        return side >= 2**n and side // max(1, n - 1) ** 2 > MS_SSIM_KERNEL - 1
+
     scales = 0
-    while scales < len(MS_SSIM_BETAS) and side > (MS_SSIM_KERNEL - 1) * 2**scales:
+    while scales < len(MS_SSIM_BETAS) and fits(scales + 1):
         scales += 1
     if scales < 2:
         return None
