@@ -132,6 +132,7 @@ def summarise(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str,
 def flattest_window(x: torch.Tensor, side: int = 64) -> tuple[int, int]:
     """Top-left corner of the side x side window of x (3, H, W) with the lowest luma variance."""
     luma = x.mean(dim=0)[None, None]  # (1, 1, H, W)
+    side = min(side, *x.shape[-2:])
     mean = torch.nn.functional.avg_pool2d(luma, side, stride=8)
     var = torch.nn.functional.avg_pool2d(luma**2, side, stride=8) - mean**2
     index = int(var.flatten().argmin())
