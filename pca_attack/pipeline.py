@@ -75,6 +75,10 @@ class Engine:
         self.decoders = decoders or {}  # ensemble: each member's decoder (None where it has none)
         self.max_batch = max(1, int(max_batch))
         self.max_memory = max_memory
+        # what the loaded model and the runtime hold: measured once, as memory freed after an attack stays
+        # resident (allocator caches) yet is reused by the next one
+        self.baseline_memory = memory_in_use(encoder.device)
+        self._default_budget = default_budget(encoder.device)
 
     @classmethod
     def from_spec(
@@ -108,10 +112,9 @@ class Engine:
 
     # -- planning --------------------------------------------------------------------------------------
     def available_memory(self) -> float:
-        """Bytes the attack may add now: the budget less what the process already holds."""
-        device = self.encoder.device
-        budget = self.max_memory if self.max_memory is not None else default_budget(device)
-        return budget - memory_in_use(device)
+        """Bytes an attack may add: the budget less what the process held once the model was loaded."""
+        budget = self.max_memory if self.max_memory is not None else self._default_budget
+        return budget - self.baseline_memory
 
     def plan(self, images: Sequence[DecodedImage], config: AttackConfig) -> list[tuple[list[int], AttackPlan]]:
         """Micro-batches (indices into ``images``) and how each is attacked; raises MemoryBudgetError
@@ -166,7 +169,7 @@ class Engine:
             )
             del batch
             share = (time.perf_counter() - t0) / len(chunk)
-            with memory_scope(self.available_memory()):  # certificates measure large images in tiles too
+            with memory_scope(plan.budget_bytes):  # certificates measure large images in tiles too
                 for row, i in enumerate(chunk):
                     t1 = time.perf_counter()
                     result = self._output(images[i], outcome, row, config, plan, name, quality, keep_exif)

@@ -149,6 +149,7 @@ class MemoryModel:
     """Measured memory and time of one model's attack step (see the module docstring)."""
 
     step: Line  # loss + input gradient of one step (encoder forward + backward)
+    forward: Line  # the posterior alone, without gradient (certificates, diagnostics, red team)
     loop: Line  # a whole untiled attack (loop state + one step + the final measurements)
     seconds_per_pixel: float  # one step's wall time per input pixel, at the larger probe
     factor: int  # the encoder's spatial factor
@@ -194,6 +195,11 @@ def receptive_radius(encoder: Encoder, side: int, mass: float = 0.9) -> int:
     return side // 2
 
 
+@torch.no_grad()
+def _posterior_no_grad(encoder: Encoder, x: torch.Tensor) -> object:
+    return encoder.posterior(x)
+
+
 def probe(encoder: Encoder) -> MemoryModel:
     """Measure ``encoder``'s memory model (a few small forward + backward passes)."""
     from pca_attack.attack.config import AttackConfig
@@ -204,22 +210,22 @@ def probe(encoder: Encoder) -> MemoryModel:
     objective = TiledObjective(encoder)
     generator = torch.Generator().manual_seed(0)
     sides = _probe_sizes(f)
-    step, loop = [], []
+    step, loop, forward = [], [], []
     for side in sides:
         x = torch.rand(1, 3, side, side, generator=generator)
         x_dev = x.to(device)
         attack = Protector(encoder, AttackConfig(steps=2))
         step.append(measure_peak(partial(objective.loss_and_grad, x_dev, 1e-8, generator, 1.0), device))
         loop.append(measure_peak(partial(attack.protect, x), device))
+        forward.append(measure_peak(partial(_posterior_no_grad, encoder, x_dev), device))
     x_dev = torch.rand(1, 3, sides[1], sides[1], generator=generator).to(device)
     start = time.perf_counter()
     objective.loss_and_grad(x_dev, 1e-8, generator, 1.0)
     seconds = (time.perf_counter() - start) / sides[1] ** 2
     px = [s * s for s in sides]
     halo = min(MAX_HALO_LATENTS * f, max(MIN_HALO_LATENTS * f, receptive_radius(encoder, sides[1])))
-    return MemoryModel(
-        Line.fit(px[0], step[0], px[1], step[1]), Line.fit(px[0], loop[0], px[1], loop[1]), seconds, f, halo
-    )
+    step_line, forward_line, loop_line = (Line.fit(px[0], p[0], px[1], p[1]) for p in (step, forward, loop))
+    return MemoryModel(step_line, forward_line, loop_line, seconds_per_pixel=seconds, factor=f, halo=halo)
 
 
 _models: weakref.WeakKeyDictionary[Encoder, MemoryModel] = weakref.WeakKeyDictionary()
@@ -342,15 +348,15 @@ def memory_scope(available: float) -> Iterator[None]:
 def posterior_in_budget(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``encoder.posterior(x)``, stitched from tiles when a ``memory_scope`` is open and x would not fit.
 
-    A forward pass without gradient takes less than the measured step, so the step's line is an upper bound.
+    Sized by the measured forward pass without gradient (``MemoryModel.forward``).
     """
     available = _available.get()
     if available is None:
         return encoder.posterior(x)
     model = memory_model(encoder)
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-    if model.step(height * width * batch) * HEADROOM <= available:
+    if model.forward(height * width * batch) * HEADROOM <= available:
         return encoder.posterior(x)
-    side = math.sqrt(max(0.0, available / HEADROOM - model.step.fixed) / (model.step.per_pixel * batch))
+    side = math.sqrt(max(0.0, available / HEADROOM - model.forward.fixed) / (model.forward.per_pixel * batch))
     core = max(model.factor, int((side - 2 * model.halo) // model.factor) * model.factor)
     return tiled_posterior(encoder, x, TileGrid(height, width, model.factor, core, model.halo))

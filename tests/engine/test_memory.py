@@ -1,0 +1,151 @@
+"""Memory model and planning: estimates against measured peaks, sizes, refusal before the attack, and a large
+image protected under a small budget in a memory-capped subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.memory import (
+    Line,
+    MemoryBudgetError,
+    MemoryModel,
+    measure_peak,
+    memory_model,
+    parse_size,
+    plan_attack,
+)
+from pca_attack.attack.pgd import Protector
+from pca_attack.attack.tiling import TileGrid
+from pca_attack.errors import ConfigError, ImageTooLargeError
+from pca_attack.models.encoder import Encoder, load_encoder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_vae_dir: Path) -> Encoder:
+    return load_encoder(str(tiny_vae_dir), device="cpu")
+
+
+def test_parse_size() -> None:
+    assert parse_size("1.5GB") == 1_500_000_000
+    assert parse_size("800 MB") == 800_000_000
+    assert parse_size("2GiB") == 2 * 2**30
+    assert parse_size(4096) == 4096
+    for bad in ("lots", "-1GB", "1.5XB", "0"):
+        with pytest.raises(ConfigError, match="memory size"):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_estimate_within_30_percent_of_the_measured_peak_at_two_sizes(encoder: Encoder, tiled: bool) -> None:
+    model = memory_model(encoder)
+    assert model.step.per_pixel > 0 and model.loop.per_pixel >= model.step.per_pixel
+    for height, width in ((136, 200), (264, 328)):
+        x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        grid = TileGrid(height, width, model.factor, 64, model.halo) if tiled else None
+        attack = Protector(encoder, AttackConfig(steps=2))
+        measured = measure_peak(lambda x=x, grid=grid, attack=attack: attack.protect(x, tiles=grid), encoder.device)
+        side = None if grid is None else grid.tile_side
+        estimate = model.estimate(height, width, 1, None if side is None else min(height, side) * min(width, side))
+        assert abs(estimate - measured) <= 0.3 * measured, (height, width, estimate, measured)
+
+
+MODEL = MemoryModel(
+    step=Line(1e6, 1000.0), forward=Line(1e6, 300.0), loop=Line(1e6, 1100.0), seconds_per_pixel=1e-6, factor=8, halo=32
+)
+
+
+def test_plan_untiled_when_it_fits_tiled_when_not() -> None:
+    whole = MODEL.estimate(1000, 800)
+    untiled = plan_attack(MODEL, 1000, 800, steps=2, available=2 * whole)
+    assert untiled.grid is None and untiled.tiles == 1 and untiled.tile_side is None
+    tiled = plan_attack(MODEL, 1000, 800, steps=2, available=whole / 3)
+    assert tiled.grid is not None and tiled.tiles > 1
+    assert tiled.estimated_bytes * 1.2 <= tiled.budget_bytes
+    assert "tiles of" in tiled.describe() and "1000" not in tiled.describe().split(":")[1]
+
+
+def test_a_budget_too_small_for_one_tile_is_refused_with_the_limit_and_the_fix() -> None:
+    with pytest.raises(MemoryBudgetError) as caught:
+        plan_attack(MODEL, 4000, 3000, steps=2, available=5e6)
+    message = str(caught.value)
+    assert "3000x4000" in message and "5 MB" in message  # width x height
+    assert "--max-memory" in message and "PCA_MAX_MEMORY" in message and "downscale" not in message
+    assert isinstance(caught.value, ImageTooLargeError)  # CLI exit 2, HTTP 413
+    with pytest.raises(MemoryBudgetError, match="downscale it to about"):  # state fits a smaller image
+        plan_attack(MODEL, 4000, 3000, steps=2, available=1e9)
+
+
+def test_engine_refuses_before_the_attack(
+    tiny_vae_dir: Path, monkeypatch: pytest.MonkeyPatch, photo: object
+) -> None:
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+    from tests.conftest import to_bytes
+
+    def no_attack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the attack started although the image cannot fit")
+
+    monkeypatch.setattr(Protector, "protect", no_attack)
+    engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", max_memory=parse_size("1MB"))
+    from PIL import Image
+
+    image = decode_image(to_bytes(Image.fromarray(photo(64, 64))))  # type: ignore[operator]
+    with pytest.raises(MemoryBudgetError, match="--max-memory"):
+        engine.protect([image], AttackConfig(steps=1))
+
+
+BIG_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, numpy as np
+    from PIL import Image
+    import io
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.attack.memory import parse_size
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+    side, folder = int(sys.argv[1]), sys.argv[2]
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    pixels = (0.5 + 0.3 * np.sin(9 * xx) * np.cos(7 * yy))[..., None] * np.array([1.0, 0.8, 0.6])
+    buffer = io.BytesIO()
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, "PNG")
+    image = decode_image(buffer.getvalue(), max_pixels=side * side)
+    engine = Engine.from_spec(folder, device="cpu", with_decoder=False)
+    engine.max_memory = engine.baseline_memory + parse_size(sys.argv[3])
+    steps = []
+    out = engine.protect([image], AttackConfig(steps=2), progress=lambda i, e: steps.append(e.end_of_step))
+    cert = out[0].certificate
+    print(json.dumps({"tiles": cert.tiles, "tile_size": cert.tile_size, "budget_ok": cert.budget_ok,
+                      "steps": sum(steps), "linf": cert.linf_255}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("side", "budget"),
+    [pytest.param(512, "60MB", id="512px"), pytest.param(2500, "300MB", id="2500px", marks=pytest.mark.slow)],
+)
+def test_large_image_under_a_small_budget_in_a_memory_capped_process(
+    tiny_vae_dir: Path, side: int, budget: str
+) -> None:
+    """Untiled, the attack would need several times the work budget: it runs in tiles, and the process,
+    capped in address space, finishes (2500x2500 takes minutes on two shared cores: marked slow)."""
+    model = memory_model(load_encoder(str(tiny_vae_dir), device="cpu"))
+    assert model.estimate(side, side) > 2 * parse_size(budget)
+    cap = ["prlimit", f"--as={8 * 2**30}"]
+    command = [*cap, sys.executable, "-c", BIG_SCRIPT, str(side), str(tiny_vae_dir), budget]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["tiles"] > 1 and report["tile_size"] < side
+    assert report["budget_ok"] and report["linf"] <= 16
+    assert report["steps"] == 2
