@@ -120,6 +120,28 @@ def _visibility_fields(config: AttackConfig, x_clean: torch.Tensor, x_out: torch
     }
 
 
+def _pixel_fields(a: np.ndarray, b: np.ndarray, levels: float, eps: float) -> dict[str, Any]:
+    """Distances of the written output b from the input a, (H, W, 3) on the input's grid of ``levels``."""
+    diff01 = (b - a) / levels
+    mse = float(np.mean(diff01**2))
+    linf = float(np.abs(b - a).max() * 255.0 / levels)
+    return {
+        "linf_255": linf, "budget_ok": linf <= eps + 1e-9, "l2": float(np.sqrt(np.sum(diff01**2))),
+        "psnr_db": None if mse == 0 else float(10 * np.log10(1.0 / mse)), "ssim": _ssim(a, b, levels),
+    }
+
+
+def _roundtrip_fields(
+    decoder: Decoder, mu_c: torch.Tensor, mu_p: torch.Tensor, x_clean: torch.Tensor
+) -> dict[str, float | None]:
+    """PSNR of decode(mean) of the input and of the output against the input (3, H, W)."""
+    height, width = x_clean.shape[-2:]
+    return {
+        "roundtrip_psnr_clean_db": psnr(decode_mean(decoder, mu_c, height, width)[0], x_clean),
+        "roundtrip_psnr_protected_db": psnr(decode_mean(decoder, mu_p, height, width)[0], x_clean),
+    }
+
+
 def _collapse_fields(
     mu_c: torch.Tensor, lv_c: torch.Tensor | None, mu_p: torch.Tensor, lv_p: torch.Tensor | None,
     target_variance: float | None,
@@ -159,8 +181,6 @@ def certificate(
     b = written.rgb.astype(np.float64)
     if written.levels != clean.levels:
         b = b * (levels / written.levels)
-    diff01 = (b - a) / levels
-    mse = float(np.mean(diff01**2))
     x_clean = clean.to_tensor()  # (3, H, W)
     x_out = torch.from_numpy((b / levels).astype(np.float32)).permute(2, 0, 1)
     preset = config.loss_preset
@@ -169,14 +189,10 @@ def certificate(
     extra = _collapse_fields(mu_c, lv_c, mu_p, lv_p, preset.target_variance)
     extra |= _visibility_fields(config, x_clean, x_out)
     if decoder is not None:
-        recon_clean = decode_mean(decoder, mu_c, clean.height, clean.width)[0]  # (3, H, W)
-        recon_out = decode_mean(decoder, mu_p, clean.height, clean.width)[0]
-        extra["roundtrip_psnr_clean_db"] = psnr(recon_clean, x_clean)
-        extra["roundtrip_psnr_protected_db"] = psnr(recon_out, x_clean)
+        extra |= _roundtrip_fields(decoder, mu_c, mu_p, x_clean)
     alpha_ok = None if clean.alpha is None else bool(
         written.alpha is not None and np.array_equal(clean.alpha, written.alpha)
     )
-    linf = float(np.abs(b - a).max() * 255.0 / levels)
     return Certificate(
         model=encoder.name,
         preset=preset.name,
@@ -194,11 +210,7 @@ def certificate(
         bit_depth=16 if clean.levels > 255 else 8,
         format=fmt,
         quality=quality,
-        linf_255=linf,
-        budget_ok=linf <= config.eps + 1e-9,
-        l2=float(np.sqrt(np.sum(diff01**2))),
-        psnr_db=None if mse == 0 else float(10 * np.log10(1.0 / mse)),
-        ssim=_ssim(a, b, levels),
+        **_pixel_fields(a, b, levels, config.eps),
         alpha_preserved=alpha_ok,
         notes=list(clean.notes),
         elapsed_s=elapsed_s,
