@@ -18,7 +18,7 @@ Prints JSON, writes ``docs/efficacy.json`` and ``docs/img/efficacy_*.png``.
 
     python benchmarks/efficacy.py                 # full run on the demo model (~10-15 min on 2 cores)
     python benchmarks/efficacy.py --quick         # 2 small crops, few steps (used by the tests)
-    python benchmarks/efficacy.py --model PATH    # a real pretrained model, e.g. TAEF2 (benchmarks/efficacy_real.py)
+    python benchmarks/efficacy.py --model PATH    # a real model, e.g. TAEF2 (benchmarks/efficacy_real.py; not --quick)
 """
 
 from __future__ import annotations
@@ -130,13 +130,65 @@ def mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def reach_job(encoder: Any, x4: torch.Tensor, res: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    """Loss curves of the engine and the reference loop, and the steps the defaults need to reach the latter."""
+    from pca_attack import REFERENCE_CONFIG, AttackConfig, Protector
+
+    steps = opts["steps"]
+    out: dict[str, Any] = {}
+    ref = Protector(encoder, REFERENCE_CONFIG.with_(steps=steps)).protect(x4)  # the reference loop
+    ref_final = float(ref.final_loss[0])  # the reference's output: last iterate, quantised
+    trace = [*res.loss_trace[0].tolist(), float(res.final_loss[0])]  # trace[k] = loss after k steps
+    ref_trace = [*ref.loss_trace[0].tolist(), ref_final]
+    out["trace"] = [v / trace[0] for v in trace]
+    out["reference_trace"] = [v / ref_trace[0] for v in ref_trace]
+    budgets = {}
+    for k in opts["step_grid"]:  # the defaults' schedule depends on the step count: rerun per k
+        run = res if k == steps else Protector(encoder, AttackConfig(steps=k)).protect(x4)
+        budgets[str(k)] = float(run.final_loss[0]) / ref_final
+    reached = [int(k) for k, ratio in budgets.items() if ratio <= 1.0]
+    out["reach"] = {
+        "photo": opts["name"], "reference_final_loss": ref_final, "clean_loss": trace[0],
+        "default_over_reference_by_steps": budgets,
+        "steps_default_to_reach_reference": min(reached) if reached else None,
+        # ablation: the previous default rule (one cosine-scheduled sign step for all pixels) at 20 steps
+        "sign_cosine_20_over_reference": float(
+            Protector(encoder, AttackConfig(steps=20, update="sign")).protect(x4).final_loss[0]
+        ) / ref_final,
+        "reference_trace_steps_to_own_final": steps_to_reach(ref_trace, ref_final),
+    }
+    return out
+
+
+def eot_job(encoder: Any, x: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
+    """Plain vs EoT at equal steps: latent drift before and after a real JPEG q75."""
+    from pca_attack import AttackConfig, Protector
+    from pca_attack.certify.diagnostics import latent_drift
+    from pca_attack.redteam.channels import jpeg
+
+    x4 = x[None]
+    out: dict[str, Any] = {"eot": {}}
+    for label, cfg in (
+        ("plain", AttackConfig(steps=opts["eot_steps"], keep_best=False)),
+        ("eot", AttackConfig(steps=opts["eot_steps"], keep_best=False, eot=opts["eot"])),
+    ):
+        res = Protector(encoder, cfg).protect(x4)
+        before = latent_drift(encoder, x, res.images[0])
+        after = latent_drift(encoder, jpeg(x4, 75)[0], jpeg(res.images, 75)[0])
+        out["eot"][label] = {"drift_before": before, "drift_after_jpeg75": after,
+                             "retention_jpeg75": after / max(before, 1e-12), "seconds": res.elapsed_s}
+        if label == "eot":
+            out["protected_eot"] = res.images[0]
+    return out
+
+
 def photo_job(name: str, x: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
     """Everything measured on one photo (runs in a worker process). x: (3, H, W)."""
-    from pca_attack import REFERENCE_CONFIG, AttackConfig, Protector, load_decoder, load_encoder
-    from pca_attack.certify.diagnostics import latent_drift
-    from pca_attack.redteam.channels import jpeg, transform_names
+    from pca_attack import AttackConfig, Protector, load_decoder, load_encoder
+    from pca_attack.redteam.channels import transform_names
     from pca_attack.redteam.report import redteam
 
+    opts = opts | {"name": name}
     torch.set_num_threads(opts["threads"])
     encoder = load_encoder(opts["model"], device="cpu")
     decoder = load_decoder(opts["model"], device="cpu")
@@ -148,44 +200,13 @@ def photo_job(name: str, x: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any
         out["methods"][preset] = damage(encoder, decoder, x, res.images[0]) | {"seconds": res.elapsed_s}
         if preset == "pca-":
             protected = res.images[0]
-            ref = Protector(encoder, REFERENCE_CONFIG.with_(steps=steps)).protect(x4)  # the reference loop
-            ref_final = float(ref.final_loss[0])  # the reference's output: last iterate, quantised
-            trace = [*res.loss_trace[0].tolist(), float(res.final_loss[0])]  # trace[k] = loss after k steps
-            ref_trace = [*ref.loss_trace[0].tolist(), ref_final]
-            out["trace"] = [v / trace[0] for v in trace]
-            out["reference_trace"] = [v / ref_trace[0] for v in ref_trace]
-            budgets = {}
-            for k in opts["step_grid"]:  # the defaults' schedule depends on the step count: rerun per k
-                run = res if k == steps else Protector(encoder, AttackConfig(steps=k)).protect(x4)
-                budgets[str(k)] = float(run.final_loss[0]) / ref_final
-            reached = [int(k) for k, ratio in budgets.items() if ratio <= 1.0]
-            out["reach"] = {
-                "photo": name, "reference_final_loss": ref_final, "clean_loss": trace[0],
-                "default_over_reference_by_steps": budgets,
-                "steps_default_to_reach_reference": min(reached) if reached else None,
-                # ablation: the previous default rule (one cosine-scheduled sign step for all pixels) at 20 steps
-                "sign_cosine_20_over_reference": float(
-                    Protector(encoder, AttackConfig(steps=20, update="sign")).protect(x4).final_loss[0]
-                ) / ref_final,
-                "reference_trace_steps_to_own_final": steps_to_reach(ref_trace, ref_final),
-            }
+            out |= reach_job(encoder, x4, res, opts)
     if name in opts["compare"]:
         t0 = time.perf_counter()
         pg = photoguard(encoder, x4, 16.0, 2.0, steps)
         out["methods"]["photoguard"] = damage(encoder, decoder, x, pg[0]) | {"seconds": time.perf_counter() - t0}
     if name in opts["eot_photos"]:
-        out["eot"] = {}
-        for label, cfg in (
-            ("plain", AttackConfig(steps=opts["eot_steps"], keep_best=False)),
-            ("eot", AttackConfig(steps=opts["eot_steps"], keep_best=False, eot=opts["eot"])),
-        ):
-            res = Protector(encoder, cfg).protect(x4)
-            before = latent_drift(encoder, x, res.images[0])
-            after = latent_drift(encoder, jpeg(x4, 75)[0], jpeg(res.images, 75)[0])
-            out["eot"][label] = {"drift_before": before, "drift_after_jpeg75": after,
-                                 "retention_jpeg75": after / max(before, 1e-12), "seconds": res.elapsed_s}
-            if label == "eot":
-                out["protected_eot"] = res.images[0]
+        out |= eot_job(encoder, x, opts)
     names = [t for t in transform_names() if t != "purify" or name in opts["purify_photos"]]
     with_rt = name in opts["roundtrip_photos"]
     out["redteam_plain"] = redteam(encoder, x, protected, decoder=decoder, transforms=names, seed=0,
@@ -201,8 +222,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run photo_job over the photos (``--jobs`` worker processes) and aggregate."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
-
-    from pca_attack.redteam.report import merge_reports
 
     photos = load_photos(args.quick)
     names = list(photos)
@@ -235,6 +254,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "rprop_etas": list(default.rprop_etas), "rprop_range": list(default.rprop_range),
                             "early_stop_patience": default.early_stop_patience},
     }
+    return result | aggregate(done, opts, args)
+
+
+def aggregate(done: list[dict[str, Any]], opts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Per-method means, steps-to-reference summary and loss curves over the photos."""
+    result: dict[str, Any] = {}
     per_method: dict[str, list[dict[str, float]]] = {}
     for d in done:
         for m, row in d["methods"].items():
@@ -269,6 +294,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pca- (engine defaults)": np.mean(np.array([d["trace"] for d in done]), axis=0).tolist(),
         "pca- (reference loop)": np.mean(np.array([d["reference_trace"] for d in done]), axis=0).tolist(),
     }
+    return result | eot_summary(done, opts, args)
+
+
+def eot_summary(done: list[dict[str, Any]], opts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """EoT vs plain after JPEG q75, and the red-team tables of both."""
+    from pca_attack.redteam.report import merge_reports
+
+    result: dict[str, Any] = {}
     eot_rows = [d["eot"] for d in done if "eot" in d]
     plain_m = mean_dicts([r["plain"] for r in eot_rows])
     eot_m = mean_dicts([r["eot"] for r in eot_rows])
@@ -292,74 +325,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def plots(result: dict[str, Any], img_dir: Path) -> list[str]:
-    """efficacy_loss_curves.png, efficacy_methods.png, efficacy_redteam.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, curve in result["loss_curves"].items():
-        ax.plot(range(len(curve)), curve, label=f"{name} (loss / clean loss)")
-    reach = result["steps_to_reference_summary"]
-    if reach["median"] is not None:
-        ax.axvline(reach["median"], color="gray", ls="--", lw=0.8, label="median steps (defaults) to reference")
-    ax.set_yscale("log")
-    ax.set_xlabel("PGD step")
-    ax.set_ylabel("collapse loss (relative)")
-    ax.set_title(f"Loss vs steps, {result['model']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = img_dir / "efficacy_loss_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
-
-    methods = list(result["per_method"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    axes[0].bar(methods, [result["per_method"][m]["psnr_damage_db"] for m in methods])
-    axes[0].set_ylabel("round-trip PSNR damage (dB)")
-    axes[1].bar(methods, [result["per_method"][m]["latent_drift"] for m in methods])
-    axes[1].set_ylabel("latent drift")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
-    fig.suptitle(f"Protection per method (eps 16/255, {result['steps']} steps), {result['model']}", fontsize=9)
-    fig.tight_layout()
-    path = img_dir / "efficacy_methods.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    rows = result["redteam_plain"]["rows"]
-    names = [r["transform"] for r in rows]
-    xs = np.arange(len(names))
-    ax.bar(xs - 0.2, [r["retention"] for r in rows], width=0.4, label="plain pca-")
-    if "redteam_eot" in result:
-        eot_rows = {r["transform"]: r["retention"] for r in result["redteam_eot"]["rows"]}
-        ax.bar(xs + 0.2, [eot_rows.get(n, 0.0) for n in names], width=0.4,
-               label=f"EoT {result['redteam_eot']['eot_preset']}")
-    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xticks(xs, names, rotation=30, ha="right")
-    ax.set_ylabel("latent-drift retention")
-    ax.set_title("What collapse survives publishing (1 = all kept)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = img_dir / "efficacy_redteam.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
-    return written
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this file
     model = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"), "demo")
-    if model != "demo":  # a real pretrained model (e.g. TAEF2): benchmarks/efficacy_real.py
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if model != "demo" and "--quick" not in argv:  # a real pretrained model (e.g. TAEF2): efficacy_real.py
         from efficacy_real import main as real_main
 
         return real_main(argv)
@@ -390,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             setattr(args, key, q if args.quick else full)
     start = time.perf_counter()
     result = run(args)
+    from efficacy_plots import plots
+
     result["plots"] = plots(result, args.img_dir)
     result["total_seconds"] = round(time.perf_counter() - start, 1)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -142,19 +142,23 @@ def summarise(per_photo: dict[str, dict[str, Any]], eot: dict[str, Any], main_st
     summary["targets"] = {
         "mean_damage_db": dmg, "mean_damage_target_db": 6.0, "mean_damage_met": dmg >= 6.0,
         "beats_photoguard_on": f"{sum(wins)}/{len(wins)}", "beats_photoguard_met": bool(wins) and all(wins),
-    }
-    if eot:
-        def after_jpeg(label: str) -> float:
-            vals = [_row(e[label]["report"], "jpeg-75")["roundtrip_damage_db"] for e in eot.values()]
-            return float(np.mean(vals))
-
-        plain, with_eot = after_jpeg("plain"), after_jpeg("eot")
-        summary["targets"] |= {
-            "plain_damage_after_jpeg75_db": plain, "eot_damage_after_jpeg75_db": with_eot,
-            "eot_gain": with_eot / plain if plain > 0 else None,
-            "eot_gain_met": plain > 0 and with_eot >= 1.5 * plain,
-        }
+    } | summarise_eot(eot)
     return summary
+
+
+def summarise_eot(eot: dict[str, Any]) -> dict[str, Any]:
+    """Round-trip damage left after a real JPEG q75, plain vs EoT (mean over the EoT photos)."""
+    if not eot:
+        return {}
+
+    def after_jpeg(label: str) -> float:
+        return float(np.mean([_row(e[label]["report"], "jpeg-75")["roundtrip_damage_db"] for e in eot.values()]))
+
+    plain, with_eot = after_jpeg("plain"), after_jpeg("eot")
+    return {
+        "plain_damage_after_jpeg75_db": plain, "eot_damage_after_jpeg75_db": with_eot,
+        "eot_gain": with_eot / plain if plain > 0 else None, "eot_gain_met": plain > 0 and with_eot >= 1.5 * plain,
+    }
 
 
 def _row(report: Any, transform: str) -> dict[str, Any]:
@@ -175,10 +179,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eot: dict[str, Any] = {}
     figures: list[str] = []
     for name, x in photos.items():
-        done = attack_rows(name, x, encoder, decoder, opts)
-        per_photo[name] = done["rows"]
-        if name in args.figures:
-            figures.append(figure(name, x, done["protected"], encoder, decoder, args.fig_dir))
+        if not args.only_eot:
+            done = attack_rows(name, x, encoder, decoder, opts)
+            per_photo[name] = done["rows"]
+            if name in args.figures:
+                figures.append(figure(name, x, done["protected"], encoder, decoder, args.fig_dir))
         if name in args.eot_images:
             eot[name] = eot_rows(x, encoder, decoder, opts)
             print(f"[efficacy-real] {name} EoT vs plain done", file=sys.stderr, flush=True)
@@ -190,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads, "machine": platform.platform(), "torch": torch.__version__,
         "per_photo": per_photo, "figures": figures,
     }
-    result |= summarise(per_photo, eot, args.steps[0])
+    result |= summarise(per_photo, eot, args.steps[0]) if per_photo else {"targets": summarise_eot(eot)}
     if eot:
         result["eot_vs_plain"] = {
             "eot_preset": args.eot, "steps": args.eot_steps, "photos": list(eot),
@@ -221,6 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eot-images", type=names, default=["chelsea", "coffee"])
     parser.add_argument("--purify-steps", type=int, default=0, help="0 leaves the purification channel out")
     parser.add_argument("--figures", type=names, default=["chelsea", "astronaut"])
+    parser.add_argument("--only-eot", action="store_true", help="only the EoT-vs-plain red team (a second process)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--fig-dir", type=Path, default=ROOT / "docs" / "figures")
