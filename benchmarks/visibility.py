@@ -17,6 +17,8 @@ flattest 64x64 area at 2x).
     nice -n 10 python benchmarks/visibility.py --model demo --out docs/visibility_demo.json --figures docs/img
     nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 4 --crop 192x256 \\
         --steps 20 --out docs/visibility_taef2.json --figures docs/img
+    nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 1 --steps 20 \
+        --only intensity:standard                # natural size, two configurations
     python benchmarks/visibility.py --quick      # 1 small crop, 2 steps, 3 configurations (used by the tests)
 """
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--figures", type=Path, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated configuration labels to run (default: all)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     from pca_attack.models.encoder import load_decoder, load_encoder
@@ -202,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     photos = load_photos(1 if args.quick else args.photos, crop)  # type: ignore[arg-type]
     steps = 2 if args.quick else args.steps
     configs = configurations(steps, [float(v) for v in args.eps_grid.split(",")], args.quick)
+    if args.only:
+        wanted = {"default", *args.only.split(",")}  # the default is the reference point of every verdict
+        configs = {label: c for label, c in configs.items() if label in wanted}
     encoder = load_encoder(args.model, device="cpu")
     try:
         decoder = load_decoder(args.model, device="cpu")
