@@ -166,7 +166,7 @@ class ColourNeutral:
     ``window`` x ``window`` tiles (bilinearly interpolated), alternating with the inner projection
     ``rounds`` times; the inner projection comes last, so the box always holds."""
 
-    def __init__(self, inner: LinfBudget, window: int = 32, rounds: int = 3) -> None:
+    def __init__(self, inner: LinfBudget, window: int = 128, rounds: int = 3) -> None:
         self.inner = inner
         self.x = inner.x
         self.window = window

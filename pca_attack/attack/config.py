@@ -91,7 +91,7 @@ class AttackConfig:
     editor_resolution: int | None = None  # also collapse the image downscaled to this long side (editors' ~1 MP)
     budget: Literal["linf", "jnd"] = "linf"  # per-pixel bound: eps everywhere, or a JND map <= eps (budget.py)
     colour_neutral: bool = False  # remove the perturbation's mean per channel, globally and per window
-    neutral_window: int = 32  # colour_neutral: side of the windows whose mean shift is removed, in pixels
+    neutral_window: int = 128  # colour_neutral: side of the windows whose mean shift is removed, in pixels
     shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
 
     def __post_init__(self) -> None:
