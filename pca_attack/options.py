@@ -33,7 +33,8 @@ else:  # the choices are the engine's own tables
 
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
 ATTACK_FIELDS = (
-    "preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation", "budget"
+    "preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation", "budget",
+    "editor_resolution",
 )
 INTENSITY_FIELDS = ("eps", "budget")  # set by an intensity unless given explicitly
 
@@ -70,6 +71,10 @@ class ProtectOptions(BaseModel):
     )
     eot_samples: int = Field(
         default=ENGINE_DEFAULTS["eot_samples"], ge=1, le=64, description="EoT draws averaged per PGD step"
+    )
+    editor_resolution: int | None = Field(
+        default=ENGINE_DEFAULTS["editor_resolution"], ge=64, le=16384,
+        description="also protect the image as an editor sees it after downscaling to this long side (e.g. 1024)",
     )
     aggregation: Literal["mean", "worst"] = Field(
         default=ENGINE_DEFAULTS["aggregation"],
@@ -128,7 +133,6 @@ class ProtectOptions(BaseModel):
         given = {k: v for k, v in fields.items() if k not in INTENSITY_FIELDS or v != ENGINE_DEFAULTS[k]}
         return intensity_config(self.intensity, **given, model_weights=weights)
 
-
     def output(self) -> dict[str, Any]:
         """Keyword arguments of ``Engine.protect_bytes`` for the output file."""
         return {"fmt": self.format, "quality": self.quality, "keep_exif": self.keep_exif}
@@ -139,6 +143,8 @@ class ProtectOptions(BaseModel):
         values = self.model_dump(mode="json")
         if values["eot"] is None:
             values.pop("eot_samples")
+        if values["editor_resolution"] is None:  # off: fingerprints from before issue 12 stay valid
+            del values["editor_resolution"]
         if values["aggregation"] == "mean" and values["model_weights"] is None:  # one model, or the default
             del values["aggregation"], values["model_weights"]
         if values["intensity"] is None and values["budget"] == "linf":  # the defaults before issue 13

@@ -214,7 +214,11 @@ class Engine:
         quality: int | None = None,
         keep_exif: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        on_plan: Callable[[list[int], AttackPlan], None] | None = None,
+        progress: Callable[[list[int], StepProgress], None] | None = None,
     ) -> ProtectedImage:
         """Decode one file (bytes or path), protect it, return the output and its certificate."""
         decoded = decode_image(data, max_pixels=max_pixels)
-        return self.protect([decoded], config, fmt=fmt, quality=quality, keep_exif=keep_exif)[0]
+        return self.protect(
+            [decoded], config, fmt=fmt, quality=quality, keep_exif=keep_exif, on_plan=on_plan, progress=progress
+        )[0]

@@ -32,6 +32,14 @@ ModelsOpt = Annotated[  # protect: several models are attacked at once (one pert
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network (also HF_HUB_OFFLINE=1).")]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory the process may use, e.g. 1.5GB or 800MB (default: what it holds + 15% of the free RAM/VRAM). "
+        "Larger images are protected in tiles; one that cannot fit even so is refused before any work (exit 2).",
+    ),
+]
 
 # flag spellings of the protect options (presentation only: names, bounds and defaults come from the model)
 FLAGS: dict[str, tuple[str, ...]] = {

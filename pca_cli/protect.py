@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import DeviceOpt, DtypeOpt, ModelsOpt, OfflineOpt, with_protect_options
+from pca_cli.options import DeviceOpt, DtypeOpt, MaxMemoryOpt, ModelsOpt, OfflineOpt, with_protect_options
+
+MEMORY_REFUSAL = "memory budget: "  # failures with this prefix make the exit code 2 (a flag fixes them)
 
 
 def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Path, Path]]:
@@ -60,22 +62,32 @@ def protect_files(engine: Any, pairs: list[tuple[Path, Path]], options: ProtectO
     """Protect each (source, destination) pair with a progress bar; the failures with their reason."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pca_attack.attack.memory import MemoryBudgetError
     from pca_attack.errors import PCAError
     from pca_attack.io.files import atomic_write
+    from pca_cli.progress import ImageProgress
 
     config = options.to_attack_config()
     failures: list[tuple[Path, str]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console) as progress:
         task = progress.add_task("protecting", total=len(pairs))
+        steps = ImageProgress(progress, console)
         for source, dest in pairs:
+            steps.start(source.name)
             try:
-                result = engine.protect_bytes(source.read_bytes(), config, **options.output())
+                result = engine.protect_bytes(
+                    source.read_bytes(), config, **options.output(), on_plan=steps.on_plan, progress=steps.on_step
+                )
                 atomic_write(dest, result.data)
                 report = result.certificate.model_dump() | {"source": str(source), "output": str(dest)}
                 atomic_write(dest.with_name(dest.name + ".json"), json.dumps(report, indent=2).encode())
+            except MemoryBudgetError as exc:
+                failures.append((source, MEMORY_REFUSAL + str(exc)))
             except (PCAError, OSError) as exc:
                 failures.append((source, str(exc)))
+            steps.done()
             progress.advance(task)
     return failures
 
@@ -89,6 +101,7 @@ def protect_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     offline: OfflineOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Protect images in-process and write each output with its JSON certificate beside it."""
     from pca_attack.attack.losses import check_preset
@@ -97,8 +110,11 @@ def protect_command(
     from pca_attack.pipeline import Engine
 
     console = Console(stderr=True)
+    from pca_attack.attack.memory import parse_size
+
     try:
         options.to_attack_config()
+        budget = parse_size(max_memory) if max_memory else None
     except PCAError as exc:
         raise typer.BadParameter(str(exc)) from exc
     check_output(inputs, output)
@@ -109,7 +125,7 @@ def protect_command(
         console.print("[yellow]no supported images found[/yellow]")
         raise typer.Exit(1)
     try:
-        engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None)
+        engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget)
         check_preset(engine.encoder, options.to_attack_config().loss_preset.name)  # e.g. adaptive on a tiny AE
     except PCAError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -120,4 +136,4 @@ def protect_command(
         console.print(f"[red]failed[/red] {source}: {reason}")
     console.print(f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")
     if failures:
-        raise typer.Exit(1)
+        raise typer.Exit(2 if any(reason.startswith(MEMORY_REFUSAL) for _, reason in failures) else 1)
