@@ -141,6 +141,10 @@ def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: E
         offline=settings.offline,
         max_batch=settings.max_batch,
     )
+    if settings.max_memory:  # PCA_MAX_MEMORY: the engine plans every micro-batch within it (tiles, or 413)
+        from pca_attack.attack.memory import parse_size
+
+        loaded.max_memory = parse_size(settings.max_memory)
     worker = EngineWorker(
         loaded,
         queue_size=settings.queue_size,

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="largest accepted file, in bytes")
     max_pixels: int = Field(default=40_000_000, ge=64, description="largest accepted image, width x height")
+    max_memory: str | None = Field(
+        default=None,
+        description="memory the process may use, e.g. 6GB (default: what it holds + 15% of the free RAM/VRAM at "
+        "start-up); images over it are protected in tiles, one that cannot fit even so is answered 413",
+    )
     max_files_per_job: int = Field(default=64, ge=1, le=10_000, description="files accepted by one POST /v1/jobs")
     max_steps: int = Field(default=200, ge=1, le=10_000, description="cap on the PGD steps a request may ask for")
 
@@ -49,6 +54,19 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = Field(default=60.0, gt=0, description="how often expired jobs are looked for")
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        """PCA_MAX_MEMORY must be a size the engine understands (1.5GB, 800MB, 2GiB)."""
+        if value:
+            from pca_attack.attack.memory import parse_size
+
+            try:
+                parse_size(value)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from exc
+        return value or None
 
     @field_validator("model", mode="before")
     @classmethod

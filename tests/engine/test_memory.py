@@ -149,3 +149,22 @@ def test_large_image_under_a_small_budget_in_a_memory_capped_process(
     assert report["tiles"] > 1 and report["tile_size"] < side
     assert report["budget_ok"] and report["linf"] <= 16
     assert report["steps"] == 2
+
+
+def test_service_answers_413_with_the_limit_when_an_image_cannot_fit(tiny_vae_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.service.conftest import png_bytes
+
+    with pytest.raises(ValueError, match="memory size"):
+        Settings(max_memory="plenty")
+    settings = Settings(
+        model=str(tiny_vae_dir), device="cpu", dtype="fp32", offline=True, data_dir=tmp_path, max_memory="1MB"
+    )
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/protect", files={"file": ("a.png", png_bytes(64, 64), "image/png")},
+                             data={"steps": "1"})
+    assert answer.status_code == 413, answer.text
+    assert "PCA_MAX_MEMORY" in answer.text
