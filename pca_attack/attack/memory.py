@@ -360,3 +360,9 @@ def posterior_in_budget(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor
     side = math.sqrt(max(0.0, available / HEADROOM - model.forward.fixed) / (model.forward.per_pixel * batch))
     core = max(model.factor, int((side - 2 * model.halo) // model.factor) * model.factor)
     return tiled_posterior(encoder, x, TileGrid(height, width, model.factor, core, model.halo))
+
+
+def decoder_fits(encoder: Encoder, pixels: int, available: float) -> bool:
+    """Whether a whole-image decode may run: taken as twice the measured encoder forward (decoders are the
+    heavier half of a VAE), which must fit in ``available`` bytes."""
+    return 2 * memory_model(encoder).forward(pixels) * HEADROOM <= available

@@ -68,14 +68,19 @@ async def diagnostics(
     x_other = other.to_tensor() if other is not None else None
 
     def run(engine: Engine) -> dict[str, Any]:
-        if x_other is None:
-            return {"image": image_stats(engine.encoder, x_clean, engine.decoder)}
-        stats = pair_stats(engine.encoder, x_clean, x_other, engine.decoder)
-        stats["image"] = stats.pop("clean")
-        if redteam:
-            from pca_attack.redteam.report import redteam as run_redteam
+        from pca_attack.attack.memory import decoder_fits, memory_scope
 
-            stats["redteam"] = run_redteam(engine, x_clean, x_other, with_roundtrip=False).to_dict()
+        available = engine.available_memory()  # the same budget as protect: large images measured in tiles
+        decoder = engine.decoder if decoder_fits(engine.encoder, x_clean[0].numel(), available) else None
+        with memory_scope(available):
+            if x_other is None:
+                return {"image": image_stats(engine.encoder, x_clean, decoder)}
+            stats = pair_stats(engine.encoder, x_clean, x_other, decoder)
+            stats["image"] = stats.pop("clean")
+            if redteam:
+                from pca_attack.redteam.report import redteam as run_redteam
+
+                stats["redteam"] = run_redteam(engine, x_clean, x_other, with_roundtrip=False).to_dict()
         return stats
 
     future = worker.call(run)
