@@ -257,3 +257,16 @@ def test_tiled_ensemble_recuts_the_grid_per_member(pair: tuple[str, str], images
     assert (result.final_loss < result.clean_loss).all()
     tiles_per_step = events[0][1]
     assert tiles_per_step > 2 and {t for t, _ in events} == set(range(1, tiles_per_step + 1))
+
+
+def test_real_tiny_autoencoders_as_an_ensemble(images: torch.Tensor) -> None:
+    """TAEF2 (f8) and TAESana (f32), both deterministic: one perturbation lowers both normalised losses."""
+    shared = Path(__file__).resolve().parents[2] / ".." / "shared" / "models"
+    specs = [shared / "taef2" / "taef2_encoder.pth", shared / "taesana" / "taesana_encoder.pth"]
+    if not all(spec.is_file() for spec in specs):
+        pytest.skip("the real tiny autoencoders (../shared/models/taef2, taesana) are not in this checkout")
+    model = load_model([str(s) for s in specs], device="cpu", dtype="fp32")
+    assert isinstance(model, Ensemble) and model.downsample_factor == 32
+    result = Protector(model, FAST.with_(steps=3)).protect(images)
+    assert (result.final_loss < result.clean_loss).all()  # normalised aggregate: clean is 1 per image
+    assert torch.allclose(result.clean_loss, torch.ones(2), rtol=1e-4)
