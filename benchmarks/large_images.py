@@ -1,0 +1,234 @@
+"""Large images within a memory budget (issue 12): peak RSS, time per step, tiled vs untiled, seams, editor resize.
+
+Prints one JSON object (and writes it with --out). Parts (``--parts``, comma-separated):
+
+* ``memory``: each ``--sizes`` photo (scikit-image's astronaut, upscaled) protected for ``--steps`` steps in a
+  fresh child process, with the default budget and with ``--max-memory``: the plan, the estimate, the child's
+  peak RSS (``ru_maxrss``: model, attack, encode and certificate together), seconds per step; and the ratio of
+  seconds per step between the largest and the smallest size against the ratio of their pixels.
+* ``seams``: ``--seam-size`` (fits untiled) protected untiled and in tiles: final loss of both measured
+  untiled, and the mean |perturbation| within 8 px of tile borders vs elsewhere (both runs, same masks).
+* ``editor``: ``--editor-size`` protected plainly and with ``editor_resolution=--editor-long``; both outputs
+  (and the clean photo) downscaled to that long side with PIL's Lanczos, as an editor would; collapse kept =
+  1 - loss(protected small) / loss(clean small); reported with the ratio editor / plain.
+
+Run: ``nice -n 10 prlimit --as=16000000000 python benchmarks/large_images.py --model demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def photo_bytes(width: int, height: int) -> bytes:
+    """scikit-image's astronaut, resized (Lanczos) to width x height, as PNG bytes."""
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).resize((width, height), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    return [(int(w), int(h)) for w, h in (item.split("x") for item in text.split(",") if item)]
+
+
+# -- child: one protect run, reporting its own peak RSS ------------------------------------------------
+
+
+def child(args: argparse.Namespace) -> None:
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.attack.memory import parse_size
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+
+    width, height = parse_sizes(args.child)[0]
+    data = photo_bytes(width, height)
+    budget = parse_size(args.max_memory) if args.max_memory else None
+    engine = Engine.from_spec(args.model, device="cpu", max_memory=budget)
+    image = decode_image(data, max_pixels=width * height)
+    plans: list[Any] = []
+    ends: list[float] = []
+    t0 = time.perf_counter()
+    out = engine.protect(
+        [image], AttackConfig(steps=args.steps), on_plan=lambda i, p: plans.append(p),
+        progress=lambda i, e: ends.append(e.elapsed_s) if e.end_of_step else None,
+    )
+    total = time.perf_counter() - t0
+    steps = np.diff([0.0, *ends]).tolist()
+    plan = plans[0]
+    print(json.dumps({
+        "size": f"{width}x{height}", "budget": args.max_memory or "default",
+        "budget_bytes_for_attack": plan.budget_bytes, "plan": plan.describe(), "tiles": plan.tiles,
+        "tile_side": plan.tile_side, "estimated_attack_bytes": plan.estimated_bytes,
+        "baseline_rss_bytes": engine.baseline_memory,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "seconds_per_step": steps, "seconds_total": total, "budget_ok": out[0].certificate.budget_ok,
+    }))
+
+
+def run_child(model: str, size: tuple[int, int], steps: int, budget: str | None) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--model", model, "--steps", str(steps), "--child", f"{size[0]}x{size[1]}"]
+    if budget:
+        command += ["--max-memory", budget]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"size": f"{size[0]}x{size[1]}", "budget": budget or "default", "error": done.stderr[-800:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def part_memory(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = parse_sizes(args.sizes)
+    budgets = [None if b == "default" else b for b in args.budgets.split(",")]
+    runs = [run_child(args.model, size, args.steps, budget) for size in sizes for budget in budgets]
+    ok = [r for r in runs if "error" not in r and r["budget"] == (budgets[0] or "default")]
+    result: dict[str, Any] = {"runs": runs}
+    if len(ok) >= 2:
+        big, small = max(ok, key=_pixels), min(ok, key=_pixels)
+        per_step = {r["size"]: float(np.mean(r["seconds_per_step"][-1:])) for r in (big, small)}
+        result["time_ratio"] = {
+            "sizes": [big["size"], small["size"]], "seconds_per_step": per_step,
+            "ratio": per_step[big["size"]] / per_step[small["size"]], "pixel_ratio": _pixels(big) / _pixels(small),
+        }
+    return result
+
+
+def _pixels(run: dict[str, Any]) -> int:
+    w, h = run["size"].split("x")
+    return int(w) * int(h)
+
+
+# -- seams and tiled vs untiled ------------------------------------------------------------------------
+
+
+def border_mask(grid: Any, width: int = 8) -> torch.Tensor:
+    """(H, W) bool: pixels within ``width`` of a core boundary inside the image."""
+    mask = torch.zeros(grid.height, grid.width, dtype=torch.bool)
+    f = grid.factor
+    for tile in grid.tiles():
+        for edge in (tile.latent_rows.start * f, tile.latent_rows.stop * f):
+            if 0 < edge < grid.height:
+                mask[max(0, edge - width) : edge + width, :] = True
+        for edge in (tile.latent_cols.start * f, tile.latent_cols.stop * f):
+            if 0 < edge < grid.width:
+                mask[:, max(0, edge - width) : edge + width] = True
+    return mask
+
+
+def part_seams(args: argparse.Namespace) -> dict[str, Any]:
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.attack.memory import memory_model
+    from pca_attack.attack.pgd import Protector
+    from pca_attack.attack.tiling import TileGrid
+    from pca_attack.io.images import decode_image
+    from pca_attack.models.encoder import load_encoder
+
+    width, height = parse_sizes(args.seam_size)[0]
+    encoder = load_encoder(args.model, device="cpu")
+    model = memory_model(encoder)
+    x = decode_image(photo_bytes(width, height)).to_tensor()[None]  # (1, 3, H, W)
+    grid = TileGrid(height, width, model.factor, args.seam_core, model.halo)
+    cfg = AttackConfig(steps=args.seam_steps)
+    plain = Protector(encoder, cfg).protect(x)
+    tiled = Protector(encoder, cfg).protect(x, tiles=grid)
+    judge = Protector(encoder, cfg)  # untiled loss of both outputs
+    target = judge.target_variance(x)
+    loss = {name: float(judge.loss(r.images, target)[0]) for name, r in (("untiled", plain), ("tiled", tiled))}
+    mask = border_mask(grid)
+    stats = {}
+    for name, result in (("untiled", plain), ("tiled", tiled)):
+        delta = (result.images - x)[0].abs().mean(dim=0) * 255  # (H, W) on the 0-255 scale
+        stats[name] = {"border_mean_abs_255": float(delta[mask].mean()),
+                       "inside_mean_abs_255": float(delta[~mask].mean())}
+    return {
+        "size": f"{width}x{height}", "steps": args.seam_steps, "tiles": len(grid), "tile_side": grid.tile_side,
+        "halo": model.halo, "final_loss_untiled_measure": loss, "clean_loss": float(judge.loss(x, target)[0]),
+        "tiled_over_untiled_final_loss": loss["tiled"] / loss["untiled"], "perturbation": stats,
+    }
+
+
+# -- editor resolution ---------------------------------------------------------------------------------
+
+
+def part_editor(args: argparse.Namespace) -> dict[str, Any]:
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.attack.losses import pca_loss
+    from pca_attack.io.images import decode_image, tensor_to_array
+    from pca_attack.pipeline import Engine
+
+    width, height = parse_sizes(args.editor_size)[0]
+    engine = Engine.from_spec(args.model, device="cpu", with_decoder=False)
+    clean = decode_image(photo_bytes(width, height), max_pixels=width * height)
+    side = args.editor_long
+    scale = side / max(width, height)
+    small_size = (round(width * scale), round(height * scale))
+
+    @torch.no_grad()
+    def small_loss(pixels: np.ndarray) -> float:
+        small = np.asarray(Image.fromarray(pixels).resize(small_size, Image.LANCZOS), dtype=np.float32) / 255
+        mean, logvar = engine.encoder.posterior(torch.from_numpy(small).permute(2, 0, 1)[None])
+        return float(pca_loss(mean, logvar, 1e-8)[0])
+
+    base = small_loss(clean.rgb)
+    kept = {}
+    for name, config in (("plain", AttackConfig(steps=args.steps_editor)),
+                         ("editor", AttackConfig(steps=args.steps_editor, editor_resolution=side))):
+        out = engine.protect([clean], config)[0]
+        protected = decode_image(out.data, max_pixels=width * height)
+        kept[name] = 1.0 - small_loss(tensor_to_array(protected.to_tensor(), 255)) / base
+    ratio = kept["editor"] / max(kept["plain"], 1e-12)
+    return {"size": f"{width}x{height}", "editor_long_side": side, "steps": args.steps_editor,
+            "collapse_kept_after_downscale": kept, "ratio_editor_over_plain": ratio}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--parts", default="memory,seams,editor")
+    parser.add_argument("--sizes", default="4000x3000,1155x866")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--budgets", default="default,1.5GB", help="memory part: 'default' and/or sizes")
+    parser.add_argument("--max-memory", help=argparse.SUPPRESS)  # child: the budget of this run
+    parser.add_argument("--seam-size", default="1024x768")
+    parser.add_argument("--seam-core", type=int, default=384)
+    parser.add_argument("--seam-steps", type=int, default=10)
+    parser.add_argument("--editor-size", default="2048x1536")
+    parser.add_argument("--editor-long", type=int, default=1024)
+    parser.add_argument("--steps-editor", type=int, default=10)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    parts = {"memory": part_memory, "seams": part_seams, "editor": part_editor}
+    result: dict[str, Any] = {"model": args.model, "command": " ".join(sys.argv)}
+    for name in args.parts.split(","):
+        t0 = time.perf_counter()
+        result[name] = parts[name](args)
+        result[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
