@@ -98,6 +98,20 @@ def mean_kl_per_element(
     return kl_to_gaussian(mean, logvar, target_variance).flatten(1).mean(dim=1)
 
 
+def half_safe_scale(encoder_dtype: torch.dtype, target_variance: float | torch.Tensor) -> float:
+    """Positive factor for the backward pass of an fp16 encoder (1.0 for fp32/bf16).
+
+    The loss's gradient with respect to the posterior is about ``mean / v``: with v = 1e-8 (the pca- preset)
+    it overflows fp16 (max 65504) inside the encoder's backward, and the input gradient turns NaN. Scaling the
+    objective by v (at most 1) keeps the backward in range; the caller divides the fp32 input gradient by the
+    same factor. bf16 has fp32's exponent range and fp32 needs nothing, so their results are untouched.
+    """
+    if encoder_dtype != torch.float16:
+        return 1.0
+    smallest = float(target_variance.min()) if isinstance(target_variance, torch.Tensor) else float(target_variance)
+    return min(1.0, max(smallest, 1e-30))
+
+
 def objective_sign(direction: str) -> float:
     """+1 when PGD descends the loss (minimise), -1 when it ascends (maximise)."""
     if direction == "minimize":

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pca_attack.attack.losses import pca_loss
+from pca_attack.attack.losses import half_safe_scale, pca_loss
 from pca_attack.models.encoder import Encoder
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -231,7 +231,9 @@ class TiledObjective:
                 loss = loss + pca_loss(mean, logvar, target if tile is None else _crop_target(target, tile))
             loss = loss / self._samples(generator)
             if sign is not None:
-                (g,) = torch.autograd.grad((sign * loss).sum(), part)  # (B, 3, h, w)
+                scale = half_safe_scale(self.encoder.dtype, target)
+                (g,) = torch.autograd.grad((sign * scale * loss).sum(), part)  # (B, 3, h, w)
+                g = g / scale
                 if tile is None:
                     grad = g
                 else:
@@ -252,6 +254,7 @@ class TiledObjective:
         whole = x.detach().requires_grad_(grad is not None)
         term = self._editor_term(whole, target)  # (B,)
         if grad is not None and sign is not None:
-            (g,) = torch.autograd.grad((sign * term).sum(), whole)  # (B, 3, H, W)
-            grad += g
+            scale = half_safe_scale(self.encoder.dtype, target)
+            (g,) = torch.autograd.grad((sign * scale * term).sum(), whole)  # (B, 3, H, W)
+            grad += g / scale
         return total + term.detach().float(), grad
