@@ -160,11 +160,8 @@ def _open(source: bytes | str | Path | Image.Image) -> tuple[Image.Image, bytes]
         ) from exc
 
 
-def decode_image(
-    source: bytes | str | Path | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> DecodedImage:
-    """Decode bytes, a path or a PIL image into a DecodedImage (see the module docstring)."""
-    image, data = _open(source)
+def _check_admissible(image: Image.Image, max_pixels: int) -> None:
+    """Refuse images that are too large, too small, multi-frame, truncated or corrupt (before any pixel work)."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(
@@ -186,32 +183,47 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise UnsupportedImageError(f"the image data is truncated or corrupt ({exc}); re-export the file") from exc
 
-    fmt = image.format or "PNG"
-    mode = image.mode
-    icc, icc_note = _valid_icc(image.info.get("icc_profile") or None, mode)
-    dpi = image.info.get("dpi")
+
+def _upright(image: Image.Image, notes: list[str]) -> tuple[Image.Image, bytes | None, int]:
+    """Apply the EXIF orientation; returns the upright image, the EXIF to carry (orientation reset) and the
+    original orientation tag."""
     exif_obj = image.getexif()
     orientation = int(exif_obj.get(_EXIF_ORIENTATION, 1) or 1)
-    notes: list[str] = [icc_note] if icc_note else []
     if orientation != 1:
         image = ImageOps.exif_transpose(image) or image
         notes.append(f"EXIF orientation {orientation} applied; output is stored upright")
         exif_obj[_EXIF_ORIENTATION] = 1
-    exif = exif_obj.tobytes() if len(exif_obj) else None
+    return image, (exif_obj.tobytes() if len(exif_obj) else None), orientation
+
+
+def decode_image(
+    source: bytes | str | Path | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """Decode bytes, a path or a PIL image into a DecodedImage (see the module docstring)."""
+    image, data = _open(source)
+    _check_admissible(image, max_pixels)
+    fmt, mode, dpi = image.format or "PNG", image.mode, image.info.get("dpi")
+    icc, icc_note = _valid_icc(image.info.get("icc_profile") or None, mode)
+    notes: list[str] = [icc_note] if icc_note else []
+    image, exif, orientation = _upright(image, notes)
 
     depth = _png_bit_depth(data)
     if depth is not None and depth[0] == 16 and orientation == 1:
         rgb, alpha, gray = _read_png16(data)
         return DecodedImage(rgb, alpha, gray, fmt, mode, icc, exif, dpi, [*notes, "16-bit PNG read at full depth"])
+    return _decode_pixels(image, fmt, mode, icc, exif, dpi, notes)
 
+
+def _decode_pixels(
+    image: Image.Image, fmt: str, mode: str, icc: bytes | None, exif: bytes | None, dpi: Any, notes: list[str]
+) -> DecodedImage:
+    """8-bit (and 16-bit grayscale) pixels of every supported mode: palette, bilevel, CMYK, LA/RGBA, L, YCbCr."""
     alpha_img: Image.Image | None = None
     gray = False
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA" if ("transparency" in image.info or mode == "PA") else "RGB")
         notes.append("palette image: written back as " + image.mode + " (a palette cannot hold the perturbation)")
-        mode_now = image.mode
-    else:
-        mode_now = mode
+    mode_now = image.mode
     if mode_now == "1":
         image, mode_now = image.convert("L"), "L"
         notes.append("bilevel image: written back as 8-bit grayscale")
@@ -239,11 +251,9 @@ def decode_image(
         raise UnsupportedImageError(
             f"image mode {mode_now} is not supported; export as RGB, RGBA, grayscale, palette, CMYK or 16-bit PNG"
         )
-    if gray:
-        g = np.asarray(image.convert("L"), dtype=np.uint8)
-        rgb = np.repeat(g[..., None], 3, axis=2)
-    else:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    rgb = np.repeat(np.asarray(image.convert("L"), dtype=np.uint8)[..., None], 3, axis=2) if gray else (
+        np.asarray(image.convert("RGB"), dtype=np.uint8)
+    )
     alpha = np.asarray(alpha_img, dtype=np.uint8) if alpha_img is not None else None
     return DecodedImage(np.ascontiguousarray(rgb), alpha, gray, fmt, mode, icc, exif, dpi, notes)
 
