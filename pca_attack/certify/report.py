@@ -18,6 +18,7 @@ from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import mean_energy, mean_kl_per_element, pca_loss, posterior_variance
 from pca_attack.certify.diagnostics import decode_mean, drift, posterior, preset_target, psnr
 from pca_attack.certify.members import EnsembleAggregate, ModelReport
+from pca_attack.certify.metrics import tiled_mean
 from pca_attack.io.images import DecodedImage
 from pca_attack.models.devices import dtype_name
 from pca_attack.models.encoder import Decoder, Encoder
@@ -113,7 +114,8 @@ def _visibility_fields(config: AttackConfig, x_clean: torch.Tensor, x_out: torch
     bound = jnd_map(x_clean[None], config.eps) if config.budget == "jnd" else torch.full((1,), float(config.eps))
     shift = colour_shift(x_clean, x_out)
     return {
-        "ms_ssim": ms_ssim(x_clean, x_out), "vif": vif(x_clean, x_out), "budget": config.budget,
+        "ms_ssim": tiled_mean(ms_ssim, x_clean, x_out), "vif": tiled_mean(vif, x_clean, x_out),
+        "budget": config.budget,
         "budget_map_255": [round(float(v), 3) for v in (bound.min(), bound.mean(), bound.max())],
         "colour_neutral": config.colour_neutral, "shrink": config.shrink,
         "mean_shift_255": shift["global"], "mean_shift_window_max_255": shift["window_max"],
@@ -127,7 +129,8 @@ def _pixel_fields(a: np.ndarray, b: np.ndarray, levels: float, eps: float) -> di
     linf = float(np.abs(b - a).max() * 255.0 / levels)
     return {
         "linf_255": linf, "budget_ok": linf <= eps + 1e-9, "l2": float(np.sqrt(np.sum(diff01**2))),
-        "psnr_db": None if mse == 0 else float(10 * np.log10(1.0 / mse)), "ssim": _ssim(a, b, levels),
+        "psnr_db": None if mse == 0 else float(10 * np.log10(1.0 / mse)),
+        "ssim": tiled_mean(lambda r, t: _ssim(r, t, levels), a, b, axes=(0, 1)),
     }
 
 

@@ -61,3 +61,20 @@ def test_more_noise_scores_worse_and_small_images_degrade_gracefully() -> None:
     for height in (12, 41, 64, 91, 96, 161):  # every size picks a number of scales the library accepts
         mid_ref, mid_test = fixed_pair(height, 120)
         assert 0 < ms_ssim(mid_ref, mid_test) < 1, height
+
+
+def test_large_images_are_measured_in_tiles_with_bounded_memory() -> None:
+    """Above METRIC_TILE per side the perceptual metrics run tile by tile: the value is the area-weighted
+    mean of the tiles' values, and SSIM stays close to the whole-image value."""
+    from pca_attack.certify.metrics import METRIC_TILE, ssim, tiled_mean
+
+    g = torch.Generator().manual_seed(1)
+    side = METRIC_TILE * 2 + 40  # 2 full tiles and an edge strip per side
+    a = torch.rand(3, side, side - 24, generator=g)
+    b = (a + 0.03 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    whole = ssim(a, b)
+    tiled = tiled_mean(ssim, a, b)
+    assert tiled is not None and abs(tiled - whole) < 0.01
+    crops = [(a[:, :METRIC_TILE, :METRIC_TILE], b[:, :METRIC_TILE, :METRIC_TILE])]
+    assert tiled_mean(ssim, *crops[0]) == ssim(*crops[0])  # one tile: the plain value
+    assert tiled_mean(lambda r, t: None, a, b) is None
