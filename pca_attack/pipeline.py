@@ -28,7 +28,7 @@ from pca_attack.attack.pgd import Protector, ProtectResult
 from pca_attack.attack.progress import StepProgress
 from pca_attack.certify.members import ensemble_fields
 from pca_attack.certify.report import Certificate, certificate
-from pca_attack.errors import ModelLoadError, ModelNotFoundError
+from pca_attack.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from pca_attack.io.formats import FORMATS, normalise_format
 from pca_attack.io.images import (
     DEFAULT_MAX_PIXELS,
@@ -91,9 +91,12 @@ class Engine:
         offline: bool | None = None,
         max_batch: int = 4,
         max_memory: int | None = None,
+        decoder: str | None = None,
     ) -> Engine:
         """Load the encoder (and the decoder when available and asked for) of ``model``; a model list
-        (``"taef2,demo"`` or several specs) loads an ensemble (``pca_attack.models.ensemble``)."""
+        (``"taef2,demo"`` or several specs) loads an ensemble (``pca_attack.models.ensemble``). ``decoder``:
+        a separate decoder weights file for a single model (e.g. a tiny autoencoder's ``*_decoder.pth``);
+        asked for explicitly, a failure to load it is an error rather than a silent omission."""
         loaded = load_model(model, device=device, dtype=dtype, offline=offline)
         if isinstance(loaded, Ensemble):
             decoders = load_decoders(loaded, model, device, dtype, offline) if with_decoder else {}
@@ -102,13 +105,18 @@ class Engine:
                        ensemble=loaded, decoders=decoders)
         model = split_specs(model)[0]  # one spec: the single-model path (load_encoder is cached)
         encoder = load_encoder(model, device=device, dtype=dtype, offline=offline)
-        decoder = None
+        if decoder is not None:
+            if not with_decoder:
+                raise ConfigError("a decoder file was given but with_decoder=False")
+            explicit = load_decoder(model, device=device, dtype=dtype, offline=offline, decoder=decoder)
+            return cls(encoder, explicit, max_batch=max_batch, max_memory=max_memory)
+        found = None
         if with_decoder:
             try:
-                decoder = load_decoder(model, device=device, dtype=dtype, offline=offline)
+                found = load_decoder(model, device=device, dtype=dtype, offline=offline)
             except (ModelLoadError, ModelNotFoundError):
-                decoder = None  # encoder-only weights: certificates then omit round-trip PSNR
-        return cls(encoder, decoder, max_batch=max_batch, max_memory=max_memory)
+                found = None  # encoder-only weights: certificates then omit round-trip PSNR
+        return cls(encoder, found, max_batch=max_batch, max_memory=max_memory)
 
     # -- planning --------------------------------------------------------------------------------------
     def available_memory(self) -> float:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pca_cli.options import DeviceOpt, ModelOpt, OfflineOpt
+from pca_cli.options import DecoderOpt, DeviceOpt, ModelOpt, OfflineOpt
 
 
 def diagnose_command(
@@ -19,6 +19,7 @@ def diagnose_command(
     model: ModelOpt = "demo",
     device: DeviceOpt = "auto",
     offline: OfflineOpt = False,
+    decoder: DecoderOpt = None,
 ) -> None:
     """Print KL to the prior and to each preset's target, per-channel summaries, drift (JSON)."""
     from pca_attack.certify.diagnostics import image_stats, pair_stats
@@ -27,7 +28,8 @@ def diagnose_command(
     from pca_attack.pipeline import Engine
 
     try:
-        engine = Engine.from_spec(model, device=device, offline=offline or None)
+        engine = Engine.from_spec(model, device=device, offline=offline or None,
+                                  decoder=str(decoder) if decoder else None)
         clean = decode_image(image).to_tensor()
         if protected is None:
             stats = image_stats(engine.encoder, clean, engine.decoder)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import typer
@@ -30,6 +31,13 @@ ModelsOpt = Annotated[  # protect: several models are attacked at once (one pert
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps.")]
+DecoderOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--decoder", help="Decoder weights file for round-trip measurements (e.g. taef2_decoder.pth); by default "
+        "a tiny autoencoder's *_decoder.pth beside its encoder file is used.", exists=True, dir_okay=False,
+    ),
+]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network (also HF_HUB_OFFLINE=1).")]
 MaxMemoryOpt = Annotated[

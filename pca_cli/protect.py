@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import DeviceOpt, DtypeOpt, MaxMemoryOpt, ModelsOpt, OfflineOpt, with_protect_options
+from pca_cli.options import DecoderOpt, DeviceOpt, DtypeOpt, MaxMemoryOpt, ModelsOpt, OfflineOpt, with_protect_options
 
 MEMORY_REFUSAL = "memory budget: "  # failures with this prefix make the exit code 2 (a flag fixes them)
 
@@ -102,6 +102,7 @@ def protect_command(
     dtype: DtypeOpt = "auto",
     offline: OfflineOpt = False,
     max_memory: MaxMemoryOpt = None,
+    decoder: DecoderOpt = None,
 ) -> None:
     """Protect images in-process and write each output with its JSON certificate beside it."""
     from pca_attack.attack.losses import check_preset
@@ -125,7 +126,8 @@ def protect_command(
         console.print("[yellow]no supported images found[/yellow]")
         raise typer.Exit(1)
     try:
-        engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget)
+        engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget,
+                                  decoder=str(decoder) if decoder else None)
         check_preset(engine.encoder, options.to_attack_config().loss_preset.name)  # e.g. adaptive on a tiny AE
     except PCAError as exc:
         console.print(f"[red]error:[/red] {exc}")

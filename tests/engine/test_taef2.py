@@ -117,3 +117,29 @@ def test_cli_refuses_adaptive_with_exit_code_2(tmp_path: Path) -> None:
                                       "--model", str(_need(TAEF2)), "--preset", "adaptive", "--steps", "1"])
     assert result.exit_code == 2
     assert "deterministic encoder" in result.output
+
+
+def test_protect_cli_takes_a_separate_decoder_file(tmp_path: Path) -> None:
+    """`pca-protect protect ENCODER.pth --decoder DECODER.pth`: round-trip fields appear in the certificate
+    although no decoder lies beside the encoder file; without --decoder they are absent."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pca_cli import app
+
+    folder = _need(TAEF2)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(folder / "taef2_encoder.pth", lone / "taef2_encoder.pth")
+    src = tmp_path / "in.png"
+    src.write_bytes(_png(_crop(32, 48)))
+    reports = {}
+    for name, extra in (("with", ["--decoder", str(folder / "taef2_decoder.pth")]), ("without", [])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["protect", str(src), "-o", str(out), "--model",
+                                          str(lone / "taef2_encoder.pth"), "--steps", "1", "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads(next(out.glob("*.json")).read_text())
+    assert reports["with"]["roundtrip_psnr_clean_db"] > 25
+    assert reports["without"].get("roundtrip_psnr_clean_db") is None
