@@ -13,7 +13,7 @@ fi
 python -m pip install -q --upgrade pip >/dev/null
 # torch first and pinned to a CPU-installable release, so the range in pyproject installs nothing bigger.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,ray]"  # ray[data,serve]: tests/ray (they skip without it)
 # The web page's browser tests drive Debian's Chromium (tests/web skip without it): install it quietly when
 # it is missing and we are root with apt-get; a failure here only means those tests skip.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
