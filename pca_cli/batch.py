@@ -38,6 +38,11 @@ ServerOpt = Annotated[
     str | None, typer.Option("--server", envvar="PCA_SERVER", help="Service URL, e.g. http://127.0.0.1:8000.")
 ]
 LocalOpt = Annotated[bool, typer.Option("--local", help="Use the in-process engine instead of a server.")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option("--ray", help="Protect on a Ray cluster (Ray Data): 'auto' ($RAY_ADDRESS, a running local "
+                 "cluster or a new one) or a cluster ADDRESS; --jobs = engine actors. Needs pca-protect[ray]."),
+]
 BatchModelOpt = Annotated[
     list[str],
     typer.Option("--model", "-m", help="Model for --local (registry name or folder); several (a comma list or "
@@ -148,6 +153,7 @@ def batch_command(
     options: ProtectOptions,
     server: ServerOpt = None,
     local: LocalOpt = False,
+    ray: RayOpt = None,
     model: BatchModelOpt = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
     device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")] = "auto",
@@ -169,8 +175,8 @@ def batch_command(
     from pca_client.plan import BatchError
 
     console, err = Console(), Console(stderr=True)
-    if bool(server) == bool(local):
-        err.print("[red]choose exactly one of --server URL or --local[/red]")
+    if sum(map(bool, (server, local, ray))) != 1:
+        err.print("[red]choose exactly one of --server URL, --local or --ray auto|ADDRESS[/red]")
         raise typer.Exit(2)
     folders = {"include": include or (), "exclude": exclude or (), "in_place": in_place}
     try:
@@ -178,15 +184,16 @@ def batch_command(
             _print_dry_run(_runner(src, dst, _unused_processor, options, **folders).dry_run(), console)
             return
         _runner(src, dst, _unused_processor, options, **folders)  # bad folders fail before a model loads
-        processor: Processor
-        if local:
-            from pca_cli.local import local_processor
-
-            processor, jobs = local_processor(options, ",".join(model), device, dtype), 1
+        if ray:
+            runner = _ray_runner(src, dst, options, ray, ",".join(model), device, dtype, jobs, write_csv, folders)
         else:
-            assert server is not None
-            processor = _remote_processor(options, server, api_key, retries, timeout, jobs)
-        runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)
+            if local:
+                from pca_cli.local import local_processor
+
+                processor, jobs = local_processor(options, ",".join(model), device, dtype), 1
+            else:
+                processor = _remote_processor(options, str(server), api_key, retries, timeout, jobs)
+            runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)
     except (BatchError, _UsageError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
@@ -215,6 +222,18 @@ def _runner(src: Path, dst: Path, processor: Processor, options: ProtectOptions,
     from pca_client.runner import BatchRunner
 
     return BatchRunner(src, dst, processor, settings=options.settings(), fmt=options.format, **kwargs)
+
+
+def _ray_runner(
+    src: Path, dst: Path, options: ProtectOptions, address: str, model: str, device: str, dtype: str, jobs: int,
+    write_csv: bool, folders: dict[str, Any],
+) -> BatchRunner:
+    from pca_cli.ray_batch import RayBatchRunner, connect
+
+    connect(address)
+    return RayBatchRunner(
+        src, dst, options, model=model, device=device, dtype=dtype, workers=jobs, write_csv=write_csv, **folders
+    )
 
 
 def _watch(runner: BatchRunner, report: BatchReport, timeout: float | None, console: Console, err: Console) -> None:
