@@ -58,7 +58,27 @@ def check_output(inputs: list[Path], output: Path) -> None:
             )
 
 
-def protect_files(engine: Any, pairs: list[tuple[Path, Path]], options: ProtectOptions) -> list[tuple[Path, str]]:
+def write_budget_map(source: Path, dest: Path, eps: float) -> Path:
+    """Write the JND budget map of ``source`` as an 8-bit grey PNG beside ``dest`` (255 = the whole eps)."""
+    import io
+
+    from PIL import Image
+
+    from pca_attack.attack.budget import budget_map_image
+    from pca_attack.io.files import atomic_write
+    from pca_attack.io.images import decode_image
+
+    grey = budget_map_image(decode_image(source.read_bytes()).to_tensor(), eps)  # (H, W) uint8
+    buffer = io.BytesIO()
+    Image.fromarray(grey.numpy()).save(buffer, format="PNG")
+    path = dest.with_name(dest.name + ".budget.png")
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def protect_files(
+    engine: Any, pairs: list[tuple[Path, Path]], options: ProtectOptions, save_budget_map: bool = False
+) -> list[tuple[Path, str]]:
     """Protect each (source, destination) pair with a progress bar; the failures with their reason."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -83,6 +103,8 @@ def protect_files(engine: Any, pairs: list[tuple[Path, Path]], options: ProtectO
                 atomic_write(dest, result.data)
                 report = result.certificate.model_dump() | {"source": str(source), "output": str(dest)}
                 atomic_write(dest.with_name(dest.name + ".json"), json.dumps(report, indent=2).encode())
+                if save_budget_map:
+                    write_budget_map(source, dest, config.eps)
             except MemoryBudgetError as exc:
                 failures.append((source, MEMORY_REFUSAL + str(exc)))
             except (PCAError, OSError) as exc:
@@ -103,6 +125,9 @@ def protect_command(
     offline: OfflineOpt = False,
     max_memory: MaxMemoryOpt = None,
     decoder: DecoderOpt = None,
+    save_budget_map: Annotated[
+        bool, typer.Option("--save-budget-map", help="Also write each image's JND budget map as OUTPUT.budget.png.")
+    ] = False,
 ) -> None:
     """Protect images in-process and write each output with its JSON certificate beside it."""
     from pca_attack.attack.losses import check_preset
@@ -133,7 +158,7 @@ def protect_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
-    failures = protect_files(engine, pairs, options)
+    failures = protect_files(engine, pairs, options, save_budget_map)
     for source, reason in failures:
         console.print(f"[red]failed[/red] {source}: {reason}")
     console.print(f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")

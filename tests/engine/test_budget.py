@@ -161,3 +161,25 @@ def test_intensity_reaches_the_protect_options_of_every_interface() -> None:
     assert ProtectOptions(intensity="subtle", eps=10).to_attack_config().eps == 10  # a non-default eps wins
     assert ProtectOptions(budget="jnd").to_attack_config().budget == "jnd"
     assert "intensity" not in ProtectOptions().settings()  # fingerprints of earlier runs stay valid
+
+
+def test_protect_cli_saves_the_budget_map(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--save-budget-map` writes OUTPUT.budget.png: same size as the image, 255 where the whole eps is allowed."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pca_cli import app
+
+    rng = np.random.default_rng(0)
+    rgb = np.full((40, 56, 3), 128, np.uint8)
+    rgb[:, 28:] = rng.integers(0, 256, (40, 28, 3), dtype=np.uint8)  # flat left half, textured right half
+    src = tmp_path / "in.png"
+    Image.fromarray(rgb).save(src)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["protect", str(src), "-o", str(out), "--steps", "1", "--budget", "jnd",
+                                      "--save-budget-map", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    grey = np.asarray(Image.open(next(out.glob("*.budget.png"))))
+    assert grey.shape == (40, 56) and grey.dtype == np.uint8
+    assert grey[:, 36:].mean() > grey[:, :20].mean()  # textured regions get more of the budget
