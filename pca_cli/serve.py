@@ -6,6 +6,7 @@ Options left unset fall back to the ``PCA_*`` environment variables and then to 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,11 @@ def serve_command(
     max_batch: Annotated[int | None, typer.Option("--max-batch", help=_about("max_batch"))] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (HF_HUB_OFFLINE=1).")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info, debug.")] = "info",
+    ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve (pca-protect[ray]): replicas share the "
+                                      "jobs store through the database URL.")] = False,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Ray Serve replicas (with --ray).")] = 1,
+    ray_address: Annotated[str, typer.Option("--ray-address", help="Ray cluster (with --ray): auto or ADDRESS.")]
+    = "auto",
 ) -> None:
     """Serve /v1/protect, /v1/jobs, /v1/diagnostics, /v1/models, /healthz, /readyz and /metrics."""
     from pydantic import ValidationError
@@ -66,8 +72,29 @@ def serve_command(
         typer.echo(f"error: invalid settings:\n{exc}", err=True)
         raise typer.Exit(2) from exc
 
+    if ray:
+        _serve_on_ray(overrides, host, port, replicas, ray_address)
+        return
     import uvicorn
 
     app = create_app(settings)
     typer.echo(f"pca-protect: web page at {page_url(host, port)} (API under /v1) once the model is loaded")
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level, workers=1, timeout_graceful_shutdown=30)
+
+
+def _serve_on_ray(overrides: Mapping[str, object], host: str, port: int, replicas: int, address: str) -> None:
+    """``--ray``: the same app as a Ray Serve deployment of ``replicas`` replicas (settings as PCA_* env)."""
+    import json
+
+    try:
+        from service.ray_app import run
+    except ImportError as exc:
+        typer.echo("error: Ray is not installed: pip install 'pca-protect[ray]' (ray[data,serve])", err=True)
+        raise typer.Exit(2) from exc
+    env = {
+        f"PCA_{name.upper()}": json.dumps(value) if isinstance(value, list) else str(value)
+        for name, value in overrides.items()
+        if value is not None
+    }
+    typer.echo(f"pca-protect: {replicas} Ray Serve replica(s), web page at {page_url(host, port)}")
+    run(env, host=host, port=port, replicas=replicas, address=address)
