@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pca_attack import Engine, __version__
+from service.auth import ApiKeyMiddleware
 from service.deps import ApiKeyDep
 from service.errors import error_response, install_error_handlers
 from service.job_runner import JobRunner
@@ -217,5 +218,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(web_router)
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(ApiKeyMiddleware, settings=settings)  # outside the body limit: 401 before any byte is read
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: metrics)
     return app

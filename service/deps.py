@@ -3,7 +3,6 @@ the protect options of /v1/protect and /v1/jobs (form fields generated from ``Pr
 
 from __future__ import annotations
 
-import hmac
 import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 
 from pca_attack import Engine
 from pca_attack.options import ProtectOptions, field_bounds
+from service.auth import Caller, identify, unauthorized
 from service.errors import ApiError
 from service.job_runner import JobRunner
 from service.job_store import JobStore
@@ -78,23 +78,18 @@ def require_api_key(
     request: Request,
     api_key: Annotated[str | None, Security(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> None:
-    """401 unless settings.api_keys is empty or the request carries one of them."""
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
+) -> Caller:
+    """The caller; 401 unless no key is configured or the request carries an accepted one (the
+    ``ApiKeyMiddleware`` has already refused the request before its body when it does not)."""
     given = api_key or (bearer.credentials if bearer is not None else None)
-    if given and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-        return
-    raise ApiError(
-        401,
-        "unauthorized",
-        "missing or wrong API key; send it in the X-API-Key header or as 'Authorization: Bearer <key>'",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    caller = identify(request.app.state.settings, given)
+    if caller is None:
+        raise unauthorized()
+    return caller
 
 
 ApiKeyDep = Depends(require_api_key)
+CallerDep = Annotated[Caller, Depends(require_api_key)]
 
 
 def options_form(model: type[ProtectOptions] = ProtectOptions) -> Callable[..., ProtectOptions]:

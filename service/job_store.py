@@ -71,6 +71,7 @@ class JobRow(Base):
     settings_json: Mapped[str] = mapped_column(Text)
     total: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # SHA-256 of the creating key
     items: Mapped[list[ItemRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="ItemRow.index"
     )
@@ -111,6 +112,7 @@ class JobView:
     total: int
     error: str | None
     items: list[ItemView]
+    owner: str | None = None  # SHA-256 of the key that created the job (None: created on an open server)
 
     @property
     def done(self) -> int:
@@ -153,6 +155,7 @@ class JobStore:
                 cur.close()
 
         Base.metadata.create_all(self.engine)
+        _add_owner_column(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.lock = threading.RLock()  # serialises state changes between the runner and the routes
 
@@ -174,8 +177,10 @@ class JobStore:
         return self.job_dir(job_id) / f"{int(index):05d}.out{suffix}"
 
     # -- creating and reading -----------------------------------------------------------------------
-    def create(self, files: list[tuple[str | None, bytes | BinaryIO]], settings: dict[str, Any]) -> JobView:
-        """Store the uploads (bytes, or file objects copied in chunks) and queue a job for them."""
+    def create(
+        self, files: list[tuple[str | None, bytes | BinaryIO]], settings: dict[str, Any], owner: str | None = None
+    ) -> JobView:
+        """Store the uploads (bytes, or file objects copied in chunks) and queue a job owned by ``owner``."""
         job_id = uuid.uuid4().hex
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True)
@@ -192,6 +197,7 @@ class JobStore:
                 settings_json=json.dumps(settings),
                 total=len(files),
                 error=None,
+                owner=owner,
             )
             job.items = [
                 ItemRow(index=i, filename=safe_filename(name, f"image-{i}"), status="queued")
@@ -331,6 +337,15 @@ class JobStore:
             return s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
 
 
+def _add_owner_column(engine: Any) -> None:
+    """A database created before jobs had owners gets the column (its old jobs stay unowned)."""
+    from sqlalchemy import inspect, text
+
+    if "owner" not in {c["name"] for c in inspect(engine).get_columns("jobs")}:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(64)"))
+
+
 def _view(job: JobRow) -> JobView:
     return JobView(
         id=job.id,
@@ -341,6 +356,7 @@ def _view(job: JobRow) -> JobView:
         settings=json.loads(job.settings_json),
         total=job.total,
         error=job.error,
+        owner=job.owner,
         items=[
             ItemView(
                 i.index,

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API keys (comma-separated in the env); empty = open"
     )
+    admin_key: str | None = Field(
+        default=None,
+        min_length=8,
+        description="a key that also sees and deletes every client's jobs (jobs otherwise belong to the key "
+        "that created them; other keys get 404)",
+    )
 
     queue_size: int = Field(default=16, ge=1, le=100_000, description="engine requests waiting at most")
     max_batch: int = Field(default=4, ge=1, le=256, description="same-size images protected in one micro-batch")
@@ -132,6 +138,7 @@ class Settings(BaseSettings):
         """Settings for logs: API keys counted, database password hidden."""
         data = self.model_dump(mode="json")
         data["api_keys"] = f"{len(self.api_keys)} key(s)"
+        data["admin_key"] = "set" if self.admin_key else None
         url = self.db_url
         if "@" in url and "://" in url:
             scheme, rest = url.split("://", 1)

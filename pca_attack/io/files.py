@@ -1,6 +1,8 @@
 """The one atomic file write: a temp file in the target's folder, fsynced, renamed over the target with
 ``os.replace`` (then the folder is fsynced). A reader or a crash never sees a half-written file: the target
-is absent, the previous version, or complete. Torch-free: the folder runner and the service use it too."""
+is absent, the previous version, or complete. The file gets the permissions of a plain ``open()`` (0666 less
+the process umask, so 0644 under umask 022), not ``mkstemp``'s 0600. Torch-free: the folder runner and the
+service use it too."""
 
 from __future__ import annotations
 
@@ -17,6 +19,20 @@ TEMP_SUFFIX = ".part"
 _CHUNK = 1 << 20
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (``/proc/self/status`` on Linux);
+    elsewhere set and restored once (racy only against threads creating files at that instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes | BinaryIO, cancel: threading.Event | None = None) -> None:
     """Write ``data`` (bytes, or a binary file object copied from its start in chunks) to ``path``.
 
@@ -27,6 +43,8 @@ def atomic_write(path: Path, data: bytes | BinaryIO, cancel: threading.Event | N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp creates 0600; a result file gets the user's umask like open() would
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             if isinstance(data, bytes | bytearray | memoryview):
                 fh.write(data)

@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pca_attack.io.formats import BY_SUFFIX, FORMATS
-from service.deps import MetricsDep, ProtectOptionsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
+from service.auth import Caller
+from service.deps import CallerDep, MetricsDep, ProtectOptionsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import ApiError
-from service.job_store import JobView
+from service.job_store import JobStore, JobView
 from service.schemas import ErrorResponse, Job, JobItem, JobProgress
 from service.uploads import ERROR_RESPONSES, attack_config, output_name, read_upload
 
@@ -30,6 +31,14 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 def _not_found(job_id: str) -> ApiError:
     return ApiError(404, "not_found", f"job {job_id[:64]!r} does not exist (unknown, deleted or expired)")
+
+
+def visible_job(store: JobStore, job_id: str, caller: Caller) -> JobView:
+    """The job, or 404 when it does not exist OR belongs to another key (the two are indistinguishable)."""
+    view = store.get(job_id)
+    if view is None or not caller.may_see(view.owner):
+        raise _not_found(job_id)
+    return view
 
 
 def job_model(view: JobView) -> Job:
@@ -72,6 +81,7 @@ async def create_job(
     runner: RunnerDep,
     worker: WorkerDep,
     options: ProtectOptionsDep,
+    caller: CallerDep,
     files: Annotated[list[UploadFile], File(description="the images (1 .. max_files_per_job)")],
 ) -> JSONResponse:
     """Accept the images, store them under the data directory and queue them; answer 202 with the job.
@@ -95,7 +105,7 @@ async def create_job(
             )
         else:  # spooled by the multipart parser: copied to the data directory in chunks, not held in memory
             uploads.append((upload.filename, upload.file))
-    view = await run_in_threadpool(store.create, uploads, options.settings())
+    view = await run_in_threadpool(store.create, uploads, options.settings(), caller.owner)
     runner.wake.set()
     body = job_model(view).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{view.id}"})
@@ -108,11 +118,8 @@ async def create_job(
     response_model=Job,
     responses=_NOT_FOUND,
 )
-async def get_job(job_id: JobId, store: StoreDep) -> Job:
-    view = store.get(job_id)
-    if view is None:
-        raise _not_found(job_id)
-    return job_model(view)
+async def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> Job:
+    return job_model(visible_job(store, job_id, caller))
 
 
 @router.get(
@@ -125,12 +132,10 @@ async def get_job(job_id: JobId, store: StoreDep) -> Job:
         **_NOT_FOUND,
     },
 )
-async def job_results(job_id: JobId, store: StoreDep) -> Response:
+async def job_results(job_id: JobId, store: StoreDep, caller: CallerDep) -> Response:
     """Everything finished so far: `<index>_<name>.<ext>` images, `<index>_<name>.json` certificates, and
     `manifest.json` listing every item with its status and error."""
-    view = store.get(job_id)
-    if view is None:
-        raise _not_found(job_id)
+    view = visible_job(store, job_id, caller)
     buffer = io.BytesIO()
     manifest = {"job": job_model(view).model_dump(mode="json", exclude={"items"}), "items": []}
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -171,10 +176,10 @@ async def job_results(job_id: JobId, store: StoreDep) -> Response:
         **_NOT_FOUND,
     },
 )
-async def job_item(job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)], store: StoreDep) -> Response:
-    view = store.get(job_id)
-    if view is None:
-        raise _not_found(job_id)
+async def job_item(
+    job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)], store: StoreDep, caller: CallerDep
+) -> Response:
+    view = visible_job(store, job_id, caller)
     item = next((i for i in view.items if i.index == index), None)
     if item is None:
         raise ApiError(404, "not_found", f"job {job_id} has no item {index} (it has {view.total})")
@@ -197,9 +202,10 @@ async def job_item(job_id: JobId, index: Annotated[int, Path(ge=0, le=1_000_000)
     response_model=Job,
     responses=_NOT_FOUND,
 )
-async def delete_job(job_id: JobId, store: StoreDep, runner: RunnerDep, metrics: MetricsDep) -> Job:
+async def delete_job(job_id: JobId, store: StoreDep, runner: RunnerDep, metrics: MetricsDep, caller: CallerDep) -> Job:
     """Cancel the job if it is queued or running, delete its uploads and results, and return its final
-    state. The id answers 404 afterwards."""
+    state. The id answers 404 afterwards (and to every key but its creator's and the admin key)."""
+    visible_job(store, job_id, caller)
     view = store.cancel_and_delete(job_id)
     runner.cancel(job_id)
     if view is None:
