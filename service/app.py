@@ -131,6 +131,13 @@ class BodyLimitMiddleware:
                 raise
 
 
+def configure_logging(level: str) -> None:
+    """The service's loggers log at ``level`` even when a caller (the CLI) configured logging first: a
+    no-op ``basicConfig`` would leave start-up and job-recovery INFO lines filtered by the root's WARNING."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("service").setLevel(level.upper())
+
+
 def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: Engine | None) -> None:
     """Load the model (unless given), start the engine worker and the job runner, resume interrupted jobs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +194,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings.log_level)
         start_services(app, settings, metrics, engine)
         try:
             yield

@@ -15,7 +15,7 @@ from pca_attack.errors import ConfigError
 from pca_attack.options import ProtectOptions
 from service.errors import from_engine_error
 from service.job_store import ClaimedItem, JobStore
-from service.uploads import protect_request
+from service.uploads import decode_failure, protect_request
 from service.worker import ProtectRequest
 
 log = logging.getLogger("service.job_runner")
@@ -92,8 +92,8 @@ class JobRunner:
             return None
         try:
             image = decode_image(data, max_pixels=self.max_pixels)
-        except Exception as exc:
-            self._fail(item, from_engine_error(exc).message)
+        except Exception as exc:  # the same message /v1/protect answers (415 text) for the same file
+            self._fail(item, decode_failure(exc).message)
             return None
         try:
             return protect_request(image, config, options)
@@ -129,6 +129,8 @@ class JobRunner:
                 continue
             except Exception as exc:
                 api = from_engine_error(exc)
+                if api.status >= 500:
+                    log.error("job %s item %d failed unexpectedly", item.job_id, item.index, exc_info=exc)
                 self._fail(item, api.message if api.status < 500 else f"protection failed: {exc}")
                 continue
             self.store.finish_item(

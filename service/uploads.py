@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,8 @@ from service.errors import ApiError, from_engine_error
 from service.schemas import ErrorResponse
 from service.settings import Settings
 from service.worker import ProtectRequest
+
+log = logging.getLogger("service.uploads")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -45,17 +48,22 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     return decode_image(data, max_pixels=max_pixels)
 
 
+def decode_failure(exc: Exception, what: str = "file") -> ApiError:
+    """The answer to a failed decode (413 / 415 / 422): the same text for /v1/protect and a job's item."""
+    api = from_engine_error(exc)
+    if api.status >= 500:  # an unforeseen decoder failure (truncated header, ...) is still the file's fault
+        return ApiError(415, "unsupported_image", f"{what} could not be decoded as an image ({exc})")
+    if what != "file":
+        api.message = f"{what}: {api.message}"
+    return api
+
+
 async def decode_upload(data: bytes, settings: Settings, what: str = "file") -> DecodedImage:
     """Decode in a thread; engine (and PIL) errors become 413 / 415 / 422 answers."""
     try:
         return await run_in_threadpool(_decode, data, settings.max_pixels)
     except Exception as exc:
-        api = from_engine_error(exc)
-        if api.status >= 500:  # an unforeseen decoder failure is still the file's fault
-            api = ApiError(415, "unsupported_image", f"{what} could not be decoded as an image ({exc})")
-        elif what != "file":
-            api.message = f"{what}: {api.message}"
-        raise api from exc
+        raise decode_failure(exc, what) from exc
 
 
 def check_eot(name: str) -> None:
@@ -152,5 +160,8 @@ async def run_protect(request: Request, worker: Any, settings: Settings, req: Pr
     except ApiError:
         raise
     except Exception as exc:
-        raise from_engine_error(exc) from exc
+        api = from_engine_error(exc)
+        if api.status >= 500:  # "it has been logged" must be true
+            log.error("protect failed unexpectedly", exc_info=exc)
+        raise api from exc
     return result
