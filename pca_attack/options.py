@@ -34,7 +34,7 @@ else:  # the choices are the engine's own tables
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
 ATTACK_FIELDS = (
     "preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation", "budget",
-    "editor_resolution",
+    "editor_resolution", "mode",
 )
 INTENSITY_FIELDS = ("eps", "budget")  # set by an intensity unless given explicitly
 
@@ -93,6 +93,11 @@ class ProtectOptions(BaseModel):
         default=ENGINE_DEFAULTS["budget"],
         description="linf: eps for every pixel; jnd: a per-pixel perceptual bound <= eps (texture, dark areas)",
     )
+    mode: str = Field(
+        default=ENGINE_DEFAULTS["mode"], pattern=r"^(pgd|fast|fast\+[1-9][0-9]{0,3})$",
+        description="pgd: the iterative attack; fast: one forward pass of the model's trained generator; "
+        "fast+N: N PGD steps from the generator's output (e.g. fast+5)",
+    )
     format: FormatName = Field(default="png", description="output format (png is lossless)")
     quality: int | None = Field(default=None, ge=1, le=100, description="jpeg/webp quality (default 95/90)")
     keep_exif: bool = Field(default=True, description="copy the input's EXIF to the output")
@@ -147,6 +152,8 @@ class ProtectOptions(BaseModel):
             del values["editor_resolution"]
         if values["aggregation"] == "mean" and values["model_weights"] is None:  # one model, or the default
             del values["aggregation"], values["model_weights"]
+        if values["mode"] == "pgd":  # the default before issue 18: fingerprints stay valid
+            del values["mode"]
         if values["intensity"] is None and values["budget"] == "linf":  # the defaults before issue 13
             del values["intensity"], values["budget"]
         elif values["intensity"] is not None:  # what the intensity resolved to

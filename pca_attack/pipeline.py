@@ -29,6 +29,7 @@ from pca_attack.attack.progress import StepProgress
 from pca_attack.certify.members import ensemble_fields
 from pca_attack.certify.report import Certificate, certificate
 from pca_attack.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pca_attack.fast.modes import fast_start, run_config
 from pca_attack.io.formats import FORMATS, normalise_format
 from pca_attack.io.images import (
     DEFAULT_MAX_PIXELS,
@@ -161,6 +162,7 @@ class Engine:
         every tile of every PGD step.
         """
         name = normalise_format(fmt)
+        config = run_config(config)  # fast modes: steps = 0 or N, run from the generator's output
         protector = Protector(self.ensemble or self.encoder, config)
         results: list[ProtectedImage | None] = [None] * len(images)
         for chunk, plan in self.plan(images, config):
@@ -168,12 +170,12 @@ class Engine:
                 on_plan(chunk, plan)
             t0 = time.perf_counter()
             batch = torch.stack([images[i].to_tensor() for i in chunk])  # (b, 3, H, W)
+            gray = torch.tensor([images[i].grayscale for i in chunk])
+            levels = torch.tensor([float(images[i].levels) for i in chunk])
+            start, generator_id = fast_start(config, self.encoder.name, batch, gray, levels)
             outcome = protector.protect(
-                batch,
-                grayscale=torch.tensor([images[i].grayscale for i in chunk]),
-                levels=torch.tensor([float(images[i].levels) for i in chunk]),
-                tiles=plan.grid,
-                progress=None if progress is None else partial(progress, chunk),
+                batch, grayscale=gray, levels=levels, tiles=plan.grid,
+                progress=None if progress is None else partial(progress, chunk), start=start,
             )
             del batch
             share = (time.perf_counter() - t0) / len(chunk)
@@ -182,6 +184,7 @@ class Engine:
                     t1 = time.perf_counter()
                     result = self._output(images[i], outcome, row, config, plan, name, quality, keep_exif)
                     result.certificate.elapsed_s = round(share + time.perf_counter() - t1, 4)
+                    result.certificate.generator_id = generator_id
                     results[i] = result
         return [r for r in results if r is not None]
 

@@ -6,6 +6,7 @@ reference implementation of the Posterior Collapse Attack (Guo et al., arXiv 240
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -93,6 +94,8 @@ class AttackConfig:
     colour_neutral: bool = False  # remove the perturbation's mean per channel, globally and per window
     neutral_window: int = 128  # colour_neutral: side of the windows whose mean shift is removed, in pixels
     shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
+    mode: str = "pgd"  # pgd | fast (the generator's one forward pass) | fast+N (N PGD steps from its output)
+    generator: str | None = None  # fast modes: generator weights path (None: the one shipped for the model)
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 255:
@@ -123,6 +126,8 @@ class AttackConfig:
             raise ConfigError(f"neutral_window={self.neutral_window}; use a window side in [4, 4096] pixels")
         if not (self.shrink == 0 or 0.5 <= self.shrink <= 1):
             raise ConfigError(f"shrink={self.shrink}; use 0 (off) or a share of the collapse in [0.5, 1], e.g. 0.95")
+        if not re.fullmatch(r"pgd|fast|fast\+[1-9][0-9]{0,3}", self.mode):
+            raise ConfigError(f"mode={self.mode!r}; use 'pgd' (default), 'fast' or 'fast+N' (N PGD steps, e.g. fast+5)")
         if self.eot_samples < 1:
             raise ConfigError("eot_samples must be >= 1")
         if self.aggregation not in ("mean", "worst"):
@@ -147,6 +152,13 @@ class AttackConfig:
             assert self.direction is not None
             return LossPreset("custom", self.target_variance, self.direction, "user-defined target")
         return PRESETS[self.preset]
+
+    @property
+    def refine_steps(self) -> int | None:
+        """PGD steps run from the generator's output: 0 for 'fast', N for 'fast+N', None for 'pgd'."""
+        if self.mode == "pgd":
+            return None
+        return 0 if self.mode == "fast" else int(self.mode.split("+")[1])
 
     def with_(self, **changes: Any) -> AttackConfig:
         """A copy with some fields changed (validated again)."""

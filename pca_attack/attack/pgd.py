@@ -23,8 +23,8 @@ from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import check_preset, objective_sign, posterior_variance
 from pca_attack.attack.objective import combine
 from pca_attack.attack.progress import ProgressCallback, StepProgress
-from pca_attack.attack.tiling import TiledObjective, TileGrid
 from pca_attack.attack.shrink import Shrinker
+from pca_attack.attack.tiling import TiledObjective, TileGrid
 from pca_attack.attack.updates import make_update
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Encoder
@@ -54,6 +54,7 @@ class Protector:
         self.config = config or AttackConfig()
         check_preset(encoder, self.config.loss_preset.name)  # deterministic encoders: no variance presets
         self._transform: Transform | None = None
+        self._clean_start = True
         if self.config.eot:
             from pca_attack.attack.eot import build_eot
 
@@ -120,6 +121,7 @@ class Protector:
         levels: torch.Tensor | None = None,
         tiles: TileGrid | None = None,
         progress: ProgressCallback | None = None,
+        start: torch.Tensor | None = None,
     ) -> ProtectResult:
         """Run the attack on a batch.
 
@@ -128,8 +130,10 @@ class Protector:
         levels: (B,) grid size per image, 255 (8-bit, default) or 65535 (16-bit sources).
         tiles: run each step tile by tile on this grid (see ``pca_attack.attack.memory.plan_attack``).
         progress: called after every tile of every step (``StepProgress``).
+        start: (B, 3, H, W) first iterate (e.g. the fast generator's output), projected into the budget;
+            None: the clean image or the random start.
         """
-        start = time.perf_counter()
+        began = time.perf_counter()
         cfg = self.config
         self.tiled.grid = tiles
         x, gray, lv = self._prepare(x, grayscale, levels)  # (B, 3, H, W), (B,), (B,)
@@ -139,11 +143,15 @@ class Protector:
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         budget = make_budget(cfg, x, gray)
 
-        x_adv = budget.start(cfg.random_start, generator)  # (B, 3, H, W)
+        self._clean_start = start is None and not cfg.random_start  # the first traced loss is the clean one
+        if start is None:
+            x_adv = budget.start(cfg.random_start, generator)  # (B, 3, H, W)
+        else:
+            x_adv = budget.project(start.detach().to(x.device, torch.float32))  # (B, 3, H, W)
         update = make_update(cfg, x_adv)
         tracker = BestIterate(x_adv, cfg)
         for step in range(cfg.steps):
-            report = self._reporter(progress, step, start)
+            report = self._reporter(progress, step, began)
             loss, grad = self.loss_and_grad(x_adv, target, generator, sign)  # (B,), (B, 3, H, W)
             tracker.observe(step, x_adv, loss, sign)
             x_adv = budget.project(x_adv - update.move(budget.tie_gradient(grad), step))
@@ -151,7 +159,7 @@ class Protector:
             if tracker.should_stop():
                 break
         self.tiled.on_tile = None
-        return self._finish(budget, x_adv, lv, tracker, target, generator, sign, start)
+        return self._finish(budget, x_adv, lv, tracker, target, generator, sign, began)
 
     def _reporter(
         self, progress: ProgressCallback | None, step: int, start: float
@@ -201,7 +209,7 @@ class Protector:
         if cfg.shrink:  # the smallest perturbation keeping cfg.shrink of the collapse (attack/shrink.py)
             shrinker = Shrinker(budget, lv, lambda im: sign * self.loss(im, target))
             images = shrinker(images, lambda im: self.loss_and_grad(im, target, generator, sign)[1], cfg.shrink)
-        first_is_clean = bool(tracker.trace) and not cfg.random_start and self._transform is None
+        first_is_clean = bool(tracker.trace) and self._clean_start and self._transform is None
         clean_loss = tracker.trace[0] if first_is_clean else self.loss(x, target).float().cpu()
         return ProtectResult(
             images=images.detach(),

@@ -93,6 +93,10 @@ class Certificate(BaseModel):
     )
     notes: list[str] = Field(default_factory=list, description="conversions applied to the input")
     elapsed_s: float = Field(description="wall time of decode + attack + encode + certify")
+    mode: str = Field(default="pgd", description="pgd, fast (the generator's output) or fast+N (N PGD steps from it)")
+    generator_id: str | None = Field(
+        default=None, description="fast modes: first 12 hex digits of the generator weights' SHA-256; null for pgd"
+    )
     tiles: int = Field(default=1, description="tiles per PGD step (1 = untiled; more when over the memory budget)")
     tile_size: int | None = Field(default=None, description="largest tile side in pixels, context included")
     device: str
@@ -208,6 +212,7 @@ def certificate(
         best_step=best_step,
         seed=config.seed,
         eot=config.eot,
+        mode=config.mode,
         width=clean.width,
         height=clean.height,
         bit_depth=16 if clean.levels > 255 else 8,

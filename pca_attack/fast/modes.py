@@ -1,0 +1,30 @@
+"""The attack modes in the engine: ``pgd`` (today's loop), ``fast`` (the generator's output, quantised, budget
+re-enforced: no PGD step), ``fast+N`` (N PGD steps starting from that image).
+
+``run_config`` is the configuration the PGD loop runs (its ``steps`` become 0 or N in fast modes, so the
+certificate's ``steps`` says what ran); ``fast_start`` is the start image handed to ``Protector.protect``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pca_attack.attack.config import AttackConfig
+from pca_attack.fast.generator import generator_image
+from pca_attack.fast.weights import resolve_generator
+
+
+def run_config(config: AttackConfig) -> AttackConfig:
+    """The configuration the PGD loop runs: unchanged for pgd, steps = 0 (fast) or N (fast+N) otherwise."""
+    steps = config.refine_steps
+    return config if steps is None else config.with_(steps=steps)
+
+
+def fast_start(
+    config: AttackConfig, model_name: str, x: torch.Tensor, grayscale: torch.Tensor, levels: torch.Tensor
+) -> tuple[torch.Tensor | None, str | None]:
+    """(start image (B, 3, H, W) on the grid within eps, generator id), or (None, None) in pgd mode."""
+    if config.refine_steps is None:
+        return None, None
+    loaded = resolve_generator(config.generator, model_name)
+    return generator_image(loaded.net, x, grayscale, levels, config.eps), loaded.generator_id

@@ -1,0 +1,65 @@
+"""Training the generator against one or several encoders with the attack's own collapse objective.
+
+Each step: augmented crops x, the generator's perturbation delta(x), x_adv = clip(x + delta); the attack's
+objective (``Protector.loss_and_grad``: the single-model objective, or the ensemble's when several models are
+given) gives d(sign * loss)/d(x_adv), which is back-propagated through the generator (chain rule), each image
+weighted by 1 / its clean loss so every crop counts alike. Deterministic from the seed on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.losses import objective_sign
+from pca_attack.attack.pgd import Protector
+from pca_attack.fast.generator import PerturbationNet, perturbation
+from pca_attack.fast.photos import TRAIN, crop_batch, load_photo
+from pca_attack.models.ensemble import load_model
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model: str = "demo"  # one model, or a comma list (the ensemble objective)
+    steps: int = 600
+    batch: int = 4
+    crop: int = 96
+    lr: float = 2e-3
+    eps: float = 16.0
+    seed: int = 0
+    width: int = 32
+    blocks: int = 3
+
+
+def train_generator(
+    settings: TrainSettings, on_step: Callable[[int, float], None] | None = None
+) -> tuple[PerturbationNet, list[float]]:
+    """Train from the seed; returns the network and the loss curve (mean loss / clean loss per step)."""
+    torch.manual_seed(settings.seed)
+    draws = torch.Generator().manual_seed(settings.seed)
+    net = PerturbationNet(settings.width, settings.blocks)
+    protector = Protector(load_model(settings.model, device="cpu", dtype="float32"), AttackConfig(eps=settings.eps))
+    sign = objective_sign(protector.config.loss_preset.direction)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, settings.steps))
+    photos = [load_photo(name) for name in TRAIN]
+    gray = torch.zeros(settings.batch, dtype=torch.bool)
+    curve: list[float] = []
+    for step in range(settings.steps):
+        x = crop_batch(photos, settings.batch, settings.crop, draws)  # (B, 3, c, c)
+        target = protector.target_variance(x)
+        protector.tiled.prepare(x, target)
+        clean = protector.loss(x, target).clamp(min=1e-12)  # (B,)
+        x_adv = (x + perturbation(net, x, gray, settings.eps)).clamp(0.0, 1.0)  # (B, 3, c, c)
+        loss, grad = protector.loss_and_grad(x_adv.detach(), target, draws, sign)  # (B,), (B, 3, c, c)
+        optimiser.zero_grad()
+        x_adv.backward(grad / clean.view(-1, 1, 1, 1) / settings.batch)
+        optimiser.step()
+        schedule.step()
+        curve.append(float((loss / clean).mean()))
+        if on_step is not None:
+            on_step(step, curve[-1])
+    return net.eval(), curve

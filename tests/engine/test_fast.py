@@ -1,0 +1,149 @@
+"""Fast mode (issue 18): the generator's output holds the budget on the bytes for any size, is deterministic,
+``fast+N`` starts from it, the certificate names mode and generator, the training script runs, and the
+shipped demo generator collapses a held-out photo crop more than random signs at the same budget."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pca_attack.attack.budget import quantize
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.pgd import Protector
+from pca_attack.errors import ConfigError
+from pca_attack.fast.generator import PerturbationNet, generator_image, parameter_count
+from pca_attack.fast.photos import HELD_OUT, centre_crop, load_photo
+from pca_attack.fast.weights import SHIPPED, load_generator, resolve_generator, save_generator
+from pca_attack.io.images import decode_image
+from pca_attack.models.encoder import load_encoder
+from pca_attack.pipeline import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+EPS = 8.0
+
+
+@pytest.fixture(scope="module")
+def saturated_generator(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random generator whose head is scaled up, so tanh saturates: the budget is pushed to its edge."""
+    torch.manual_seed(0)
+    net = PerturbationNet(width=8, blocks=1)
+    with torch.no_grad():
+        net.head.weight.mul_(200.0)
+    path = tmp_path_factory.mktemp("gen") / "g.safetensors"
+    save_generator(net, path, {"model": "demo"})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.from_spec("demo", with_decoder=False)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _linf_255(a: np.ndarray, b: np.ndarray, levels: int) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() * 255.0 / levels)
+
+
+def test_generator_is_small_and_fully_convolutional() -> None:
+    net = PerturbationNet()
+    assert parameter_count(net) <= 3_000_000
+    for size in ((1, 3, 17, 29), (2, 3, 64, 40)):
+        x = torch.rand(size)
+        out = generator_image(net, x, torch.zeros(size[0], dtype=torch.bool), torch.full((size[0],), 255.0), EPS)
+        assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("kind", ["odd_rgb", "gray8", "gray16"])
+def test_fast_output_holds_the_budget_on_bytes(
+    engine: Engine, saturated_generator: str, photo: Callable[..., np.ndarray], kind: str
+) -> None:
+    if kind == "odd_rgb":
+        array = photo(37, 53)
+    elif kind == "gray8":
+        array = photo(31, 45)[..., 0]
+    else:
+        array = (np.linspace(0, 65535, 33 * 41).reshape(33, 41)).astype(np.uint16)
+    source = decode_image(_png(array))
+    out = engine.protect_bytes(_png(array), AttackConfig(eps=EPS, mode="fast", generator=saturated_generator))
+    written = decode_image(out.data)
+    linf = _linf_255(written.rgb, source.rgb, source.levels)
+    assert linf <= EPS and out.certificate.budget_ok and linf >= EPS - 1  # saturated: it uses the budget
+    assert written.levels == source.levels and written.grayscale == source.grayscale
+    if source.grayscale:
+        assert np.array_equal(written.rgb[..., 0], written.rgb[..., 2])
+    assert out.certificate.mode == "fast" and out.certificate.steps == 0
+    assert out.certificate.generator_id == load_generator(saturated_generator).generator_id
+
+
+def test_fast_bytes_are_deterministic(
+    engine: Engine, saturated_generator: str, photo: Callable[..., np.ndarray]
+) -> None:
+    data = _png(photo(40, 56, seed=3))
+    config = AttackConfig(eps=EPS, mode="fast", generator=saturated_generator)
+    assert engine.protect_bytes(data, config).data == engine.protect_bytes(data, config).data
+
+
+def test_fast_plus_n_starts_from_the_fast_image(
+    engine: Engine, saturated_generator: str, photo: Callable[..., np.ndarray]
+) -> None:
+    data = _png(photo(48, 64, seed=5))
+    fast = engine.protect_bytes(data, AttackConfig(eps=EPS, mode="fast", generator=saturated_generator))
+    refined = engine.protect_bytes(data, AttackConfig(eps=EPS, mode="fast+3", generator=saturated_generator))
+    assert refined.certificate.mode == "fast+3" and refined.certificate.steps == 3 and len(refined.loss_trace) == 3
+    assert refined.loss_trace[0] == pytest.approx(fast.certificate.loss_protected, rel=1e-4)
+    assert refined.certificate.loss_protected < fast.certificate.loss_protected  # PGD went on from there
+
+
+def test_modes_are_validated_and_a_missing_generator_is_explained() -> None:
+    for bad in ("fast+0", "fast+", "turbo", "pgd+3"):
+        with pytest.raises(ConfigError, match="mode="):
+            AttackConfig(mode=bad)
+    assert AttackConfig().refine_steps is None and AttackConfig(mode="fast+5").refine_steps == 5
+    with pytest.raises(ConfigError, match="train one with scripts/train_generator.py"):
+        resolve_generator(None, "no-such-model")
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_generator("/nonexistent/g.safetensors", "demo")
+
+
+def test_pgd_certificate_records_the_default_mode(engine: Engine, photo: Callable[..., np.ndarray]) -> None:
+    out = engine.protect_bytes(_png(photo(24, 32)), AttackConfig(eps=EPS, steps=1))
+    assert out.certificate.mode == "pgd" and out.certificate.generator_id is None
+
+
+def test_training_script_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "g.safetensors"
+    command = [sys.executable, str(ROOT / "scripts" / "train_generator.py"), "--steps", "20", "--crop", "32",
+               "--batch", "2", "--width", "8", "--blocks", "1", "--out", str(out), "--figure", str(tmp_path / "c.png")]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert len(summary["loss_ratio_curve"]) == 20 and (tmp_path / "c.png").is_file()
+    assert load_generator(str(out)).generator_id == summary["generator_id"]
+
+
+@pytest.mark.skipif(not (SHIPPED / "demo.safetensors").is_file(), reason="no generator shipped for demo yet")
+def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
+    encoder = load_encoder("demo", device="cpu", dtype="float32")
+    protector = Protector(encoder, AttackConfig())
+    x = centre_crop(load_photo(HELD_OUT[0]), 128, 128)[None]  # (1, 3, 128, 128), never seen in training
+    gray, levels = torch.zeros(1, dtype=torch.bool), torch.full((1,), 255.0)
+    fast = generator_image(resolve_generator(None, "demo").net, x, gray, levels, 16.0)
+    signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+    random = quantize((x + signs * 16 / 255).clamp(0, 1), x, 16.0, levels)
+    target = protector.target_variance(x)
+    clean, loss_fast, loss_random = (float(protector.loss(im, target)[0]) for im in (x, fast, random))
+    assert clean - loss_fast > clean - loss_random > -clean  # fast lowers the loss, by more than random signs
+    assert loss_fast < clean
