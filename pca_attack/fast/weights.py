@@ -34,9 +34,10 @@ def file_id(path: Path) -> str:
 
 
 def save_generator(net: PerturbationNet, path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Write the weights (fp32, contiguous) with width/blocks and ``metadata``; return the file's id."""
+    """Write the weights (fp16: half the size; loaded back into fp32) with width/blocks and ``metadata``;
+    return the file's id."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
+    tensors = {k: v.detach().half().contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {"width": str(net.width), "blocks": str(net.blocks), **(metadata or {})}
     save_file(tensors, str(path), metadata=meta)
     return file_id(path)

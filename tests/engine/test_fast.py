@@ -22,13 +22,14 @@ from pca_attack.attack.pgd import Protector
 from pca_attack.errors import ConfigError
 from pca_attack.fast.generator import PerturbationNet, generator_image, parameter_count
 from pca_attack.fast.photos import HELD_OUT, centre_crop, load_photo
-from pca_attack.fast.weights import SHIPPED, load_generator, resolve_generator, save_generator
+from pca_attack.fast.weights import load_generator, resolve_generator, save_generator
 from pca_attack.io.images import decode_image
 from pca_attack.models.encoder import load_encoder
 from pca_attack.pipeline import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 EPS = 8.0
+SHIPPED_DEMO = ROOT / "pca_attack" / "assets" / "generators" / "demo.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,6 @@ def test_training_script_smoke(tmp_path: Path) -> None:
     assert load_generator(str(out)).generator_id == summary["generator_id"]
 
 
-@pytest.mark.skipif(not (SHIPPED / "demo.safetensors").is_file(), reason="no generator shipped for demo yet")
 def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
     encoder = load_encoder("demo", device="cpu", dtype="float32")
     protector = Protector(encoder, AttackConfig())
@@ -147,3 +147,4 @@ def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
     clean, loss_fast, loss_random = (float(protector.loss(im, target)[0]) for im in (x, fast, random))
     assert clean - loss_fast > clean - loss_random > -clean  # fast lowers the loss, by more than random signs
     assert loss_fast < clean
+    assert load_generator(str(SHIPPED_DEMO)).metadata["model"] == "demo"

@@ -1,0 +1,123 @@
+"""Fast mode vs PGD (issue 18 targets), printed as JSON.
+
+On the four held-out photos (``pca_attack.fast.photos.HELD_OUT``, never seen by the generator's training), at
+eps 16, same process, same CPU threads, for each photo:
+
+* ``fast``: the generator's one forward pass, quantised on the 8-bit grid (budget re-enforced);
+* ``random``: random signs at the same budget (the baseline the generator must beat);
+* ``pgd40`` / ``pgd20``: the default attack with 40 / 20 steps; ``fast+5``: 5 default PGD steps from ``fast``.
+
+Collapse = 1 - loss(output) / loss(clean) (reduction of the pca- loss). Targets: time(fast) <= time(pgd40)/100,
+collapse(fast) >= 0.7 collapse(pgd40) and > collapse(random), collapse(fast+5) >= collapse(pgd20), and the budget
+holds on every output's integers. ``--side S`` centre-crops each photo to at most S x S (recorded in the JSON).
+
+    nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py --side 192 --out docs/bench_fast_mode_demo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pca_attack.attack.budget import quantize
+from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.pgd import Protector
+from pca_attack.fast.generator import generator_image
+from pca_attack.fast.photos import HELD_OUT, centre_crop, load_photo
+from pca_attack.fast.weights import resolve_generator
+from pca_attack.models.encoder import load_encoder
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="demo")
+    p.add_argument("--generator", default=None, help="weights path (default: the one shipped for the model)")
+    p.add_argument("--side", type=int, default=0, help="centre-crop each photo to at most SIDE x SIDE (0 = natural)")
+    p.add_argument("--photos", type=int, default=4)
+    p.add_argument("--eps", type=float, default=16.0)
+    p.add_argument("--out", default="", help="also write the JSON here")
+    return p.parse_args()
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def measure(protector: Protector, net: Any, x: torch.Tensor, eps: float) -> dict[str, Any]:
+    """One photo x (1, 3, H, W): loss, collapse, seconds and budget of each method."""
+    gray, levels = torch.zeros(1, dtype=torch.bool), torch.full((1,), 255.0)
+    cfg = protector.config
+    pgd = {n: Protector(protector.encoder, cfg.with_(steps=n)) for n in (40, 20, 5)}
+    fast, t_fast = _timed(lambda: generator_image(net, x, gray, levels, eps))
+    signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+    outputs = {"fast": (fast, t_fast), "random": (quantize((x + signs * eps / 255).clamp(0, 1), x, eps, levels), 0.0)}
+    for name, steps in (("pgd40", 40), ("pgd20", 20)):
+        result, seconds = _timed(lambda s=steps: pgd[s].protect(x))  # type: ignore[misc]
+        outputs[name] = (result.images, seconds)
+    refined, t_refine = _timed(lambda: pgd[5].protect(x, start=fast))
+    outputs["fast+5"] = (refined.images, t_fast + t_refine)
+    target = protector.target_variance(x)
+    clean = float(protector.loss(x, target)[0])
+    row: dict[str, Any] = {"size": list(x.shape[-2:]), "loss_clean": clean}
+    for name, (image, seconds) in outputs.items():
+        loss = float(protector.loss(image, target)[0])
+        linf = float((torch.round(image * 255) - torch.round(x * 255)).abs().max())
+        row[name] = {"loss": loss, "collapse": round(1 - loss / clean, 5), "seconds": round(seconds, 4),
+                     "linf_255": linf, "budget_ok": linf <= eps}
+    return row
+
+
+def summarise(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def mean(name: str, key: str) -> float:
+        return sum(r[name][key] for r in rows.values()) / len(rows)
+
+    collapse = {n: round(mean(n, "collapse"), 5) for n in ("fast", "random", "pgd40", "pgd20", "fast+5")}
+    seconds = {n: round(mean(n, "seconds"), 4) for n in ("fast", "pgd40", "pgd20", "fast+5")}
+    time_ratio = seconds["fast"] / seconds["pgd40"]
+    share = collapse["fast"] / collapse["pgd40"]
+    return {
+        "mean_collapse": collapse, "mean_seconds": seconds,
+        "fast_time_over_pgd40": round(time_ratio, 5), "fast_collapse_share_of_pgd40": round(share, 4),
+        "targets": {
+            "fast_time_le_1_100_pgd40": time_ratio <= 0.01,
+            "fast_collapse_ge_70pct_pgd40": share >= 0.7,
+            "fast_beats_random": collapse["fast"] > collapse["random"],
+            "fast5_ge_pgd20": collapse["fast+5"] >= collapse["pgd20"],
+            "budget_on_every_output": all(
+                v["budget_ok"] for r in rows.values() for v in r.values() if isinstance(v, dict)
+            ),
+        },
+    }
+
+
+def main() -> None:
+    args = parse()
+    torch.manual_seed(0)
+    encoder = load_encoder(args.model, device="cpu", dtype="float32")
+    loaded = resolve_generator(args.generator, encoder.name)
+    protector = Protector(encoder, AttackConfig(eps=args.eps))
+    rows: dict[str, dict[str, Any]] = {}
+    for name in HELD_OUT[: args.photos]:
+        photo = load_photo(name)
+        x = (centre_crop(photo, args.side, args.side) if args.side else photo)[None]  # (1, 3, H, W)
+        rows[name] = measure(protector, loaded.net, x, args.eps)
+    result = {
+        "model": encoder.name, "generator_id": loaded.generator_id, "eps": args.eps, "threads": torch.get_num_threads(),
+        "crop": f"centre {args.side}x{args.side} at most" if args.side else "natural size", "photos": rows,
+        **summarise(rows),
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
