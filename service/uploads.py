@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, UploadFile
@@ -123,8 +124,11 @@ def output_name(filename: str, suffix: str) -> str:
     return f"{stem or 'image'}{suffix}"
 
 
-async def wait_for(request: Request, future: Any, timeout: float, retry_after: int) -> Any:
-    """Await a worker future; cancel it (freeing its queue slot) on timeout or client disconnect."""
+async def wait_for(
+    request: Request, future: Any, timeout: float, retry_after: int, abandon: Callable[[], None] | None = None
+) -> Any:
+    """Await a worker future; on timeout or client disconnect cancel it (freeing its queue slot) and call
+    ``abandon`` (a running attack then stops between PGD steps)."""
     waiter = asyncio.wrap_future(future)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -146,6 +150,8 @@ async def wait_for(request: Request, future: Any, timeout: float, retry_after: i
     finally:
         if not future.done():
             future.cancel()
+            if abandon is not None:
+                abandon()
         if not waiter.done():
             waiter.cancel()
         with contextlib.suppress(BaseException):
@@ -156,7 +162,9 @@ async def run_protect(request: Request, worker: Any, settings: Settings, req: Pr
     """Submit one protect request and wait for it; engine errors become API errors."""
     future = worker.submit(req)
     try:
-        result: ProtectedImage = await wait_for(request, future, settings.request_timeout_s, settings.retry_after_s)
+        result: ProtectedImage = await wait_for(
+            request, future, settings.request_timeout_s, settings.retry_after_s, req.abandoned.set
+        )
     except ApiError:
         raise
     except Exception as exc:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pca_attack import AttackConfig, DecodedImage, Engine, ProtectedImage
@@ -35,11 +36,16 @@ class ProtectRequest:
     fmt: str = "png"
     quality: int | None = None
     keep_exif: bool = True
+    abandoned: threading.Event = field(default_factory=threading.Event, compare=False)  # its client went away
 
     def batch_key(self) -> tuple[Any, ...]:
         """Tasks with equal keys may share a micro-batch."""
         cfg = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
         return (self.image.height, self.image.width, cfg, self.fmt, self.quality, self.keep_exif)
+
+
+class AbandonedError(Exception):
+    """Every request of a running micro-batch was abandoned (client gone, timed out): stopped between steps."""
 
 
 @dataclass
@@ -202,10 +208,13 @@ class EngineWorker:
             except Exception:
                 if len(batch) == 1:
                     raise
-                # one bad image must not fail its batch-mates: retry them one by one
+                # one bad image must not fail its batch-mates: retry them one by one (not the abandoned ones)
                 for task in batch:
                     req = task.request
                     assert req is not None
+                    if req.abandoned.is_set():
+                        self._fail(task, AbandonedError("the request was abandoned by its client"))
+                        continue
                     self._finish(task, lambda req=req: self._protect([req])[0])  # type: ignore[misc]
                 return
             for task, result in zip(batch, results, strict=True):
@@ -227,6 +236,10 @@ class EngineWorker:
         self.processed += 1
 
     def _fail(self, task: _Task, exc: Exception) -> None:
+        if isinstance(exc, AbandonedError):
+            if not task.future.done():
+                task.future.set_exception(exc)
+            return
         if self.metrics is not None:
             self.metrics.image_failures.labels(code=type(exc).__name__).inc()
         from pca_attack.errors import PCAError
@@ -245,8 +258,16 @@ class EngineWorker:
             fmt=head.fmt,
             quality=head.quality,
             keep_exif=head.keep_exif,
+            progress=partial(_stop_if_abandoned, requests),
         )
         elapsed = time.perf_counter() - t0
         if self.metrics is not None and results:
             self.metrics.record_batch(len(results), results[0].certificate.steps_run, elapsed, head.fmt)
         return results
+
+
+def _stop_if_abandoned(requests: list[ProtectRequest], indices: list[int], event: Any) -> None:
+    """Progress callback of the engine: once every image of the running micro-batch is abandoned, stop
+    between PGD steps (or tiles) instead of computing for nobody."""
+    if indices and all(requests[i].abandoned.is_set() for i in indices):
+        raise AbandonedError(f"stopped at step {event.step}/{event.steps}: the client went away")
