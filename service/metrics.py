@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -91,4 +92,9 @@ def _route_template(scope: Scope) -> str:
     """The matched route's path template (``/v1/jobs/{job_id}``), prefix included."""
     context = (scope.get("fastapi") or {}).get("effective_route_context")
     path = getattr(context, "path_format", None) or getattr(scope.get("route"), "path_format", None)
-    return str(path) if path else "unmatched"
+    if path:
+        return str(path)
+    for route in getattr(scope.get("app"), "routes", ()):  # /docs, /openapi.json, static files: plain routes
+        if route.matches(scope)[0] == Match.FULL:
+            return str(getattr(route, "path_format", None) or getattr(route, "path", "unmatched"))
+    return "unmatched"
