@@ -52,7 +52,7 @@ def test_output_defaults_are_the_pipelines() -> None:
 @pytest.mark.parametrize("command", ["protect", "batch", "redteam"])
 def test_cli_options_are_the_models_fields(command: str) -> None:
     options = _cli_options(command)
-    help_text = CliRunner().invoke(app, [command, "--help"], terminal_width=200).output
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"}).output
     for name, info in ProtectOptions.model_fields.items():
         option = options[name]
         assert option.default == info.default, (command, name)
