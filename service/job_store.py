@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy import (
     DateTime,
@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from pca_attack.io.files import atomic_write
@@ -228,12 +229,12 @@ class JobStore:
             if not items:
                 self._settle(s, job)
                 return []
-            now = utcnow()
-            job.status, job.updated_at = "running", now
+            # compare-and-set per item: with several processes on one database (Ray Serve replicas sharing
+            # PCA_DATABASE_URL) an item another process claimed first is skipped, never run twice
+            won = [item for item in items if _take(s, item.id)]
+            job.status, job.updated_at = "running", utcnow()
             settings = json.loads(job.settings_json)
-            for item in items:
-                item.status = "running"
-            return [ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings) for i in items]
+            return [ClaimedItem(job.id, i.index, i.filename, self.input_path(job.id, i.index), settings) for i in won]
 
     def finish_item(
         self,
@@ -344,6 +345,13 @@ def _add_owner_column(engine: Any) -> None:
     if "owner" not in {c["name"] for c in inspect(engine).get_columns("jobs")}:
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(64)"))
+
+
+def _take(s: Session, item_id: int) -> bool:
+    """Atomically move one item from queued to running; False when another process took it first."""
+    claim = update(ItemRow).where(ItemRow.id == item_id, ItemRow.status == "queued").values(status="running")
+    result = s.execute(claim)
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def _view(job: JobRow) -> JobView:
