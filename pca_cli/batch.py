@@ -187,6 +187,7 @@ def batch_command(
         if ray:
             runner = _ray_runner(src, dst, options, ray, ",".join(model), device, dtype, jobs, write_csv, folders)
         else:
+            processor: Processor
             if local:
                 from pca_cli.local import local_processor
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pca_attack.io.files import atomic_write, remove_stale_temps
+from pca_attack.io.files import atomic_write
 from pca_attack.options import ProtectOptions
 from pca_client.manifest import sha256_bytes, sha256_file
 from pca_client.plan import BatchError, Task
@@ -143,11 +143,7 @@ class RayBatchRunner(BatchRunner):
     ) -> BatchReport:
         """Plan and resume as the runner does, protect the pending files on Ray, record each result."""
         t0 = time.perf_counter()
-        tasks = self.tasks(only)
-        remove_stale_temps({t.output.parent for t in tasks} | {self.dst})
-        report = BatchReport(total=len(tasks))
-        if on_plan is not None:
-            on_plan(len(tasks))
+        tasks, report = self.begin(only, on_plan)
         pending: dict[str, tuple[Task, str]] = {}
         for task in tasks:
             result = self._triage(task)

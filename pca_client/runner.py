@@ -224,6 +224,16 @@ class BatchRunner:
             }
         )
 
+    def begin(
+        self, only: Iterable[str] | None, on_plan: Callable[[int], None] | None
+    ) -> tuple[list[Task], BatchReport]:
+        """The planned tasks and an empty report; stale temp files of an interrupted run removed first."""
+        tasks = self.tasks(only)
+        remove_stale_temps({t.output.parent for t in tasks} | {self.dst})
+        if on_plan is not None:
+            on_plan(len(tasks))
+        return tasks, BatchReport(total=len(tasks))
+
     def run(
         self,
         only: Iterable[str] | None = None,
@@ -233,11 +243,7 @@ class BatchRunner:
     ) -> BatchReport:
         """Process the plan with ``jobs`` in flight; Ctrl-C stops cleanly (report.interrupted)."""
         t0 = time.perf_counter()
-        tasks = self.tasks(only)
-        remove_stale_temps({t.output.parent for t in tasks} | {self.dst})
-        report = BatchReport(total=len(tasks))
-        if on_plan is not None:
-            on_plan(len(tasks))
+        tasks, report = self.begin(only, on_plan)
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="pca-batch")
         pending: set[Future[FileResult]] = set()
         queue = iter(tasks)
