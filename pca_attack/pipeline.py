@@ -41,6 +41,7 @@ from pca_attack.io.images import (
 )
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder
 from pca_attack.models.ensemble import Ensemble, load_decoders, load_model, split_specs
+from pca_attack.models.registry import DEMO_WARNING, uses_demo
 
 
 @dataclass
@@ -118,6 +119,11 @@ class Engine:
             except (ModelLoadError, ModelNotFoundError):
                 found = None  # encoder-only weights: certificates then omit round-trip PSNR
         return cls(encoder, found, max_batch=max_batch, max_memory=max_memory)
+
+    def model_names(self) -> list[str]:
+        """Names of the attacked models (one, or every member of an ensemble)."""
+        members = self.ensemble.members if self.ensemble is not None else (self.encoder,)
+        return [m.name for m in members]
 
     # -- planning --------------------------------------------------------------------------------------
     def available_memory(self) -> float:
@@ -214,6 +220,8 @@ class Engine:
             cert = cert.model_copy(update=fields)
         if plan.grid is not None and self.decoder is not None:
             cert.notes.append("round-trip PSNR not measured: the image was protected in tiles (memory budget)")
+        if uses_demo(self.model_names()):
+            cert.notes.append("warning: " + DEMO_WARNING)
         return ProtectedImage(data, name, mime_type(name), cert, outcome.loss_trace[row].tolist())
 
     def protect_bytes(

@@ -28,7 +28,12 @@ class EngineProcessor:
 
 def local_processor(options: ProtectOptions, model: str, device: str, dtype: str) -> EngineProcessor:
     """Load the model (no decoder: the batch needs none) and wrap it."""
+    import sys
+
+    from pca_attack.models.registry import DEMO_WARNING, uses_demo
     from pca_attack.pipeline import Engine
 
     engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1)
+    if uses_demo(engine.model_names()):
+        print(f"warning: {DEMO_WARNING}", file=sys.stderr)
     return EngineProcessor(engine, options)

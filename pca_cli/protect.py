@@ -133,6 +133,7 @@ def protect_command(
     from pca_attack.attack.losses import check_preset
     from pca_attack.errors import PCAError
     from pca_attack.io.formats import image_format
+    from pca_attack.models.registry import DEMO_WARNING, uses_demo
     from pca_attack.pipeline import Engine
 
     console = Console(stderr=True)
@@ -158,6 +159,8 @@ def protect_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
+    if uses_demo(engine.model_names()):
+        console.print(f"[yellow]warning:[/yellow] {DEMO_WARNING}", markup=True, highlight=False)
     failures = protect_files(engine, pairs, options, save_budget_map)
     for source, reason in failures:
         console.print(f"[red]failed[/red] {source}: {reason}")

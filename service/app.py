@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pca_attack import Engine, __version__
+from pca_attack.models.registry import DEMO_WARNING, uses_demo
 from service.auth import ApiKeyMiddleware
 from service.deps import ApiKeyDep
 from service.errors import error_response, install_error_handlers
@@ -173,6 +174,8 @@ def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: E
     app.state.engine, app.state.worker, app.state.store, app.state.runner = loaded, worker, store, runner
     log.info("environment: %s", environment_dump(settings, loaded))
     log.info("job recovery after start: %s", recovered)
+    if uses_demo(loaded.model_names()):
+        log.warning("%s", DEMO_WARNING)
     worker.start()
     runner.start()
     metrics.ready.set(1)

@@ -15,6 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_vae"
+DEMO_WARNING = (
+    "the 'demo' model is a toy VAE bundled for trying the tool offline: it does NOT protect against real "
+    "diffusion editors. Use a real encoder: --model sd15 / sdxl / flux / qwen-image / sana (hub weights), "
+    "a local diffusers folder, or a tiny-autoencoder .pth file (e.g. taef2_encoder.pth)"
+)
+
+
+def uses_demo(names: list[str]) -> bool:
+    """True when one of the attacked models is the bundled demo VAE."""
+    return "demo" in names
 
 
 @dataclass(frozen=True)
