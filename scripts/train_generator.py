@@ -30,6 +30,7 @@ def parse() -> argparse.Namespace:
     for name in ("steps", "batch", "crop", "seed", "width", "blocks"):
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--centred", action="store_true", help="forbid a constant colour shift (mean-free logits)")
     p.add_argument("--eps", type=float, default=defaults.eps, help="L-inf budget, 0-255 scale")
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
     p.add_argument("--figure", default="", help="loss-curve PNG ('' = none)")
@@ -54,7 +55,7 @@ def plot(curve: list[float], path: Path, title: str) -> None:
 def main() -> None:
     args = parse()
     settings = TrainSettings(args.model, args.steps, args.batch, args.crop, args.lr, args.eps, args.seed,
-                             args.width, args.blocks)
+                             args.width, args.blocks, args.centred)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss ratio {task.fields[ratio]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())

@@ -33,9 +33,10 @@ class _Residual(nn.Module):
 class PerturbationNet(nn.Module):
     """(B, 3, H, W) in [0, 1], H and W multiples of 4 -> (B, 3, H, W) unbounded perturbation logits."""
 
-    def __init__(self, width: int = 32, blocks: int = 3) -> None:
+    def __init__(self, width: int = 32, blocks: int = 3, centred: bool = False) -> None:
         super().__init__()
         self.width, self.blocks = width, blocks
+        self.centred = centred  # subtract each image's mean logit per channel: no constant colour shift
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.SiLU())
         self.down1 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU())
         self.down2 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.SiLU())
@@ -63,6 +64,8 @@ def perturbation(net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor,
     height, width = x.shape[-2:]
     raw = net(pad_to_multiple(x, MULTIPLE))[..., :height, :width]  # (B, 3, H, W)
     gray = grayscale.to(x.device).view(-1, 1, 1, 1)
+    if net.centred:  # a constant shift (darken everything) is the trivial universal answer: forbid it
+        raw = raw - raw.mean(dim=(2, 3), keepdim=True)
     raw = torch.where(gray, raw.mean(dim=1, keepdim=True).expand_as(raw), raw)
     return eps_255 / 255.0 * torch.tanh(raw)
 

@@ -32,6 +32,7 @@ class TrainSettings:
     seed: int = 0
     width: int = 32
     blocks: int = 3
+    centred: bool = False  # no constant colour shift (see PerturbationNet)
 
 
 def train_generator(
@@ -40,7 +41,7 @@ def train_generator(
     """Train from the seed; returns the network and the loss curve (mean loss / clean loss per step)."""
     torch.manual_seed(settings.seed)
     draws = torch.Generator().manual_seed(settings.seed)
-    net = PerturbationNet(settings.width, settings.blocks)
+    net = PerturbationNet(settings.width, settings.blocks, settings.centred)
     protector = Protector(load_model(settings.model, device="cpu", dtype="float32"), AttackConfig(eps=settings.eps))
     sign = objective_sign(protector.config.loss_preset.direction)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)

@@ -38,7 +38,7 @@ def save_generator(net: PerturbationNet, path: Path, metadata: dict[str, str] | 
     return the file's id."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().half().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {"width": str(net.width), "blocks": str(net.blocks), **(metadata or {})}
+    meta = {"width": str(net.width), "blocks": str(net.blocks), "centred": str(int(net.centred)), **(metadata or {})}
     save_file(tensors, str(path), metadata=meta)
     return file_id(path)
 
@@ -54,7 +54,7 @@ def load_generator(path: str) -> LoadedGenerator:
 
         with safe_open(str(file), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
-        net = PerturbationNet(int(meta["width"]), int(meta["blocks"]))
+        net = PerturbationNet(int(meta["width"]), int(meta["blocks"]), meta.get("centred", "0") == "1")
         net.load_state_dict(load_file(str(file)))
     except (KeyError, ValueError, RuntimeError, OSError) as error:
         raise ConfigError(

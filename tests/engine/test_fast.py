@@ -20,7 +20,7 @@ from pca_attack.attack.budget import quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.pgd import Protector
 from pca_attack.errors import ConfigError
-from pca_attack.fast.generator import PerturbationNet, generator_image, parameter_count
+from pca_attack.fast.generator import PerturbationNet, generator_image, parameter_count, perturbation
 from pca_attack.fast.photos import HELD_OUT, centre_crop, load_photo
 from pca_attack.fast.weights import load_generator, resolve_generator, save_generator
 from pca_attack.io.images import decode_image
@@ -148,3 +148,16 @@ def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
     assert clean - loss_fast > clean - loss_random > -clean  # fast lowers the loss, by more than random signs
     assert loss_fast < clean
     assert load_generator(str(SHIPPED_DEMO)).metadata["model"] == "demo"
+
+
+def test_centred_generator_cannot_answer_with_a_constant_shift() -> None:
+    """A head bias that saturates every pixel to -eps (darken everything) is removed when centred."""
+    torch.manual_seed(0)
+    plain, centred = PerturbationNet(8, 1), PerturbationNet(8, 1, centred=True)
+    centred.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for net in (plain, centred):
+            net.head.bias.fill_(-100.0)
+    x, gray = torch.rand(1, 3, 24, 24), torch.zeros(1, dtype=torch.bool)
+    assert torch.allclose(perturbation(plain, x, gray, EPS), torch.full_like(x, -EPS / 255))
+    assert perturbation(centred, x, gray, EPS).mean(dim=(2, 3)).abs().max() < EPS / 255 / 4
