@@ -3,8 +3,10 @@
 Deterministic from --seed on the CPU. Writes the weights (safetensors, id = SHA-256 prefix), a JSON summary
 with the loss curve, and the loss curve figure. The demo model's shipped generator was made with:
 
-    nice -n 10 prlimit --as=8000000000 python scripts/train_generator.py --model demo --steps 600 \
+    nice -n 10 prlimit --as=8000000000 python scripts/train_generator.py --model demo --steps 240 --crop 64 \
         --out pca_attack/assets/generators/demo.safetensors --figure docs/figures/generator_demo_loss.png
+
+(weights written in fp16; CPU convolutions may differ in the last bits with another thread count).
 
 Smoke run (the test suite): python scripts/train_generator.py --steps 20 --crop 32 --out /tmp/g.safetensors
 """
