@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from efficacy import PHOTOS, damage, load_photos, mean_dicts, photoguard  # noqa: E402
+from public_paths import public  # noqa: E402
 
 
 def crop(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["command"] = "python benchmarks/efficacy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = args.out_json or ROOT / "docs" / f"efficacy_{Path(str(result['model'])).name.lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(public(result), indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "per_photo"}, indent=2))
     return result
 

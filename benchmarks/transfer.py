@@ -36,6 +36,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from public_paths import public  # noqa: E402
+
 SHARED = ROOT / ".." / "shared" / "models"
 DEFAULT_MODELS = {
     "taef2": str(SHARED / "taef2" / "taef2_encoder.pth"),
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.merge:
         result = merge([json.loads(Path(path).read_text()) for path in args.merge])
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(public(result), indent=2) + "\n")
         print(json.dumps(result, indent=2))
     if args.figure_only or args.merge:
         result = json.loads(Path(args.out).read_text())
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "machine": f"{platform.machine()}, {args.threads} torch threads, CPU fp32",
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after every photo: partial runs survive
+        # after every photo: partial runs survive
+        Path(args.out).write_text(json.dumps(public(result), indent=2) + "\n")
         print(f"# {photo} done ({done}/{len(photos)})", file=sys.stderr, flush=True)
     if args.figure:
         figure(result, Path(args.figure))

@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.public_paths import public  # noqa: E402
 from pca_attack.attack.config import INTENSITIES, AttackConfig, intensity_config  # noqa: E402
 from pca_attack.certify.metrics import colour_shift, visibility  # noqa: E402
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["figures"] = figures(summary, shown, tag, args.figures)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        args.out.write_text(json.dumps(public(report), indent=1))
     print(json.dumps({"summary": summary, "seconds": report["seconds"]}, indent=1))
     return report
 
