@@ -157,10 +157,7 @@ class RayBatchRunner(BatchRunner):
                 self._finish(self._result(task, why, row), report, on_result)
         except KeyboardInterrupt:
             report.interrupted = True
-        if self.write_csv:
-            self.manifest.write_csv()
-        report.elapsed_s = time.perf_counter() - t0
-        return report
+        return self.end(report, t0)
 
     def _triage(self, task: Task) -> FileResult | str:
         """The reason to protect ``task``, or its final result (up to date, unreadable)."""

@@ -272,9 +272,13 @@ class BatchRunner:
             self._collect(finished, pending, report, on_result, quiet=True)  # outputs in place get their line
         else:
             pool.shutdown(wait=True)
+        return self.end(report, t0)
+
+    def end(self, report: BatchReport, started: float) -> BatchReport:
+        """Close a run: the CSV view of the manifest (when asked) and the elapsed time."""
         if self.write_csv:
             self.manifest.write_csv()
-        report.elapsed_s = time.perf_counter() - t0
+        report.elapsed_s = time.perf_counter() - started
         return report
 
     def _abandon(self, pool: ThreadPoolExecutor) -> None:
