@@ -22,28 +22,23 @@ MEMORY_REFUSAL = "memory budget: "  # failures with this prefix make the exit co
 def plan_outputs(inputs: list[Path], outdir: Path, suffix: str) -> list[tuple[Path, Path]]:
     """(source, destination) pairs: folders mirrored under outdir, files placed directly in it.
 
-    A destination keeps the source's name with the output suffix; if two sources would land on the same
-    name (``a.jpg`` and ``a.png``), the later one keeps its original suffix too (``a.png.png``).
+    Names follow ``pca_attack.io.names.output_names`` (the scheme of every command): ``a.jpg`` -> ``a.png``;
+    ``a.jpg`` and ``a.png`` together -> ``a.jpg.png`` and ``a.png``.
     """
     from pca_attack.io.formats import INPUT_SUFFIXES
+    from pca_attack.io.names import output_names
 
-    pairs: list[tuple[Path, Path]] = []
-    taken: set[Path] = set()
+    found: list[tuple[Path, str]] = []  # (source, its path relative to outdir with '/')
     for item in inputs:
         if item.is_dir():
             files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-            rel = [(f, f.relative_to(item)) for f in files]
+            found += [(f, f.relative_to(item).as_posix()) for f in files]
         elif item.is_file():
-            rel = [(item, Path(item.name))]
+            found.append((item, item.name))
         else:
             raise typer.BadParameter(f"{item} does not exist", param_hint="INPUT")
-        for source, relative in rel:
-            dest = outdir / relative.with_suffix(suffix)
-            if dest in taken:
-                dest = outdir / relative.parent / (relative.name + suffix)
-            taken.add(dest)
-            pairs.append((source, dest))
-    return pairs
+    names = output_names([rel for _, rel in found], suffix)
+    return [(source, outdir / name) for (source, _), name in zip(found, names, strict=True)]
 
 
 def check_output(inputs: list[Path], output: Path) -> None:
@@ -85,6 +80,7 @@ def protect_files(
     from pca_attack.attack.memory import MemoryBudgetError
     from pca_attack.errors import PCAError
     from pca_attack.io.files import atomic_write
+    from pca_attack.io.names import certificate_name
     from pca_cli.progress import ImageProgress
 
     config = options.to_attack_config()
@@ -102,7 +98,7 @@ def protect_files(
                 )
                 atomic_write(dest, result.data)
                 report = result.certificate.model_dump() | {"source": str(source), "output": str(dest)}
-                atomic_write(dest.with_name(dest.name + ".json"), json.dumps(report, indent=2).encode())
+                atomic_write(dest.with_name(certificate_name(dest.name)), json.dumps(report, indent=2).encode())
                 if save_budget_map:
                     write_budget_map(source, dest, config.eps)
             except MemoryBudgetError as exc:

@@ -11,7 +11,8 @@ same outputs and manifest lines for the same seed.
   (``EngineProcessor``, one image per forward pass, as ``--local``). One GPU per actor when the cluster has
   GPUs, one CPU slot per actor otherwise (torch then uses ``cpus // actors`` threads).
 * Ray Data restarts a dead actor and retries its batch (``max_restarts=-1``, ``max_task_retries=-1``);
-  the driver writes each result with the same ``atomic_write``, so a killed worker leaves no partial file.
+  the driver writes each result and its certificate with the runner's ``write_output`` (atomic), so a
+  killed worker leaves no partial file.
 
 Ray is the optional extra ``pip install 'pca-protect[ray]'``; it is imported only here.
 """
@@ -22,10 +23,9 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from pca_attack.io.files import atomic_write
 from pca_attack.options import ProtectOptions
 from pca_client.manifest import sha256_bytes, sha256_file
 from pca_client.plan import BatchError, Task
@@ -167,6 +167,7 @@ class RayBatchRunner(BatchRunner):
             return FileResult(task.rel, "failed", error=f"cannot read file: {exc.strerror or exc}", reason="new")
         why = self.reason(task, sha)
         if why is None:
+            self.restore_certificate(task)
             return FileResult(task.rel, "skipped", task.out_rel, reason="up to date", source_sha256=sha)
         return why
 
@@ -205,22 +206,19 @@ class RayBatchRunner(BatchRunner):
         yield from dataset.iter_rows()
 
     def _result(self, task: Task, why: str, row: dict[str, Any]) -> FileResult:
-        """Write a protected file atomically (the runner's output naming) and describe it."""
+        """Write a protected file and its certificate atomically (the runner's naming) and describe it."""
         sha = str(row["source_sha256"]) or None
         if row["error"]:
             return FileResult(task.rel, "failed", error=str(row["error"]), reason=why, source_sha256=sha,
                               elapsed_s=float(row["elapsed_s"]))
-        out, suffix = bytes(row["data"]), str(row["suffix"])
-        out_rel = task.out_rel
-        if suffix and not out_rel.endswith(suffix):
-            out_rel = str(PurePosixPath(out_rel).with_suffix(suffix))
-        atomic_write(self.dst / out_rel, out, self.cancel)
+        out, cert = bytes(row["data"]), json.loads(str(row["certificate"]))
+        out_rel = self.write_output(task, out, str(row["suffix"]), cert)  # and its certificate beside it
         return FileResult(
             task.rel,
             "done",
             out_rel,
             reason=why,
-            certificate=json.loads(str(row["certificate"])),
+            certificate=cert,
             source_sha256=sha,
             output_sha256=sha256_bytes(out),
             elapsed_s=float(row["elapsed_s"]),

@@ -1,9 +1,9 @@
 """Planning a folder batch: which files of SRC are wanted, and where each protected copy goes in DST.
 
 Walk SRC recursively, keep supported image suffixes that pass the include/exclude globs and mirror each one
-into DST (``a/b/x.jpg`` -> ``DST/a/b/x.png`` for PNG output; when two sources of one folder would map to
-the same output, e.g. ``x.jpg`` and ``x.png``, both keep their full name: ``x.jpg.png``, ``x.png.png``).
-DST == SRC or DST inside SRC is refused unless ``in_place``.
+into DST with the one naming scheme of ``pca_attack.io.names`` (``a/b/x.jpg`` -> ``DST/a/b/x.png`` for PNG
+output; when ``x.jpg`` and ``x.png`` share a folder: ``x.jpg.png`` and ``x.png``; each certificate is
+``<output>.json`` beside its output). DST == SRC or DST inside SRC is refused unless ``in_place``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from pca_attack.errors import UnsupportedImageError
 from pca_attack.io.formats import INPUT_SUFFIXES, image_format
+from pca_attack.io.names import output_names
 
 
 class BatchError(Exception):
@@ -86,15 +87,7 @@ def output_suffix(fmt: str) -> str:
 
 
 def plan_tasks(src: Path, dst: Path, rels: Iterable[str], fmt: str) -> list[Task]:
-    """Mirror ``rels`` into ``dst`` with the output suffix; colliding outputs keep the full source name."""
-    suffix = output_suffix(fmt)
-    targets: dict[str, list[str]] = {}
-    for rel in sorted(set(rels)):
-        p = PurePosixPath(rel)
-        targets.setdefault(str(p.with_suffix(suffix)), []).append(rel)
-    tasks: list[Task] = []
-    for target, group in targets.items():
-        for rel in group:
-            out_rel = f"{rel}{suffix}" if len(group) > 1 else target
-            tasks.append(Task(src / rel, rel, dst / out_rel, out_rel))
-    return sorted(tasks, key=lambda t: t.rel)
+    """Mirror ``rels`` into ``dst`` named by ``pca_attack.io.names.output_names`` (stable for a given set)."""
+    ordered = sorted(set(rels))
+    outputs = output_names(ordered, output_suffix(fmt))
+    return [Task(src / rel, rel, dst / out_rel, out_rel) for rel, out_rel in zip(ordered, outputs, strict=True)]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -207,7 +208,12 @@ def _b64url_json(value: str) -> dict[str, Any]:
 
 
 def _filename(response: httpx.Response) -> str | None:
-    match = re.search(r'filename="?([^";]+)"?', response.headers.get("Content-Disposition", ""))
+    """The download name: RFC 5987 ``filename*=UTF-8''...`` (Unicode) first, else the plain ``filename=``."""
+    header = response.headers.get("Content-Disposition", "")
+    extended = re.search(r"filename\*=UTF-8''([^;\s]+)", header, re.IGNORECASE)
+    if extended:
+        return unquote(extended.group(1))
+    match = re.search(r'filename="?([^";]+)"?', header)
     return match.group(1) if match else None
 
 

@@ -10,10 +10,13 @@ The same runner serves ``pca-protect batch --local`` (the in-process engine, ``p
   run starts.
 * **Resume.** A file is skipped when its latest manifest line says ``done``, the output exists, and both
   the source sha256 and the settings fingerprint match; otherwise it is (re)done.
+* **Names.** ``pca_attack.io.names``: the output keeps the source's name with the format's suffix, its
+  certificate is ``<output>.json`` beside it (rewritten from the manifest when a skipped file lacks it).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pca_attack.io.files import atomic_write, remove_stale_temps
+from pca_attack.io.names import certificate_name
 from pca_client.manifest import Manifest, settings_fingerprint, sha256_bytes, sha256_file
 from pca_client.plan import Task, check_folders, output_suffix, plan_tasks, walk_sources, wanted
 
@@ -174,6 +178,7 @@ class BatchRunner:
         sha = sha256_bytes(data)
         why = self.reason(task, sha)
         if why is None:
+            self.restore_certificate(task)
             return FileResult(task.rel, "skipped", task.out_rel, reason="up to date", source_sha256=sha)
         try:
             out, suffix, cert = self.processor(task.source, data)
@@ -189,10 +194,7 @@ class BatchRunner:
                 source_sha256=sha,
                 elapsed_s=time.perf_counter() - t0,
             )
-        out_rel = task.out_rel
-        if suffix and not out_rel.endswith(suffix):
-            out_rel = str(PurePosixPath(out_rel).with_suffix(suffix))
-        atomic_write(self.dst / out_rel, out, self.cancel)
+        out_rel = self.write_output(task, out, suffix, cert)
         return FileResult(
             task.rel,
             "done",
@@ -203,6 +205,25 @@ class BatchRunner:
             output_sha256=sha256_bytes(out),
             elapsed_s=time.perf_counter() - t0,
         )
+
+    def write_output(self, task: Task, out: bytes, suffix: str, cert: Mapping[str, Any]) -> str:
+        """Write a protected file and then its certificate beside it (both atomically); the output's path
+        relative to DST (the planned one, with ``suffix`` when the processor answered another format)."""
+        out_rel = task.out_rel
+        if suffix and not out_rel.endswith(suffix):
+            out_rel = str(PurePosixPath(out_rel).with_suffix(suffix))
+        atomic_write(self.dst / out_rel, out, self.cancel)
+        report = {**cert, "source": task.rel, "output": out_rel}
+        atomic_write(self.dst / certificate_name(out_rel), json.dumps(report, indent=2).encode())  # never cancelled
+        return out_rel
+
+    def restore_certificate(self, task: Task) -> None:
+        """An up-to-date output whose certificate file is missing (an older run) gets it from the manifest."""
+        path = self.dst / certificate_name(task.out_rel)
+        cert = self.manifest.entries.get(task.rel, {}).get("certificate")
+        if isinstance(cert, dict) and not path.exists():
+            report = {**cert, "source": task.rel, "output": task.out_rel}
+            atomic_write(path, json.dumps(report, indent=2).encode())
 
     def _record(self, result: FileResult) -> None:
         if result.status == "skipped" or result.reason == "interrupted":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from pca_attack import AttackConfig, DecodedImage, ProtectedImage, decode_image
 from pca_attack.errors import ConfigError
+from pca_attack.io import names
+from pca_attack.io.names import clean_name
 from pca_attack.options import ProtectOptions
 from service.errors import ApiError, from_engine_error
 from service.schemas import ErrorResponse
@@ -111,17 +112,14 @@ def protect_request(image: DecodedImage, config: AttackConfig, options: ProtectO
 
 
 def safe_filename(name: str | None, default: str = "image") -> str:
-    """A display name safe in headers and zip entries: basename only, [A-Za-z0-9._-], <= 100 chars."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")
-    return (base or default)[:100]
+    """A display name safe as a file name, a zip entry and (RFC 5987) a header: basename only, letters of
+    every script kept, no control characters, separators or ``..`` (``pca_attack.io.names.clean_name``)."""
+    return clean_name(name, default)
 
 
 def output_name(filename: str, suffix: str) -> str:
-    """``photo.jpg`` + ``.png`` -> ``photo.png`` (sanitised)."""
-    safe = safe_filename(filename)
-    stem = safe.rsplit(".", 1)[0] if "." in safe else safe
-    return f"{stem or 'image'}{suffix}"
+    """``café.jpg`` + ``.png`` -> ``café.png`` (sanitised; the one scheme of ``pca_attack.io.names``)."""
+    return names.output_name(safe_filename(filename), suffix)
 
 
 async def wait_for(

@@ -12,13 +12,14 @@ from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from pca_attack.io.formats import BY_SUFFIX, FORMATS
+from pca_attack.io.formats import BY_SUFFIX, FORMATS, image_format
+from pca_attack.io.names import certificate_name, content_disposition, output_names
 from service.auth import Caller
 from service.deps import CallerDep, MetricsDep, ProtectOptionsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import ApiError
 from service.job_store import JobStore, JobView
 from service.schemas import ErrorResponse, Job, JobItem, JobProgress
-from service.uploads import ERROR_RESPONSES, attack_config, output_name, read_upload
+from service.uploads import ERROR_RESPONSES, attack_config, read_upload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -133,9 +134,11 @@ async def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> Job:
     },
 )
 async def job_results(job_id: JobId, store: StoreDep, caller: CallerDep) -> Response:
-    """Everything finished so far: `<index>_<name>.<ext>` images, `<index>_<name>.json` certificates, and
-    `manifest.json` listing every item with its status and error."""
+    """Everything finished so far, named as every command names outputs: `<name>.<ext>` images (the
+    uploaded name with the output suffix; `a.jpg` + `a.png` -> `a.jpg.png` + `a.png`), each certificate
+    `<output name>.json` beside it, and `manifest.json` listing every item with its status and error."""
     view = visible_job(store, job_id, caller)
+    outputs = item_outputs(view)
     buffer = io.BytesIO()
     manifest = {"job": job_model(view).model_dump(mode="json", exclude={"items"}), "items": []}
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -149,9 +152,9 @@ async def job_results(job_id: JobId, store: StoreDep, caller: CallerDep) -> Resp
             if item.status == "done" and item.result_suffix:
                 path = store.result_path(view.id, item.index, item.result_suffix)
                 if path.exists():
-                    name = f"{item.index:04d}_{output_name(item.filename, item.result_suffix)}"
+                    name = outputs[item.index]
                     zf.write(path, name)
-                    report = name.rsplit(".", 1)[0] + ".json"
+                    report = certificate_name(name)
                     zf.writestr(report, json.dumps(item.certificate, indent=2))
                     entry.update(output=name, report=report, certificate=item.certificate)
                 else:
@@ -163,6 +166,14 @@ async def job_results(job_id: JobId, store: StoreDep, caller: CallerDep) -> Resp
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="job-{view.id}.zip"'},
     )
+
+
+def item_outputs(view: JobView) -> dict[int, str]:
+    """Output name of every item (``pca_attack.io.names.output_names`` over the whole job, so the zip, the
+    item downloads and a folder batch of the same names agree)."""
+    suffix = image_format(str(view.settings.get("format") or "png")).suffix
+    names = output_names([item.filename for item in view.items], suffix)
+    return {item.index: name for item, name in zip(view.items, names, strict=True)}
 
 
 @router.get(
@@ -189,10 +200,8 @@ async def job_item(
     if not path.exists():
         raise ApiError(404, "not_found", f"the result of item {index} is missing from the data directory")
     media = BY_SUFFIX[item.result_suffix].mime_type
-    name = output_name(item.filename, item.result_suffix)
-    return Response(
-        path.read_bytes(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'}
-    )
+    name = item_outputs(view)[index]
+    return Response(path.read_bytes(), media_type=media, headers={"Content-Disposition": content_disposition(name)})
 
 
 @router.delete(

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pca_attack import ProtectedImage
 from pca_attack.io.formats import FORMATS
+from pca_attack.io.names import content_disposition
 from service.deps import ProtectOptionsDep, SettingsDep, WorkerDep
 from service.errors import ApiError
 from service.schemas import ProtectJSON
@@ -97,5 +98,5 @@ async def protect_image(
             image_base64=base64.b64encode(out.data).decode("ascii"),
         )
         return JSONResponse(body.model_dump(mode="json"))
-    headers = {"Content-Disposition": f'attachment; filename="{name}"', **certificate_headers(out)}
+    headers = {"Content-Disposition": content_disposition(name), **certificate_headers(out)}  # RFC 5987
     return Response(content=out.data, media_type=out.mime_type, headers=headers)

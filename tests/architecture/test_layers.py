@@ -27,7 +27,7 @@ FORBIDDEN = {
 }
 # the torch-free engine leaves the client may use
 CLIENT_ALLOWED_ENGINE = ("pca_attack.options", "pca_attack.io.files", "pca_attack.io.formats", "pca_attack.errors",
-                         "pca_attack._version", "pca_attack")
+                         "pca_attack.io.names", "pca_attack._version", "pca_attack")
 
 
 def _modules(package: str) -> list[Path]:

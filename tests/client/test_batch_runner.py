@@ -49,7 +49,7 @@ def test_planning_rules(tmp_path: Path) -> None:
     assert not wanted("raw/x.png", exclude=["raw/*"]) and wanted("x.png", include=["*.png"])
     assert not wanted("a/x.jpg", include=["*.png"]) and wanted("a/b/x.png", include=["a/*"])
     tasks = plan_tasks(tmp_path, tmp_path / "o", ["d/x.jpg", "d/x.png", "e/x.jpeg", "y.webp"], "png")
-    assert [t.out_rel for t in tasks] == ["d/x.jpg.png", "d/x.png.png", "e/x.png", "y.png"]
+    assert [t.out_rel for t in tasks] == ["d/x.jpg.png", "d/x.png", "e/x.png", "y.png"]
     with pytest.raises(BatchError):
         check_folders(tmp_path / "missing", tmp_path / "o")
     (tmp_path / "s").mkdir()
@@ -85,7 +85,7 @@ def test_failures_are_recorded_and_retried(tmp_path: Path) -> None:
     write_images(src, ["ok.png", "bad.png"])
     report = runner(src, dst, Fake(fail={"bad.png"})).run()
     assert [f.rel for f in report.failed] == ["bad.png"] and not report.ok
-    assert visible_files(dst) == {"ok.png"}
+    assert visible_files(dst) == {"ok.png", "ok.png.json"}  # the certificate beside its output
     report = runner(src, dst, Fake()).run()
     assert report.done == 1 and report.skipped == 1 and report.ok
 
@@ -111,7 +111,7 @@ def test_interrupt_leaves_no_partial_files_and_resumes(tmp_path: Path) -> None:
     report = runner(src, dst, Fake(interrupt_after=4), jobs=2, grace_s=2).run()
     assert report.interrupted and report.done <= 4
     recorded = {e["source"] for e in manifest_lines(dst)}
-    assert visible_files(dst) == recorded and not temp_files(dst)
+    assert visible_files(dst) == recorded | {f"{r}.json" for r in recorded} and not temp_files(dst)
     fake = Fake()
     report = runner(src, dst, fake, jobs=2).run()
     assert report.ok and report.done == 12 - len(recorded)

@@ -141,7 +141,7 @@ def test_oversized_file_just_over_the_per_file_limit_is_413(client: TestClient) 
 def test_wrong_extension_is_judged_by_content(client: TestClient) -> None:
     r = client.post("/v1/protect", files={"file": ("photo.gif", jpeg_bytes(), "image/gif")}, data=FORM)
     assert r.status_code == 200, r.text  # a JPEG called .gif is still a JPEG
-    assert r.headers["content-disposition"] == 'attachment; filename="photo.png"'
+    assert r.headers["content-disposition"] == 'attachment; filename="photo.png"; filename*=UTF-8\'\'photo.png'
     r = client.post("/v1/protect", files={"file": ("photo.png", b"GIF89a not really", "image/png")}, data=FORM)
     assert r.status_code == 415
 

@@ -61,7 +61,9 @@ def test_job_lifecycle(client: TestClient) -> None:
     with zipfile.ZipFile(io.BytesIO(z.content)) as zf:
         entries = set(zf.namelist())
         manifest = json.loads(zf.read("manifest.json"))
-    assert {"0000_a.png", "0000_a.json", "0001_secret.png", "0002_c.png", "manifest.json"} <= entries
+    # the one naming scheme (pca_attack.io.names): original names, each certificate <output>.json beside it
+    assert entries == {"a.png", "a.png.json", "secret.png", "secret.png.json", "c.png", "c.png.json", "manifest.json"}
+    assert manifest["items"][0]["output"] == "a.png" and manifest["items"][0]["report"] == "a.png.json"
     assert [i["status"] for i in manifest["items"]] == ["done", "done", "done", "failed"]
 
     d = client.delete(f"/v1/jobs/{created['id']}")

@@ -19,7 +19,7 @@ def test_protect_returns_same_size_png_with_certificate_headers(client: TestClie
     r = client.post("/v1/protect", files={"file": ("../../etc/my photo.jpg", data, "image/png")}, data=FORM)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
-    assert r.headers["content-disposition"] == 'attachment; filename="my_photo.png"'
+    assert r.headers["content-disposition"] == 'attachment; filename="my photo.png"; filename*=UTF-8\'\'my%20photo.png'
     out = Image.open(io.BytesIO(r.content))
     assert out.size == (40, 24)
     cert = json.loads(base64.urlsafe_b64decode(r.headers["x-pca-certificate"]))
