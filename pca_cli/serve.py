@@ -1,7 +1,9 @@
 """``pca-protect serve``: run the REST service (FastAPI + uvicorn) on one model.
 
 Options left unset fall back to the ``PCA_*`` environment variables and then to the defaults of
-``service.settings.Settings``; bad values fail before anything is loaded.
+``service.settings.Settings``; bad values fail before anything is loaded. The slow-client limits
+(``PCA_LIMIT_CONCURRENCY``, ``PCA_HEADER_TIMEOUT_S``, ``PCA_KEEP_ALIVE_TIMEOUT_S``, ``PCA_MAX_HEADER_BYTES``,
+``PCA_BODY_TIMEOUT_S``, ``PCA_MIN_BODY_RATE``) are applied to uvicorn here (``service.limits``).
 """
 
 from __future__ import annotations
@@ -77,9 +79,19 @@ def serve_command(
         return
     import uvicorn
 
+    from service.limits import uvicorn_options
+
     app = create_app(settings)
     typer.echo(f"pca-protect: web page at {page_url(host, port)} (API under /v1) once the model is loaded")
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level, workers=1, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        workers=1,
+        timeout_graceful_shutdown=30,
+        **uvicorn_options(settings),  # slow-client limits: concurrency, header deadline, keep-alive, header size
+    )
 
 
 def _serve_on_ray(overrides: Mapping[str, object], host: str, port: int, replicas: int, address: str) -> None:

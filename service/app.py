@@ -12,18 +12,19 @@ import platform
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pca_attack import Engine, __version__
 from pca_attack.models.registry import DEMO_WARNING, uses_demo
 from service.auth import ApiKeyMiddleware
 from service.deps import ApiKeyDep
-from service.errors import error_response, install_error_handlers
+from service.errors import install_error_handlers
 from service.job_runner import JobRunner
 from service.job_store import JobStore
+from service.limits import RequestLimitsMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
 from service.routes.analysis import router as analysis_router
@@ -32,8 +33,6 @@ from service.settings import Settings
 from service.worker import EngineWorker
 
 log = logging.getLogger("service")
-
-_MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the files
 
 
 def environment_dump(settings: Settings, engine: Engine) -> dict[str, Any]:
@@ -64,74 +63,6 @@ def environment_dump(settings: Settings, engine: Engine) -> dict[str, Any]:
     }
 
 
-class BodyLimitMiddleware:
-    """413 for request bodies over the limit, checked on Content-Length and while streaming (chunked
-    uploads too), before the multipart parser spools anything to disk."""
-
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
-
-    def limit_for(self, path: str) -> int:
-        per_file = self.settings.max_upload_bytes
-        if path.rstrip("/").endswith("/jobs"):
-            return per_file * self.settings.max_files_per_job + _MULTIPART_OVERHEAD
-        if path.rstrip("/").endswith("/diagnostics"):
-            return 2 * per_file + _MULTIPART_OVERHEAD
-        return per_file + _MULTIPART_OVERHEAD
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit_for(scope.get("path", ""))
-        message = f"request body is larger than the limit of {limit:,} bytes (max_upload_bytes per file)"
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > limit
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await error_response(413, "payload_too_large", message)(scope, receive, send)
-                    return
-        state = {"received": 0, "refused": False, "started": False}
-
-        async def limited_receive() -> Message:
-            if state["refused"]:
-                return {"type": "http.disconnect"}
-            msg = await receive()
-            if msg["type"] == "http.request":
-                state["received"] += len(msg.get("body", b""))
-                if state["received"] > limit:
-                    state["refused"] = True
-                    if not state["started"]:
-                        await error_response(413, "payload_too_large", message)(scope, receive, guarded_send)
-                    return {"type": "http.disconnect"}
-            return msg
-
-        async def guarded_send(msg: Message) -> None:
-            if msg["type"] == "http.response.start":
-                if state["started"]:
-                    return
-                state["started"] = True
-                await send(msg)
-            elif msg["type"] == "http.response.body":
-                if state.get("finished"):
-                    return
-                if not msg.get("more_body", False):
-                    state["finished"] = True
-                await send(msg)
-            else:
-                await send(msg)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not state["refused"]:
-                raise
-
-
 def configure_logging(level: str) -> None:
     """The service's loggers log at ``level`` even when a caller (the CLI) configured logging first: a
     no-op ``basicConfig`` would leave start-up and job-recovery INFO lines filtered by the root's WARNING."""
@@ -139,9 +70,24 @@ def configure_logging(level: str) -> None:
     logging.getLogger("service").setLevel(level.upper())
 
 
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data folder, saying so (a warning when it is ``./data`` of the working directory)."""
+    folder = settings.data_dir
+    if folder.is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder == (Path.cwd() / "data").resolve():
+        log.warning(
+            "created the data folder %s in the working directory (uploads, results, jobs.db); "
+            "set PCA_DATA_DIR or pca-protect serve --data-dir to keep them elsewhere", folder,
+        )
+    else:
+        log.info("created the data folder %s", folder)
+
+
 def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: Engine | None) -> None:
     """Load the model (unless given), start the engine worker and the job runner, resume interrupted jobs."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     loaded = engine or Engine.from_spec(
         settings.model,
         device=settings.device,
@@ -172,6 +118,11 @@ def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: E
         cleanup_interval_s=settings.cleanup_interval_s,
     )
     app.state.engine, app.state.worker, app.state.store, app.state.runner = loaded, worker, store, runner
+    log.info(
+        "serving model %s on device %s (%s); data folder %s",
+        loaded.encoder.name, loaded.encoder.device, str(loaded.encoder.dtype).removeprefix("torch."),
+        settings.data_dir,
+    )
     log.info("environment: %s", environment_dump(settings, loaded))
     log.info("job recovery after start: %s", recovered)
     if uses_demo(loaded.model_names()):
@@ -227,7 +178,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(health_router)
     app.include_router(web_router)
 
-    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(ApiKeyMiddleware, settings=settings)  # outside the body limit: 401 before any byte is read
     app.add_middleware(MetricsMiddleware, metrics_getter=lambda: metrics)
     return app

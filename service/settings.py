@@ -59,6 +59,34 @@ class Settings(BaseSettings):
     job_retention_s: float = Field(default=86_400.0, gt=0, description="finished jobs are deleted after this long")
     cleanup_interval_s: float = Field(default=60.0, gt=0, description="how often expired jobs are looked for")
 
+    limit_concurrency: int = Field(
+        default=200, ge=2, le=100_000,
+        description="open connections + running requests at most; a request over it is answered 503 "
+        "(applied by pca-protect serve)",
+    )
+    header_timeout_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="a connection must deliver the complete request headers within this many seconds of opening "
+        "(or of its previous answer), else it is closed (applied by pca-protect serve)",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=3600, description="an idle keep-alive connection is closed after this many seconds"
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=4096, le=1024 * 1024,
+        description="largest request line + headers, in bytes; larger ones are answered 431 (400 when they "
+        "arrive in pieces) and the connection is closed",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="longest wait for the next piece of a request body; with min_body_rate it bounds slow "
+        "uploads (answered 408 and closed)",
+    )
+    min_body_rate: int = Field(
+        default=1024, ge=0,
+        description="bytes per second a request body must keep up after its first body_timeout_s (0: no floor)",
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("max_memory")

@@ -57,6 +57,32 @@ def test_serve_builds_settings_and_runs_uvicorn(monkeypatch: pytest.MonkeyPatch,
     assert s.api_keys == ["key-aaaa-1111"] and s.data_dir == tmp_path.resolve()
 
 
+def test_serve_passes_the_slow_client_limits_to_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("PCA_LIMIT_CONCURRENCY", "17")
+    monkeypatch.setenv("PCA_HEADER_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("PCA_KEEP_ALIVE_TIMEOUT_S", "3")
+    monkeypatch.setenv("PCA_MAX_HEADER_BYTES", "9000")
+    result = CliRunner().invoke(_app(), ["--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (seen["limit_concurrency"], seen["timeout_keep_alive"], seen["h11_max_incomplete_event_size"]) == (
+        17,
+        3,
+        9000,
+    )
+    assert issubclass(seen["http"], H11Protocol) and seen["http"].header_timeout_s == 2.5
+
+
+def test_serve_refuses_bad_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PCA_HEADER_TIMEOUT_S", "0")
+    result = CliRunner().invoke(_app(), [])
+    assert result.exit_code == 2 and "header_timeout_s" in result.output
+
+
 def test_serve_refuses_bad_settings() -> None:
     result = CliRunner().invoke(_app(), ["--device", "tpu"])
     assert result.exit_code == 2
