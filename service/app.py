@@ -28,6 +28,7 @@ from service.limits import RequestLimitsMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
 from service.routes.analysis import router as analysis_router
+from service.routes.roundtrip import router as roundtrip_router
 from service.routes.web import router as web_router
 from service.settings import Settings
 from service.worker import EngineWorker
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     v1.include_router(protect_router)
     v1.include_router(jobs_router)
     v1.include_router(diagnostics_router)
+    v1.include_router(roundtrip_router)
     v1.include_router(models_router)
     v1.include_router(analysis_router)
     app.include_router(v1)
