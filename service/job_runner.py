@@ -1,6 +1,7 @@
 """The job runner: a thread that claims queued items from the ``JobStore``, decodes them, submits them to
-the engine worker in groups (so same-size images share micro-batches), records each outcome, and expires
-old jobs. The job's settings are the ``ProtectOptions`` it was created with."""
+the engine worker in groups (so same-size images share micro-batches), records each item's per-step
+progress (``ProgressRecorder``, throttled) and its outcome, and expires old jobs. The job's settings are
+the ``ProtectOptions`` it was created with."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from pca_attack import decode_image
+from pca_attack.attack.progress import StepProgress
 from pca_attack.errors import ConfigError
 from pca_attack.options import ProtectOptions
 from service.errors import from_engine_error
@@ -19,6 +21,27 @@ from service.uploads import decode_failure, protect_request
 from service.worker import ProtectRequest
 
 log = logging.getLogger("service.job_runner")
+
+PROGRESS_INTERVAL_S = 0.5  # at most ~2 progress writes per second per running item
+
+
+class ProgressRecorder:
+    """The worker's progress listener of one job item: writes the attack's step / tile to the item's row,
+    at most once per ``interval_s`` (the first event always), so database writes stay bounded."""
+
+    def __init__(self, store: JobStore, job_id: str, index: int, interval_s: float | None = None) -> None:
+        self.store, self.job_id, self.index = store, job_id, index
+        self.interval_s = PROGRESS_INTERVAL_S if interval_s is None else interval_s
+        self._last = -float("inf")
+        self.writes = 0
+
+    def __call__(self, event: StepProgress) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        self.store.set_progress(self.job_id, self.index, event.summary())
+        self.writes += 1
 
 
 class JobRunner:
@@ -96,10 +119,12 @@ class JobRunner:
             self._fail(item, decode_failure(exc).message)
             return None
         try:
-            return protect_request(image, config, options)
+            request = protect_request(image, config, options)
         except ValueError as exc:
             self._fail(item, str(exc))
             return None
+        request.on_progress = ProgressRecorder(self.store, item.job_id, item.index)
+        return request
 
     def _process(self, claimed: list[ClaimedItem]) -> None:
         try:

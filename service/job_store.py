@@ -1,5 +1,6 @@
-"""The job store (SQLAlchemy 2.0: tables ``jobs`` and ``items``): rows, their plain views, and the queries and
-state changes of the routes and of ``service.job_runner``.
+"""The job store (SQLAlchemy 2.0; the tables are in ``service.job_rows``): plain views of the rows, and the
+queries and state changes of the routes and of ``service.job_runner`` (including each running item's
+per-step progress, so that every replica sharing the database answers the same ``GET /v1/jobs/{id}``).
 
 Uploads and results live on disk under ``data_dir`` with generated names (``<job id>/<index>.in`` and
 ``<job id>/<index><suffix>``); the uploaded filename is only ever stored as text. On start, jobs that were
@@ -16,80 +17,27 @@ import shutil
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from sqlalchemy import (
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    delete,
-    event,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from pca_attack.io.files import atomic_write
 from pca_attack.io.formats import BY_SUFFIX
+from service.job_rows import Base, ItemRow, JobRow, add_missing_columns, utcnow
+from service.job_rows import aware as _aware
 from service.uploads import safe_filename
+
+__all__ = ["ClaimedItem", "ItemRow", "ItemView", "JobRow", "JobStore", "JobView", "utcnow"]
 
 log = logging.getLogger("service.job_store")
 
 JOB_ACTIVE = ("queued", "running")
 ITEM_FINAL = ("done", "failed", "cancelled")
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite drops the timezone: read every stored time back as UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
-    settings_json: Mapped[str] = mapped_column(Text)
-    total: Mapped[int] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # SHA-256 of the creating key
-    items: Mapped[list[ItemRow]] = relationship(
-        back_populates="job", cascade="all, delete-orphan", order_by="ItemRow.index"
-    )
-
-
-class ItemRow(Base):
-    __tablename__ = "items"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    index: Mapped[int] = mapped_column(Integer)
-    filename: Mapped[str] = mapped_column(String(255))  # sanitised display name, never a path
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    certificate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
-    result_suffix: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    job: Mapped[JobRow] = relationship(back_populates="items")
 
 
 @dataclass
@@ -100,6 +48,7 @@ class ItemView:
     error: str | None
     certificate: dict[str, Any] | None
     result_suffix: str | None
+    progress: dict[str, Any] | None = None  # the running attack's step / tile (see ``JobStore.set_progress``)
 
 
 @dataclass
@@ -122,6 +71,18 @@ class JobView:
     @property
     def failed(self) -> int:
         return sum(1 for i in self.items if i.status == "failed")
+
+    @property
+    def running(self) -> int:
+        return sum(1 for i in self.items if i.status == "running")
+
+    @property
+    def fraction(self) -> float:
+        """Share of the work finished: final items count whole, running ones by their attack's progress."""
+        if not self.items:
+            return 0.0
+        parts = (1.0 if i.status in ITEM_FINAL else float((i.progress or {}).get("fraction", 0.0)) for i in self.items)
+        return round(min(1.0, sum(parts) / len(self.items)), 4)
 
 
 @dataclass
@@ -156,7 +117,9 @@ class JobStore:
                 cur.close()
 
         Base.metadata.create_all(self.engine)
-        _add_owner_column(self.engine)
+        added = add_missing_columns(self.engine)
+        if added:
+            log.info("jobs database upgraded: added %s", ", ".join(added))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.lock = threading.RLock()  # serialises state changes between the runner and the routes
 
@@ -259,14 +222,24 @@ class JobStore:
                 if result is not None and suffix is not None:
                     atomic_write(self.result_path(job_id, index, suffix), result)
                     item.result_suffix = suffix
-                item.status = status
-                item.error = error
+                item.status, item.error, item.progress_json = status, error, None
                 item.certificate_json = json.dumps(certificate) if certificate is not None else None
                 job.updated_at = utcnow()
                 self._settle(s, job)
             if status == "done" or status == "failed":
                 self.input_path(job_id, index).unlink(missing_ok=True)
             return True
+
+    def set_progress(self, job_id: str, index: int, progress: dict[str, Any]) -> bool:
+        """Record where a running item's attack is (one UPDATE, no lock on the job); False when the item is
+        no longer running (finished, cancelled or deleted meanwhile)."""
+        change = (
+            update(ItemRow)
+            .where(ItemRow.job_id == job_id, ItemRow.index == index, ItemRow.status == "running")
+            .values(progress_json=json.dumps(progress))
+        )
+        with self.sessions.begin() as s:
+            return cast(CursorResult[Any], s.execute(change)).rowcount == 1
 
     def _settle(self, s: Session, job: JobRow) -> None:
         """A job whose items are all final becomes done (or failed when none succeeded)."""
@@ -302,7 +275,7 @@ class JobStore:
         """After a restart: requeue interrupted items, fail the ones whose input is gone."""
         counts = {"requeued": 0, "failed": 0}
         with self.lock, self.sessions.begin() as s:
-            s.execute(update(ItemRow).where(ItemRow.status == "running").values(status="queued"))
+            s.execute(update(ItemRow).where(ItemRow.status == "running").values(status="queued", progress_json=None))
             for job in s.scalars(select(JobRow).where(JobRow.status.in_(JOB_ACTIVE))):
                 for item in job.items:
                     if item.status != "queued":
@@ -338,15 +311,6 @@ class JobStore:
             return s.scalars(select(ItemRow.id).where(ItemRow.status == "queued").limit(1)).first() is not None
 
 
-def _add_owner_column(engine: Any) -> None:
-    """A database created before jobs had owners gets the column (its old jobs stay unowned)."""
-    from sqlalchemy import inspect, text
-
-    if "owner" not in {c["name"] for c in inspect(engine).get_columns("jobs")}:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(64)"))
-
-
 def _take(s: Session, item_id: int) -> bool:
     """Atomically move one item from queued to running; False when another process took it first."""
     claim = update(ItemRow).where(ItemRow.id == item_id, ItemRow.status == "queued").values(status="running")
@@ -373,6 +337,7 @@ def _view(job: JobRow) -> JobView:
                 i.error,
                 json.loads(i.certificate_json) if i.certificate_json else None,
                 i.result_suffix,
+                json.loads(i.progress_json) if i.progress_json else None,
             )
             for i in job.items
         ],

@@ -38,6 +38,22 @@ class JobProgress(BaseModel):
     total: int
     done: int
     failed: int
+    running: int = Field(default=0, description="items being protected now")
+    fraction: float = Field(
+        default=0.0, description="share of the job's work finished, in [0, 1]: finished items plus the running "
+        "items' attack progress (their steps done), over the items"
+    )
+
+
+class ItemProgress(BaseModel):
+    """Where a running item's attack is (updated about twice a second; shared by every replica)."""
+
+    steps_done: int = Field(description="PGD steps finished")
+    steps: int = Field(description="PGD steps this item runs")
+    tiles_done: int = Field(description="tiles of the current step finished (tiled attack; 1 of 1 untiled)")
+    tiles: int = Field(description="tiles per step (1: untiled)")
+    fraction: float = Field(description="share of this item's attack finished, in [0, 1]")
+    eta_s: float | None = Field(default=None, description="seconds left at the pace so far")
 
 
 class JobItem(BaseModel):
@@ -47,6 +63,7 @@ class JobItem(BaseModel):
     error: str | None = Field(default=None, description="why the item failed or was cancelled")
     certificate: Certificate | None = None
     download_url: str | None = Field(default=None, description="where to download the protected image")
+    progress: ItemProgress | None = Field(default=None, description="the attack's progress while the item runs")
 
 
 class Job(BaseModel):

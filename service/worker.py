@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 from pca_attack import AttackConfig, DecodedImage, Engine, ProtectedImage
+from pca_attack.attack.progress import StepProgress
 from service.errors import QueueFullError
 from service.metrics import Metrics
 
@@ -37,6 +38,7 @@ class ProtectRequest:
     quality: int | None = None
     keep_exif: bool = True
     abandoned: threading.Event = field(default_factory=threading.Event, compare=False)  # its client went away
+    on_progress: Callable[[StepProgress], None] | None = field(default=None, compare=False)  # per step / tile
 
     def batch_key(self) -> tuple[Any, ...]:
         """Tasks with equal keys may share a micro-batch."""
@@ -258,7 +260,7 @@ class EngineWorker:
             fmt=head.fmt,
             quality=head.quality,
             keep_exif=head.keep_exif,
-            progress=partial(_stop_if_abandoned, requests),
+            progress=partial(_on_step, requests),
         )
         elapsed = time.perf_counter() - t0
         if self.metrics is not None and results:
@@ -266,8 +268,16 @@ class EngineWorker:
         return results
 
 
-def _stop_if_abandoned(requests: list[ProtectRequest], indices: list[int], event: Any) -> None:
-    """Progress callback of the engine: once every image of the running micro-batch is abandoned, stop
-    between PGD steps (or tiles) instead of computing for nobody."""
+def _on_step(requests: list[ProtectRequest], indices: list[int], event: StepProgress) -> None:
+    """Progress callback of the engine: tell each running request's listener (job rows) where its attack is;
+    once every image of the running micro-batch is abandoned, stop between PGD steps (or tiles) instead of
+    computing for nobody. A failing listener never stops the attack."""
+    for i in indices:
+        listener = requests[i].on_progress
+        if listener is not None:
+            try:
+                listener(event)
+            except Exception:
+                log.warning("progress listener failed (the attack goes on)", exc_info=True)
     if indices and all(requests[i].abandoned.is_set() for i in indices):
         raise AbandonedError(f"stopped at step {event.step}/{event.steps}: the client went away")

@@ -27,6 +27,11 @@ class StepProgress:
         return self.tile == self.tiles
 
     @property
+    def steps_done(self) -> int:
+        """PGD steps finished (the current one counts once its last tile is done)."""
+        return self.step if self.end_of_step else self.step - 1
+
+    @property
     def fraction(self) -> float:
         """Share of the configured work done, in [0, 1]."""
         return min(1.0, ((self.step - 1) + self.tile / self.tiles) / max(1, self.steps))
@@ -35,6 +40,15 @@ class StepProgress:
         """Seconds left at the pace so far (None before any work is done)."""
         done = self.fraction
         return None if done <= 0 else self.elapsed_s * (1.0 - done) / done
+
+    def summary(self) -> dict[str, int | float | None]:
+        """Plain-JSON view for job rows and APIs: steps done of steps, tiles done of the current step's tiles,
+        the share done and the seconds left at the pace so far."""
+        eta = self.eta_s()
+        return {
+            "steps_done": self.steps_done, "steps": self.steps, "tiles_done": self.tile, "tiles": self.tiles,
+            "fraction": round(self.fraction, 4), "eta_s": None if eta is None else round(eta, 1),
+        }
 
 
 ProgressCallback = Callable[[StepProgress], None]

@@ -18,7 +18,7 @@ from service.auth import Caller
 from service.deps import CallerDep, MetricsDep, ProtectOptionsDep, RunnerDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import ApiError
 from service.job_store import JobStore, JobView
-from service.schemas import ErrorResponse, Job, JobItem, JobProgress
+from service.schemas import ErrorResponse, ItemProgress, Job, JobItem, JobProgress
 from service.uploads import ERROR_RESPONSES, attack_config, read_upload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -51,6 +51,7 @@ def job_model(view: JobView) -> Job:
             error=i.error,
             certificate=i.certificate,  # type: ignore[arg-type]
             download_url=f"/v1/jobs/{view.id}/items/{i.index}" if i.status == "done" and i.result_suffix else None,
+            progress=ItemProgress(**i.progress) if i.status == "running" and i.progress else None,
         )
         for i in view.items
     ]
@@ -62,7 +63,8 @@ def job_model(view: JobView) -> Job:
         updated_at=view.updated_at,
         expires_at=view.expires_at,
         settings=view.settings,
-        progress=JobProgress(total=view.total, done=view.done, failed=view.failed),
+        progress=JobProgress(total=view.total, done=view.done, failed=view.failed, running=view.running,
+                             fraction=view.fraction),
         error=view.error,
         items=items,
     )

@@ -43,7 +43,7 @@ def test_job_lifecycle(client: TestClient) -> None:
     assert r.headers["location"] == f"/v1/jobs/{created['id']}"
     job = wait_done(client, created["id"])
     assert job["status"] == "done"
-    assert job["progress"] == {"total": 4, "done": 3, "failed": 1}
+    assert job["progress"] == {"total": 4, "done": 3, "failed": 1, "running": 0, "fraction": 1.0}
     assert job["settings"]["steps"] == 2 and job["expires_at"] is not None
     names = [item["filename"] for item in job["items"]]
     assert names[1] == "secret.png"  # never a path
