@@ -19,6 +19,7 @@ import typer
 from pca_attack._version import __version__
 from pca_cli.batch import batch_command
 from pca_cli.diagnose import diagnose_command
+from pca_cli.help import Command
 from pca_cli.models_cmd import models_app
 from pca_cli.protect import protect_command
 from pca_cli.redteam import redteam_command
@@ -50,11 +51,11 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
-app.command("protect")(protect_command)
-app.command("diagnose")(diagnose_command)
-app.command("batch")(batch_command)
-app.command("serve")(serve_command)
-app.command("redteam")(redteam_command)
+app.command("protect", cls=Command)(protect_command)
+app.command("diagnose", cls=Command)(diagnose_command)
+app.command("batch", cls=Command)(batch_command)
+app.command("serve", cls=Command)(serve_command)
+app.command("redteam", cls=Command)(redteam_command)
 app.add_typer(models_app, name="models")
 app.add_typer(theory_app, name="theory")
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import with_protect_options
+from pca_cli.options import MaxMemoryOpt, memory_budget, with_protect_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,48 +67,59 @@ class _UsageError(Exception):
 
 
 def _progress(console: Console) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """One display for the files bar (count, rate, failures) and, with --local, the running image's step bar
+    (a task without the ``failed`` field: its step / tile instead)."""
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.text import Text
 
-    class RateColumn(ProgressColumn):
+    class FileColumn(ProgressColumn):
+        def __init__(self, render: Any, style: str = "") -> None:
+            self.render_task, self.style = render, style
+            super().__init__()
+
         def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.2f} files/s" if speed else "-- files/s", style="cyan")
+            return Text(self.render_task(task) if "failed" in task.fields else "", style=self.style)
+
+    def rate(task: Any) -> str:
+        speed = task.finished_speed or task.speed
+        return f"{speed:.2f} files/s" if speed else "-- files/s"
 
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
+        FileColumn(lambda t: f"{int(t.completed)}/{int(t.total or 0)}"),
+        TextColumn("{task.fields[where]}"),
+        FileColumn(rate, "cyan"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        TextColumn("[red]{task.fields[failed]} failed"),
+        FileColumn(lambda t: f"{t.fields['failed']} failed", "red"),
         console=console,
         transient=False,
     )
 
 
-def _run_with_progress(runner: BatchRunner, console: Console) -> BatchReport:
+def _run_with_progress(runner: BatchRunner, console: Console, processor: Any = None) -> BatchReport:
+    """The files bar; with the in-process processor also each image's plan line and its step bar."""
+    from pca_cli.progress import ImageProgress
+
     state: dict[str, Any] = {}
     with _progress(console) as bar:
+        if hasattr(processor, "steps"):
+            processor.steps = ImageProgress(bar, console)
 
         def on_plan(total: int) -> None:
-            state["task"] = bar.add_task("protecting", total=total, failed=0)
+            state["task"] = bar.add_task("protecting", total=total, failed=0, where="")
 
         def on_result(result: FileResult) -> None:
             state["failed"] = state.get("failed", 0) + (result.status == "failed")
             bar.update(state["task"], advance=1, failed=state["failed"])
 
-        return runner.run(on_plan=on_plan, on_result=on_result)
+        try:
+            return runner.run(on_plan=on_plan, on_result=on_result)
+        finally:
+            if hasattr(processor, "steps"):
+                processor.steps = None
 
 
 def _summary(report: BatchReport, runner: BatchRunner, console: Console) -> None:
@@ -157,6 +168,7 @@ def batch_command(
     model: BatchModelOpt = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
     device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")] = "auto",
+    max_memory: MaxMemoryOpt = None,
     api_key: ApiKeyOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -178,6 +190,7 @@ def batch_command(
     if sum(map(bool, (server, local, ray))) != 1:
         err.print("[red]choose exactly one of --server URL, --local or --ray auto|ADDRESS[/red]")
         raise typer.Exit(2)
+    budget = _local_budget(max_memory, local)
     folders = {"include": include or (), "exclude": exclude or (), "in_place": in_place}
     try:
         if dry_run:
@@ -191,18 +204,26 @@ def batch_command(
             if local:
                 from pca_cli.local import local_processor
 
-                processor, jobs = local_processor(options, ",".join(model), device, dtype), 1
+                processor, jobs = local_processor(options, ",".join(model), device, dtype, budget), 1
             else:
                 processor = _remote_processor(options, str(server), api_key, retries, timeout, jobs)
             runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)
     except (BatchError, _UsageError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    report = _run_with_progress(runner, err)
+    report = _run_with_progress(runner, err, processor if local else None)
     if watch and report.ok:
         _watch(runner, report, watch_timeout, console, err)
     _summary(report, runner, console)
     _exit(report)
+
+
+def _local_budget(max_memory: str | None, local: bool) -> int | None:
+    """``--max-memory`` in bytes; it sets the in-process engine's budget only (a usage error otherwise)."""
+    if max_memory and not local:
+        raise typer.BadParameter("applies to --local; a service has its own budget (PCA_MAX_MEMORY)",
+                                 param_hint="--max-memory")
+    return memory_budget(max_memory)
 
 
 def _exit(report: BatchReport) -> None:

@@ -1,6 +1,6 @@
 """The in-process processor of ``pca-protect batch --local``: one ``Engine`` behind a lock (the engine is
 not re-entrant). It lives in the application layer because it imports the engine; ``pca_client`` stays
-torch-free."""
+torch-free. With an ``ImageProgress`` attached it prints each image's plan and drives a per-step bar."""
 
 from __future__ import annotations
 
@@ -18,22 +18,36 @@ class EngineProcessor:
         self.engine = engine
         self.config = options.to_attack_config()
         self.output = options.output()
+        self.steps: Any = None  # an ImageProgress (pca_cli.progress), set while a progress display is live
         self._lock = threading.Lock()
 
     def __call__(self, path: Path, data: bytes) -> tuple[bytes, str, dict[str, Any]]:
         with self._lock:
-            out = self.engine.protect_bytes(data, self.config, **self.output)
+            steps = self.steps
+            if steps is None:
+                out = self.engine.protect_bytes(data, self.config, **self.output)
+            else:
+                steps.start(path.name)
+                try:
+                    out = self.engine.protect_bytes(
+                        data, self.config, **self.output, on_plan=steps.on_plan, progress=steps.on_step
+                    )
+                finally:
+                    steps.done()
         return out.data, out.suffix, out.certificate.model_dump(mode="json")
 
 
-def local_processor(options: ProtectOptions, model: str, device: str, dtype: str) -> EngineProcessor:
-    """Load the model (no decoder: the batch needs none) and wrap it."""
+def local_processor(
+    options: ProtectOptions, model: str, device: str, dtype: str, max_memory: int | None = None
+) -> EngineProcessor:
+    """Load the model (no decoder: the batch needs none) within the memory budget and wrap it."""
     import sys
 
     from pca_attack.models.registry import DEMO_WARNING, uses_demo
     from pca_attack.pipeline import Engine
 
-    engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1)
+    engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1,
+                              max_memory=max_memory)
     if uses_demo(engine.model_names()):
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
     return EngineProcessor(engine, options)

@@ -100,6 +100,28 @@ def option_parameters(model: type[BaseModel] = ProtectOptions) -> list[inspect.P
     return parameters
 
 
+def check_eot(name: str | None) -> None:
+    """A usage error (exit 2, naming the presets) for an unknown ``--eot``, before any model loads."""
+    from pca_cli.help import eot_names
+
+    if name is not None and name not in eot_names():
+        choices = ", ".join(eot_names())
+        raise typer.BadParameter(f"unknown preset {name!r}; choose one of: {choices}", param_hint="--eot")
+
+
+def memory_budget(text: str | None) -> int | None:
+    """``--max-memory`` in bytes (None: the engine's default budget); a size it cannot read exits with 2."""
+    if not text:
+        return None
+    from pca_attack.attack.memory import parse_size
+    from pca_attack.errors import PCAError
+
+    try:
+        return parse_size(text)
+    except PCAError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-memory") from exc
+
+
 def validation_message(exc: ValidationError) -> str:
     """``--eps: Input should be less than or equal to 64`` for each problem."""
     return "; ".join(f"{'/'.join(flags(str(e['loc'][0])))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors())
@@ -120,6 +142,7 @@ def with_protect_options(command: F, model: type[BaseModel] = ProtectOptions) ->
             options = model(**values)
         except ValidationError as exc:
             raise typer.BadParameter(validation_message(exc)) from exc
+        check_eot(getattr(options, "eot", None))
         return command(options=options, **kwargs)
 
     parameters = own + generated

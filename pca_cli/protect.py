@@ -14,7 +14,16 @@ import typer
 from rich.console import Console
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import DecoderOpt, DeviceOpt, DtypeOpt, MaxMemoryOpt, ModelsOpt, OfflineOpt, with_protect_options
+from pca_cli.options import (
+    DecoderOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    ModelsOpt,
+    OfflineOpt,
+    memory_budget,
+    with_protect_options,
+)
 
 MEMORY_REFUSAL = "memory budget: "  # failures with this prefix make the exit code 2 (a flag fixes them)
 
@@ -133,11 +142,9 @@ def protect_command(
     from pca_attack.pipeline import Engine
 
     console = Console(stderr=True)
-    from pca_attack.attack.memory import parse_size
-
+    budget = memory_budget(max_memory)
     try:
         options.to_attack_config()
-        budget = parse_size(max_memory) if max_memory else None
     except PCAError as exc:
         raise typer.BadParameter(str(exc)) from exc
     check_output(inputs, output)

@@ -1,4 +1,4 @@
-"""``pca-protect redteam IMAGE_OR_FOLDER --out DIR``: protect, re-publish through real channels, measure.
+"""``pca-protect redteam IMAGE_OR_FOLDER -o DIR``: protect, re-publish through real channels, measure.
 
 Each image is protected in-process, then JPEG / WebP / resize / blur / noise / cleaner / VAE
 purification are applied to the clean and to the protected image alike, and the latent drift that
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import DeviceOpt, ModelOpt, OfflineOpt, with_protect_options
+from pca_cli.options import DeviceOpt, MaxMemoryOpt, ModelOpt, OfflineOpt, memory_budget, with_protect_options
 
 if TYPE_CHECKING:
     from pca_attack.redteam.report import RedteamReport
@@ -59,19 +59,27 @@ def plot_report(report: RedteamReport, path: Path, title: str) -> None:
 def protect_images(
     engine: Any, files: list[Path], options: ProtectOptions, console: Any
 ) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
-    """Protect each file as the options say; the clean and the protected (as written, decoded again)
-    tensors (3, H, W) and the certificates."""
+    """Protect each file as the options say (its plan line first, then a step bar with ETA); the clean and
+    the protected (as written, decoded again) tensors (3, H, W) and the certificates."""
+    from rich.progress import Progress
+
     from pca_attack.io.images import decode_image
+    from pca_cli.progress import STEP_COLUMNS, ImageProgress
 
     config = options.to_attack_config()
     cleans, protecteds, certs = [], [], []
-    for path in files:
-        decoded = decode_image(path)
-        result = engine.protect([decoded], config, **options.output())[0]
-        cleans.append(decoded.to_tensor())  # (3, H, W)
-        protecteds.append(decode_image(result.data).to_tensor())  # the bytes actually written
-        certs.append({"file": str(path), **result.certificate.model_dump()})
-        console.print(f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
+    with Progress(*STEP_COLUMNS, console=console, transient=True) as bar:
+        steps = ImageProgress(bar, console)
+        for path in files:
+            decoded = decode_image(path)
+            steps.start(path.name)
+            result = engine.protect([decoded], config, **options.output(), on_plan=steps.on_plan,
+                                    progress=steps.on_step)[0]
+            steps.done()
+            cleans.append(decoded.to_tensor())  # (3, H, W)
+            protecteds.append(decode_image(result.data).to_tensor())  # the bytes actually written
+            certs.append({"file": str(path), **result.certificate.model_dump()})
+            console.print(f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
     return cleans, protecteds, certs
 
 
@@ -79,9 +87,9 @@ def protect_images(
 def redteam_command(
     image_or_folder: Annotated[Path, typer.Argument(help="An image or a folder of images.", exists=True)],
     options: ProtectOptions,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for redteam.json/.md/.png.")] = Path(
-        "redteam"
-    ),
+    out: Annotated[
+        Path, typer.Option("--output", "-o", "--out", help="Output folder for redteam.json, .md and .png.")
+    ] = Path("redteam"),
     model: ModelOpt = "demo",
     device: DeviceOpt = "auto",
     transforms: Annotated[
@@ -93,6 +101,7 @@ def redteam_command(
     ] = True,
     purify_steps: Annotated[int, typer.Option("--purify-steps", help="Adam steps of the VAE purification.")] = 20,
     offline: OfflineOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Protect the image(s), push them through real publishing channels, report what collapse survives."""
     from rich.console import Console
@@ -103,6 +112,7 @@ def redteam_command(
     from pca_attack.redteam.report import redteam
 
     console = Console(stderr=True)
+    budget = memory_budget(max_memory)
     files = collect_images(image_or_folder, max_images)
     if not files:
         raise typer.BadParameter(f"no supported images in {image_or_folder}", param_hint="IMAGE_OR_FOLDER")
@@ -114,7 +124,7 @@ def redteam_command(
         raise typer.Exit(2)
     try:
         config = options.to_attack_config()
-        engine = Engine.from_spec(model, device=device, offline=offline or None)
+        engine = Engine.from_spec(model, device=device, offline=offline or None, max_memory=budget)
         cleans, protecteds, certs = protect_images(engine, files, options, console)
         report = redteam(engine, cleans, protecteds, transforms=names, seed=options.seed, preset=options.preset,
                          with_roundtrip=roundtrip, purify_steps=purify_steps)

@@ -27,7 +27,9 @@ app = theory_app
 console = Console()
 
 InputArg = Annotated[Path, typer.Argument(help=".npz / .npy / .json with X[,Y] or Sxx[,Syy,Sxy].", exists=True)]
-JsonOut = Annotated[Path | None, typer.Option("--json-out", "-o", help="Write the full result as JSON here.")]
+JsonOut = Annotated[  # -o/--output: where a command writes its results (here one JSON file)
+    Path | None, typer.Option("--output", "-o", "--json-out", help="Write the full result as JSON to this file.")
+]
 Beta = Annotated[float, typer.Option("--beta", "-b", help="KL weight beta (> 0).")]
 EtaEnc = Annotated[float, typer.Option("--eta-enc", help="Prior standard deviation eta_enc.")]
 EtaDec = Annotated[float, typer.Option("--eta-dec", help="Decoder standard deviation eta_dec.")]
