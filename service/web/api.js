@@ -91,9 +91,18 @@ export async function jobOptionsSchema() {
   return properties;
 }
 
-/** The file name a download should get, from Content-Disposition (fallback: `fallback`). */
+/** The file name a download should get, from Content-Disposition: the Unicode `filename*=UTF-8''…`
+ * (RFC 5987) first, then the ASCII `filename=` (fallback: `fallback`). */
 export function dispositionName(response, fallback) {
   const header = response.headers.get("Content-Disposition") || "";
+  const extended = /filename\*=UTF-8''([^;\s]+)/i.exec(header);
+  if (extended) {
+    try {
+      return decodeURIComponent(extended[1]);
+    } catch {
+      /* malformed: use the plain name */
+    }
+  }
   const match = /filename="?([^";]+)"?/i.exec(header);
   return match ? match[1] : fallback;
 }

@@ -147,7 +147,9 @@ async function showResult(job, item, track) {
   const resultName = dispositionName(response, item.filename);
   state.speed.add(item.certificate);
   $("results-section").hidden = false;
-  $("results").append(resultCard({ original: track.file, originalUrl: track.file.previewUrl, blob, resultName, certificate: item.certificate }));
+  const roundtrip = Boolean(state.models.model.decoder_loaded);
+  $("results").append(resultCard({ original: track.file, originalUrl: track.file.previewUrl, blob, resultName,
+    certificate: item.certificate, roundtrip }));
 }
 
 function updateRow(track, item, steps) {

@@ -1,9 +1,11 @@
 // One result card: before/after with a split slider and zoom, the perturbation amplified, the
-// certificate in plain words (every number is the server's, kept in data-value), the download link and
-// an optional red-team report (POST /v1/diagnostics with redteam=true).
+// certificate in plain words (every number is the server's, kept in data-value), the round-trip pictures
+// when the model has a decoder (roundtrip.js), the download link and an optional red-team report
+// (POST /v1/diagnostics with redteam=true).
 
 import { call, formData, sentence } from "./api.js";
 import { el } from "./form.js";
+import { roundtripView } from "./roundtrip.js";
 
 function fmt(value, digits = 2) {
   if (value === null || value === undefined) return "n/a";
@@ -137,8 +139,8 @@ function redteamButton(original, blob, resultName) {
   return [button, out];
 }
 
-/** The card of one finished picture. */
-export function resultCard({ original, originalUrl, blob, resultName, certificate }) {
+/** The card of one finished picture; `roundtrip`: the model has a decoder, so show both round trips. */
+export function resultCard({ original, originalUrl, blob, resultName, certificate, roundtrip = false }) {
   const afterUrl = URL.createObjectURL(blob);
   const { figure, before, after } = compareView(original.name, originalUrl, afterUrl);
   const diff = el("canvas", { class: "difference", role: "img", "aria-label": `Amplified change of ${original.name}` });
@@ -152,5 +154,6 @@ export function resultCard({ original, originalUrl, blob, resultName, certificat
     el("h3", { text: original.name }),
     el("div", { class: "views" }, figure, el("figure", { class: "diff" }, diff, diffCaption)),
     certificatePanel(certificate),
+    ...(roundtrip ? [roundtripView(original, blob, resultName)] : []),
     el("div", { class: "actions" }, download, redteam), redteamOut);
 }

@@ -14,7 +14,7 @@ from service.app import create_app
 from service.routes.web import WEB_DIR
 from service.settings import Settings
 
-PUBLIC_API = re.compile(r"^/(v1/(models|jobs|protect|diagnostics)\b|openapi\.json$)")
+PUBLIC_API = re.compile(r"^/(v1/(models|jobs|protect|diagnostics|roundtrip)\b|openapi\.json$)")
 
 
 @pytest.fixture()
@@ -62,7 +62,7 @@ def test_scripts_use_only_the_public_api() -> None:
         paths |= set(re.findall(r"""[`"'](/[A-Za-z][A-Za-z0-9_.\-/]*)""", script.read_text()))
     assert paths, "the scripts name no API path at all"
     assert {p for p in paths if not PUBLIC_API.match(p)} == set()
-    assert {"/v1/models", "/v1/jobs", "/openapi.json", "/v1/diagnostics"} <= paths
+    assert {"/v1/models", "/v1/jobs", "/openapi.json", "/v1/diagnostics", "/v1/roundtrip"} <= paths
 
 
 @pytest.mark.parametrize(
