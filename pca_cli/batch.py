@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import MaxMemoryOpt, memory_budget, with_protect_options
+from pca_cli.options import MaxMemoryOpt, OfflineOpt, memory_budget, with_protect_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -169,6 +169,7 @@ def batch_command(
     device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")] = "auto",
     max_memory: MaxMemoryOpt = None,
+    offline: OfflineOpt = False,
     api_key: ApiKeyOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -204,7 +205,7 @@ def batch_command(
             if local:
                 from pca_cli.local import local_processor
 
-                processor, jobs = local_processor(options, ",".join(model), device, dtype, budget), 1
+                processor, jobs = local_processor(options, ",".join(model), device, dtype, budget, offline), 1
             else:
                 processor = _remote_processor(options, str(server), api_key, retries, timeout, jobs)
             runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)

@@ -38,7 +38,8 @@ class EngineProcessor:
 
 
 def local_processor(
-    options: ProtectOptions, model: str, device: str, dtype: str, max_memory: int | None = None
+    options: ProtectOptions, model: str, device: str, dtype: str, max_memory: int | None = None,
+    offline: bool = False,
 ) -> EngineProcessor:
     """Load the model (no decoder: the batch needs none) within the memory budget and wrap it."""
     import sys
@@ -47,7 +48,7 @@ def local_processor(
     from pca_attack.pipeline import Engine
 
     engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1,
-                              max_memory=max_memory)
+                              max_memory=max_memory, offline=offline or None)
     if uses_demo(engine.model_names()):
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
     return EngineProcessor(engine, options)

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import DeviceOpt, MaxMemoryOpt, ModelOpt, OfflineOpt, memory_budget, with_protect_options
+from pca_cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    OfflineOpt,
+    memory_budget,
+    with_protect_options,
+)
 
 if TYPE_CHECKING:
     from pca_attack.redteam.report import RedteamReport
@@ -92,6 +100,7 @@ def redteam_command(
     ] = Path("redteam"),
     model: ModelOpt = "demo",
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     transforms: Annotated[
         str | None, typer.Option("--transforms", "-t", help="Comma-separated subset (default: all).")
     ] = None,
@@ -124,7 +133,7 @@ def redteam_command(
         raise typer.Exit(2)
     try:
         config = options.to_attack_config()
-        engine = Engine.from_spec(model, device=device, offline=offline or None, max_memory=budget)
+        engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget)
         cleans, protecteds, certs = protect_images(engine, files, options, console)
         report = redteam(engine, cleans, protecteds, transforms=names, seed=options.seed, preset=options.preset,
                          with_roundtrip=roundtrip, purify_steps=purify_steps)

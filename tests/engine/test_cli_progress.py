@@ -174,7 +174,8 @@ def test_dash_o_means_output_everywhere_and_shared_flags_agree() -> None:
                 assert "--output" in param.opts, (name, param.opts)
                 with_o.append(name)
     assert {"protect", "redteam"} <= set(with_o)
-    shared = {"--keep-exif", "--strip-exif", "--random-start", "--no-random-start", "--max-memory", "--eot"}
+    shared = {"--keep-exif", "--strip-exif", "--random-start", "--no-random-start", "--eot", "--preset", "-p",
+              "--model", "-m", "--device", "-d", "--dtype", "--offline", "--max-memory"}
     for name in ("protect", "batch", "redteam"):
         command = dict(commands)[name]
         flags = {flag for p in command.params for flag in (*p.opts, *p.secondary_opts)}
