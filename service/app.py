@@ -26,6 +26,7 @@ from service.job_runner import JobRunner
 from service.job_store import JobStore
 from service.limits import RequestLimitsMiddleware
 from service.metrics import Metrics, MetricsMiddleware
+from service.openapi import install_openapi
 from service.routes import diagnostics_router, health_router, jobs_router, models_router, protect_router
 from service.routes.analysis import router as analysis_router
 from service.routes.roundtrip import router as roundtrip_router
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(v1)
     app.include_router(health_router)
     app.include_router(web_router)
+    install_openapi(app, settings)  # multipart schemas say what the routes accept (no null, no empty file)
 
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(ApiKeyMiddleware, settings=settings)  # outside the body limit: 401 before any byte is read

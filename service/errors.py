@@ -126,6 +126,19 @@ def _clean_validation(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def allowed_methods(request: Request, named: str = "") -> str:
+    """Every method the app answers on this path (the ``Allow`` header of a 405): the methods of every
+    documented operation whose path template matches, plus those Starlette ``named`` (undocumented routes)."""
+    import re
+
+    methods = {m.strip().upper() for m in named.split(",") if m.strip()}
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.lower() != "parameters"}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the common shape."""
 
@@ -142,9 +155,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_parameter", message, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers["Allow"] = allowed_methods(request, headers.get("Allow", headers.get("allow", "")))
+            headers.pop("allow", None)
+        return error_response(exc.status_code, code, str(exc.detail), None, headers)
 
     @app.exception_handler(PCAError)
     async def _engine(_: Request, exc: PCAError) -> JSONResponse:

@@ -5,6 +5,7 @@ start-up log names the model, the device and the data folder it created in the w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -111,10 +112,8 @@ def test_trickling_connections_over_the_limit_neither_block_nor_stay(served: Ser
     for _ in range(3):  # keep trickling a header byte now and then (a deadline, not an idle timer)
         time.sleep(0.5)
         for sock in trickling:
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendall(b"X")
-            except OSError:
-                pass
     for sock in idle + trickling:
         closed, sent = _closed_by_server(sock, 3 * HEADER_TIMEOUT_S)
         sock.close()
@@ -141,9 +140,9 @@ def test_keep_alive_connection_that_starts_trickling_is_closed(served: ServeProc
 
 def test_slow_body_is_answered_408_and_closed(served: ServeProcess) -> None:
     head = (
-        f"POST /v1/protect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
-        f"Content-Length: 100000\r\n\r\n"
-    ).encode()
+        b"POST /v1/protect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
     sock = _connect(served.port, head + b"--zz\r\n")
     for _ in range(12):  # 10 bytes every 0.25 s = 40 B/s, far under min_body_rate
         time.sleep(0.25)
