@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eps", type=float, default=16.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", default=None, help="run only these rows (labels, ';'-separated); --merge joins them")
     p.add_argument("--out", default=str(ROOT / "docs" / "transfer.json"))
     p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "transfer.png"))
     p.add_argument("--figure-only", action="store_true", help="draw the figure from --out (a partial run too)")
@@ -138,9 +139,9 @@ def average(cells: list[dict[str, float]]) -> dict[str, float]:
 def targets(matrix: dict[str, dict[str, dict[str, float]]], names: list[str]) -> dict[str, Any]:
     """Issue 15's targets on the first pair: ensemble keeps >= 85% of each single effect; worst >= 90% of the
     weaker member's single-model effect."""
-    if len(names) < 2:
-        return {}
-    a, b = names[:2]
+    a, b = (names + ["", ""])[:2]
+    if len(names) < 2 or not {a, b, f"{a}+{b}", f"{a}+{b} (worst)"} <= set(matrix):
+        return {}  # a partial run (--rows): the targets are computed once the rows are joined
     pair, worst = matrix[f"{a}+{b}"], matrix[f"{a}+{b} (worst)"]
     kept = {m: round(pair[m]["energy_reduction"] / matrix[m][m]["energy_reduction"], 3) for m in (a, b)}
     weaker = min((a, b), key=lambda m: matrix[m][m]["energy_reduction"])
@@ -156,7 +157,10 @@ def targets(matrix: dict[str, dict[str, dict[str, float]]], names: list[str]) ->
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from runs over disjoint photo sets: cells averaged with each run's photo count as weight."""
+    """One result from runs over disjoint photo sets (cells averaged with each run's photo count as weight),
+    or from runs over the same photos and disjoint rows (rows joined, in ``rows_of`` order)."""
+    if all(p["photos"] == parts[0]["photos"] for p in parts) and len(parts) > 1:
+        return join_rows(parts)
     merged = dict(parts[0])
     counts = [len(p["photos"]) for p in parts]
     total = sum(counts)
@@ -171,6 +175,18 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         row: round(sum(n * p["attack_seconds_per_photo"][row] for n, p in zip(counts, parts, strict=True)) / total, 2)
         for row in parts[0]["attack_seconds_per_photo"]
     }
+    merged["targets"] = targets(merged["matrix"], merged["models"])
+    return merged
+
+
+def join_rows(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs over the same photos with different ``--rows``: one matrix holding every row."""
+    merged = dict(parts[0])
+    found = {row: (p["matrix"][row], p["attack_seconds_per_photo"][row]) for p in parts for row in p["matrix"]}
+    order = [label for label, _, _ in rows_of(merged["models"]) if label in found]
+    merged["command"] = [c for p in parts for c in ([p["command"]] if isinstance(p["command"], str) else p["command"])]
+    merged["matrix"] = {row: found[row][0] for row in order}
+    merged["attack_seconds_per_photo"] = {row: found[row][1] for row in order}
     merged["targets"] = targets(merged["matrix"], merged["models"])
     return merged
 
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoders, decoders = load_models(specs)
     names = list(specs)
     photos = load_photos(args.photos, args.side, args.first)
-    rows = rows_of(names)
+    rows = [r for r in rows_of(names) if args.rows is None or r[0] in args.rows.split(";")]
     cells: dict[str, dict[str, list[dict[str, float]]]] = {r[0]: {m: [] for m in names} for r in rows}
     seconds: dict[str, float] = {r[0]: 0.0 for r in rows}
     result: dict[str, Any] = {}

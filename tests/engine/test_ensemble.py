@@ -91,6 +91,49 @@ def test_worst_moves_the_larger_normalised_loss(pair: tuple[str, str], images: t
     assert (finals["worst"] < finals["mean"]).all()
 
 
+def test_worst_gradient_is_a_soft_max_over_members(pair: tuple[str, str], images: torch.Tensor) -> None:
+    """'worst' reports the largest normalised loss and steps along the gradient of T * logsumexp(L_m / T)."""
+    from pca_attack.attack.losses import pca_loss
+    from pca_attack.attack.objective import WORST_TEMPERATURE
+    from pca_attack.models.encoder import pad_to_multiple
+
+    model = load_model(list(pair), device="cpu")
+    assert isinstance(model, Ensemble) and WORST_TEMPERATURE > 0
+    protector = Protector(model, FAST.with_(aggregation="worst"))
+    assert isinstance(protector.tiled, EnsembleObjective)
+    x = images.clone()
+    protector.tiled.prepare(x, 1e-8)
+    loss, grad = protector.loss_and_grad(x, 1e-8, torch.Generator().manual_seed(0), 1.0)
+    leaf = x.clone().requires_grad_(True)
+    padded = pad_to_multiple(leaf, 8)
+    clean = _clean_losses(list(model.members), pad_to_multiple(x, 8))
+    normed = torch.stack([pca_loss(*m.posterior(padded), 1e-8) / c for m, c in zip(model.members, clean, strict=True)])
+    smooth = WORST_TEMPERATURE * torch.logsumexp(normed / WORST_TEMPERATURE, dim=0)  # (B,)
+    (expected,) = torch.autograd.grad(smooth.sum(), leaf)
+    assert torch.allclose(loss, normed.max(dim=0).values.detach(), rtol=1e-5)
+    assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_smooth_worst_gains_on_the_weaker_member(
+    pair: tuple[str, str], images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft max leaves the member furthest from the goal lower than hard switching (temperature 0) does."""
+    import pca_attack.attack.objective as objective
+
+    model = load_model(list(pair), device="cpu")
+    assert isinstance(model, Ensemble)
+    members = list(model.members)
+    clean = _clean_losses(members, images)
+    worst = {}
+    for temperature in (0.0, objective.WORST_TEMPERATURE):
+        monkeypatch.setattr(objective, "WORST_TEMPERATURE", temperature)
+        out = Protector(model, FAST.with_(aggregation="worst", steps=12)).protect(images).images
+        per_member = torch.stack([_normalised(m, out, c) for m, c in zip(members, clean, strict=True)])  # (2, B)
+        worst[temperature] = per_member.max(dim=0).values  # (B,)
+    hard, smooth = worst.values()
+    assert (smooth < hard).all(), (hard, smooth)
+
+
 def test_one_model_in_a_list_is_the_single_model_path(pair: tuple[str, str], images: torch.Tensor) -> None:
     encoder = load_encoder(pair[0], device="cpu")
     single = Protector(encoder, FAST).protect(images)
