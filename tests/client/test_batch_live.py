@@ -44,9 +44,18 @@ STEPS = "2"
 
 
 def expected_output(rel: str) -> str:
-    if rel in ("d/photo.jpg", "d/photo.png"):
+    if rel == "d/photo.jpg":  # beside d/photo.png, which keeps its name (pca_attack.io.names)
         return f"{rel}.png"
     return rel.rsplit(".", 1)[0] + ".png"
+
+
+def with_certificates(outputs: set[str]) -> set[str]:
+    """Every output and its certificate ``<output>.json`` beside it."""
+    return outputs | {f"{rel}.json" for rel in outputs}
+
+
+def images(root: Path) -> set[str]:
+    return {rel for rel in visible_files(root) if not rel.endswith(".json")}
 
 
 def build_tree(root: Path) -> None:
@@ -73,7 +82,7 @@ def test_tree_is_mirrored_with_manifest_and_failures(served_tree: dict) -> None:
     src, dst, result = served_tree["src"], served_tree["dst"], served_tree["result"]
     assert result.exit_code == 1, result.output
     assert failed_lines(result.output) == set(BAD)
-    assert visible_files(dst) == {expected_output(r) for r in GOOD}
+    assert visible_files(dst) == with_certificates({expected_output(r) for r in GOOD})
     for rel in GOOD:
         with Image.open(dst / expected_output(rel)) as im:
             assert im.format == "PNG" and im.size == (SIZE[1], SIZE[0])
@@ -140,8 +149,9 @@ def test_local_matches_server_byte_for_byte(served_tree: dict, tiny_model: Path,
         "*.bmp",
     )
     assert result.exit_code == 0, result.output
-    produced = visible_files(local_dst)
+    produced = images(local_dst)
     assert produced == {"a/b/c/img07.png", "a/b/c/photo.png", "a/b/c/img15.png"}
+    assert visible_files(local_dst) == with_certificates(produced)
     for rel in produced:
         assert (local_dst / rel).read_bytes() == (dst / rel).read_bytes(), rel
     local_fp = {e["settings_fingerprint"] for e in manifest_lines(local_dst)}
@@ -190,7 +200,7 @@ def test_client_killed_then_rerun_does_each_file_once(live_server: LiveServer, r
             proc.kill()
     before = [e["source"] for e in manifest_lines(dst) if e["status"] == "done"]
     assert 3 <= len(before) < len(good), "the client must be killed mid-run"
-    for rel in visible_files(dst):  # whatever is visible is complete: renamed only after fsync
+    for rel in images(dst):  # whatever is visible is complete: renamed only after fsync
         with Image.open(dst / rel) as im:
             im.load()
 
@@ -199,7 +209,7 @@ def test_client_killed_then_rerun_does_each_file_once(live_server: LiveServer, r
     done = [e["source"] for e in manifest_lines(dst) if e["status"] == "done"]
     assert sorted(done) == sorted(good)  # every good file exactly once, the first run's ones not redone
     assert done[: len(before)] == before
-    assert visible_files(dst) == set(good)
+    assert visible_files(dst) == with_certificates(set(good))
     assert not temp_files(dst)
 
 
@@ -225,11 +235,11 @@ def test_server_restart_mid_batch_finishes_through_retries(
     assert result.exit_code == 0, result.output
     done = [e["source"] for e in manifest_lines(dst) if e["status"] == "done"]
     assert sorted(done) == sorted(good)
-    assert visible_files(dst) == set(good)
+    assert visible_files(dst) == with_certificates(set(good))
 
 
 def test_outputs_are_valid_images(served_tree: dict) -> None:
     dst = served_tree["dst"]
-    for rel in visible_files(dst):
+    for rel in images(dst):
         data = (dst / rel).read_bytes()
         assert Image.open(io.BytesIO(data)).format == "PNG"

@@ -136,3 +136,21 @@ def test_protect_command_plans_with_the_same_scheme(tmp_path: Path) -> None:
     rels = sorted(got)
     assert got == dict(zip(rels, output_names(rels, ".png"), strict=True))
     assert got["a.jpg"] == "a.jpg.png" and got["d/x.webp"] == "d/x.webp.png"
+
+
+def test_a_new_colliding_source_renames_predictably_on_the_next_run(tmp_path: Path) -> None:
+    """Names follow the current set of sources: a.jpg alone -> a.png; once a.png joins it, a.jpg's output
+    moves to a.jpg.png (redone: 'output missing') and a.png takes its own name; a third run does nothing."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_images(src, ["a.jpg"])
+    assert BatchRunner(src, dst, _fake, settings={"format": "png"}).run().done == 1
+    assert visible_files(dst) == {"a.png", "a.png.json"}
+    write_images(src, ["a.png"], seed0=7)
+    runner = BatchRunner(src, dst, _fake, settings={"format": "png"})
+    assert {t.rel: why for t, why in runner.dry_run().todo} == {"a.jpg": "output missing", "a.png": "new"}
+    assert runner.run().done == 2
+    assert visible_files(dst) == {"a.jpg.png", "a.jpg.png.json", "a.png", "a.png.json"}
+    assert (dst / "a.png").read_bytes() == (src / "a.png").read_bytes()[::-1]  # a.png's own output now
+    assert json.loads((dst / "a.png.json").read_text())["source"] == "a.png"
+    again = BatchRunner(src, dst, _fake, settings={"format": "png"}).run()
+    assert (again.done, again.skipped) == (0, 2)

@@ -59,8 +59,11 @@ def run_cli(*args: Any) -> Any:
 
 
 def outputs(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()
-            and not p.name.startswith(".")}
+    """The protected files (certificates, which hold timings, are compared through the manifest)."""
+    files = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    images = {rel: p.read_bytes() for rel, p in files.items() if not rel.endswith(".json")}
+    assert set(files) == set(images) | {f"{rel}.json" for rel in images}, "each output has its certificate beside it"
+    return images
 
 
 def manifest(dst: Path) -> dict[str, dict[str, Any]]:
