@@ -201,3 +201,14 @@ def test_remote_processor_marks_exhausted_transient_errors_fatal(sleeps: list[fl
     with pytest.raises(PCAClientError) as err:
         c.processor(steps=2)(Path("a.png"), b"123")
     assert not err.value.fatal
+
+
+def test_unicode_download_name_is_read_from_rfc5987(sleeps: list[float]) -> None:
+    from pca_attack.io.names import content_disposition
+
+    headers = {"Content-Type": "image/png", "Content-Disposition": content_disposition("café 猫.png")}
+    c, _ = scripted([(200, headers, b"\x89PNG")])
+    assert c.protect(("café 猫.jpg", b"data"), ProtectSettings()).filename == "café 猫.png"
+    c, _ = scripted([(200, {"Content-Type": "image/png", "Content-Disposition": 'attachment; filename="a.png"'},
+                      b"\x89PNG")])
+    assert c.protect(("a.png", b"data"), ProtectSettings()).filename == "a.png"  # plain filename= still read
