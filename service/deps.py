@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from pca_attack import Engine
 from pca_attack.options import ProtectOptions, field_bounds
@@ -92,6 +92,20 @@ ApiKeyDep = Depends(require_api_key)
 CallerDep = Annotated[Caller, Depends(require_api_key)]
 
 
+def _form_bool(value: Any) -> Any:
+    """A form boolean is the text ``true`` or ``false`` (what the schema's boolean means in a form);
+    pydantic's other spellings (0, off, yes, ...) are refused so that schema and behaviour agree."""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError(f"must be true or false, got {value[:20]!r}")
+    return value
+
+
+def _form_annotation(annotation: Any, form: Any) -> Any:
+    if annotation is bool:
+        return Annotated[bool, BeforeValidator(_form_bool), form]
+    return Annotated[annotation, form]
+
+
 def options_form(model: type[ProtectOptions] = ProtectOptions) -> Callable[..., ProtectOptions]:
     """A dependency reading ``model``'s fields as form fields: one ``Form`` per field with the field's type,
     default, bounds and description, so the form and its OpenAPI schema are derived from the model."""
@@ -100,7 +114,9 @@ def options_form(model: type[ProtectOptions] = ProtectOptions) -> Callable[..., 
             name,
             inspect.Parameter.KEYWORD_ONLY,
             default=info.default,
-            annotation=Annotated[info.annotation, Form(description=info.description, **field_bounds(info))],
+            annotation=_form_annotation(
+                info.annotation, Form(description=info.description, **field_bounds(info))
+            ),
         )
         for name, info in model.model_fields.items()
     ]

@@ -5,7 +5,8 @@ routes accept: an optional field becomes ``anyOf [T, null]`` although a form has
 out instead; the literal text ``null`` is not a value), a file may be empty although the routes answer an
 empty upload 415, and a job's file list may be empty or longer than the server takes. ``form_schema_fixes``
 rewrites every multipart body schema accordingly: no null alternatives, files ``minLength: 1``, the job
-list ``minItems: 1`` and ``maxItems: max_files_per_job``, ``steps`` at most ``max_steps``. ``job_links``
+list ``minItems: 1`` and ``maxItems: max_files_per_job``, ``steps`` at most ``max_steps``; a 400 (malformed
+multipart) is documented on every form route. ``job_links``
 adds OpenAPI links from the job a POST /v1/jobs creates to the routes that read and delete it (clients and
 stateful fuzzers follow them).
 """
@@ -19,6 +20,10 @@ from fastapi import FastAPI
 from service.settings import Settings
 
 _MULTIPART = "multipart/form-data"
+_MALFORMED_FORM = {  # Starlette's multipart parser answers 400 before any route code runs
+    "description": "the body is not valid multipart/form-data",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
 
 
 def _is_file(schema: dict[str, Any]) -> bool:
@@ -58,6 +63,7 @@ def form_schema_fixes(document: dict[str, Any], settings: Settings) -> dict[str,
             body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else None
             if not body:
                 continue
+            operation["responses"].setdefault("400", _MALFORMED_FORM)
             body["properties"] = {
                 name: _fix_property(prop, settings.max_files_per_job) for name, prop in body["properties"].items()
             }
