@@ -72,6 +72,8 @@ def _progress(console: Console) -> Any:
     from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.text import Text
 
+    from pca_cli.progress import CountColumn
+
     class FileColumn(ProgressColumn):
         def __init__(self, render: Any, style: str = "") -> None:
             self.render_task, self.style = render, style
@@ -87,8 +89,7 @@ def _progress(console: Console) -> Any:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        FileColumn(lambda t: f"{int(t.completed)}/{int(t.total or 0)}"),
-        TextColumn("{task.fields[where]}"),
+        CountColumn(),
         FileColumn(rate, "cyan"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -109,7 +110,7 @@ def _run_with_progress(runner: BatchRunner, console: Console, processor: Any = N
             processor.steps = ImageProgress(bar, console)
 
         def on_plan(total: int) -> None:
-            state["task"] = bar.add_task("protecting", total=total, failed=0, where="")
+            state["task"] = bar.add_task("protecting", total=total, failed=0)
 
         def on_result(result: FileResult) -> None:
             state["failed"] = state.get("failed", 0) + (result.status == "failed")

@@ -6,11 +6,29 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class CountColumn(ProgressColumn):
+    """``3/10`` on a files bar; ``step 2/40 tile 3/4`` on an image's step bar (a task with a ``where`` field)."""
+
+    def render(self, task: Task) -> Text:
+        where = task.fields.get("where")
+        return Text(str(where) if where is not None else f"{int(task.completed)}/{int(task.total or 0)}")
+
 
 STEP_COLUMNS = (
-    TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[where]}"),
-    TimeElapsedColumn(), TimeRemainingColumn(),
+    TextColumn("{task.description}"), BarColumn(), CountColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
 )
 
 

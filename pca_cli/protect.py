@@ -84,17 +84,17 @@ def protect_files(
     engine: Any, pairs: list[tuple[Path, Path]], options: ProtectOptions, save_budget_map: bool = False
 ) -> list[tuple[Path, str]]:
     """Protect each (source, destination) pair with a progress bar; the failures with their reason."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pca_attack.attack.memory import MemoryBudgetError
     from pca_attack.errors import PCAError
     from pca_attack.io.files import atomic_write
     from pca_attack.io.names import certificate_name
-    from pca_cli.progress import ImageProgress
+    from pca_cli.progress import CountColumn, ImageProgress
 
     config = options.to_attack_config()
     failures: list[tuple[Path, str]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), CountColumn(), TimeRemainingColumn())
     console = Console(stderr=True)
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("protecting", total=len(pairs))
