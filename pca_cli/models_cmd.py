@@ -1,8 +1,10 @@
-"""``pca-protect models list|download``: the registry and the Hugging Face cache."""
+"""``pca-protect models list|download``: the registry and the Hugging Face cache; ``models list --model A,B``
+(loaded here) or ``--server URL`` (asked of a service, ``GET /v1/models``) shows the same table of the models a
+protection would attack: every member of an ensemble, then the ensemble's aggregation and weights."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,8 +19,20 @@ def _cached(repo_id: str, subfolder: str | None) -> bool:
 
 
 @models_app.command("list")
-def list_command() -> None:
-    """Show registry names, where their weights come from, and whether they are cached here."""
+def list_command(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Load these models here (a comma list or repeated) and list every member instead.",
+    )] = None,
+    server: Annotated[str | None, typer.Option(
+        "--server", envvar="PCA_SERVER", help="List the models a service has loaded (GET /v1/models).",
+    )] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="With --model: auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Show registry names, where their weights come from, and whether they are cached here; with --model or
+    --server, the loaded models instead (channels, factor, posterior, decoder; the ensemble's aggregation)."""
+    if model or server:
+        _print_loaded(_loaded_here(model or [], device) if model else _loaded_on(str(server)))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -74,3 +88,41 @@ def download_command(
             typer.echo(f"{name}: download failed: {type(exc).__name__}: {exc}", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _loaded_here(model: list[str], device: str) -> dict[str, Any]:
+    """``GET /v1/models``'s members and ensemble, for models loaded in this process."""
+    from pca_attack.attack.objective import ensemble_facts
+    from pca_attack.models.ensemble import member_facts
+    from pca_attack.pipeline import Engine
+
+    engine = Engine.from_spec(model, device=device)
+    if engine.ensemble is None:
+        return {"members": member_facts(engine.encoder, {engine.encoder.name: engine.decoder is not None})}
+    loaded = {name: decoder is not None for name, decoder in engine.decoders.items()}
+    return {"members": member_facts(engine.ensemble, loaded), "ensemble": ensemble_facts(engine.ensemble)}
+
+
+def _loaded_on(server: str) -> dict[str, Any]:
+    from pca_client.http import PCAClient
+
+    with PCAClient(server) as client:
+        return client.models()
+
+
+def _print_loaded(answer: dict[str, Any]) -> None:
+    """One row per member, then the ensemble line (the same for --model and --server)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "latent ch.", "factor", "posterior", "decoder", "parameters", "device", "dtype")
+    for m in answer["members"]:
+        table.add_row(m["name"], str(m["latent_channels"]), f"f{m['downsample_factor']}", m["posterior"],
+                      "yes" if m["decoder_loaded"] else "no", f"{m['parameters']:,}", m["device"], m["dtype"])
+    Console(width=200).print(table)
+    ensemble = answer.get("ensemble")
+    if ensemble:
+        weights = ", ".join(f"{name} {w:g}" for name, w in ensemble["weights"].items())
+        typer.echo(f"ensemble of {len(answer['members'])}: aggregation {ensemble['aggregation']} (choices: "
+                   f"{', '.join(ensemble['aggregations'])}), weights {weights}, padded to multiples of "
+                   f"{ensemble['padding_multiple']}")

@@ -85,8 +85,19 @@ class ModelInfo(BaseModel):
     dtype: str
     latent_channels: int
     downsample_factor: int
+    posterior: str = Field(description="gaussian (mean and variance) or deterministic (the latent itself)")
     parameters: int = Field(description="encoder parameters")
     decoder_loaded: bool = Field(description="round-trip diagnostics available")
+
+
+class EnsembleInfo(BaseModel):
+    name: str = Field(description="the members' names, comma-separated")
+    padding_multiple: int = Field(description="least common multiple of the members' spatial factors")
+    aggregation: str = Field(description="default aggregation of the normalised member losses (mean | worst)")
+    aggregations: list[str] = Field(description="aggregations a request may choose (form field aggregation)")
+    weights: dict[str, float] = Field(
+        description="default weight of each member for 'mean' (normalised to sum 1; model_weights overrides)"
+    )
 
 
 class PresetInfo(BaseModel):
@@ -109,7 +120,9 @@ class Limits(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    model: ModelInfo
+    model: ModelInfo = Field(description="the loaded model (of an ensemble: its first member)")
+    members: list[ModelInfo] = Field(description="every attacked model, in list order (one for a single model)")
+    ensemble: EnsembleInfo | None = Field(default=None, description="the ensemble as a whole (None: one model)")
     default_preset: str
     presets: list[PresetInfo]
     limits: Limits

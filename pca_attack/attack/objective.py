@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import get_args, get_type_hints
 
 import torch
 
@@ -49,6 +50,19 @@ def combine(
     if isinstance(model, Encoder):
         return make(model)
     return EnsembleObjective([make(m) for m in model.members], config)
+
+
+def ensemble_facts(ensemble: Ensemble, config: AttackConfig | None = None) -> dict[str, object]:
+    """The ensemble as ``GET /v1/models`` and ``pca-protect models list`` show it: its name, padding multiple,
+    the aggregation and the normalised member weights ``config`` runs with (default: the engine defaults)."""
+    config = config or AttackConfig()
+    names = [m.name for m in ensemble.members]
+    weights = config.model_weights or (1.0,) * len(names)
+    return {
+        "name": ensemble.name, "padding_multiple": ensemble.downsample_factor, "aggregation": config.aggregation,
+        "aggregations": list(get_args(get_type_hints(AttackConfig)["aggregation"])),
+        "weights": {n: round(float(w) / float(sum(weights)), 6) for n, w in zip(names, weights, strict=True)},
+    }
 
 
 def _round_up(value: int, multiple: int) -> int:

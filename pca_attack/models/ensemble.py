@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pca_attack.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pca_attack.models.devices import dtype_name
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder
 
 ModelSpec = str | Sequence[str]
@@ -124,3 +125,18 @@ def load_decoders(
         except (ModelLoadError, ModelNotFoundError):
             decoders[member.name] = None
     return decoders
+
+
+def member_facts(model: Encoder | Ensemble, decoders: dict[str, bool]) -> list[dict[str, object]]:
+    """What ``GET /v1/models`` and ``pca-protect models list --model`` show per loaded model, in list order:
+    name, device, dtype, latent channels, spatial factor, posterior type, encoder parameters, decoder loaded
+    (``decoders``: member name -> whether its decoder is loaded; absent means no)."""
+    return [
+        {
+            "name": m.name, "device": str(m.device), "dtype": dtype_name(m.dtype),
+            "latent_channels": int(m.latent_channels), "downsample_factor": int(m.downsample_factor),
+            "posterior": m.posterior_type, "parameters": m.num_parameters(),
+            "decoder_loaded": bool(decoders.get(m.name, False)),
+        }
+        for m in members_of(model)
+    ]

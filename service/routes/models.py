@@ -1,14 +1,18 @@
-"""GET /v1/models: the loaded model, the presets with what each does, and this server's limits."""
+"""GET /v1/models: the loaded model (every member of an ensemble), the presets with what each does, and this
+server's limits."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from pca_attack import DEFAULT_PRESET, PRESETS, __version__
+from pca_attack.attack.objective import ensemble_facts
 from pca_attack.io.formats import FORMAT_NAMES
-from pca_attack.models.devices import dtype_name
+from pca_attack.models.encoder import Encoder
+from pca_attack.models.ensemble import Ensemble, member_facts
+from pca_attack.pipeline import Engine
 from service.deps import EngineDep, SettingsDep
-from service.schemas import Limits, ModelInfo, ModelsResponse, PresetInfo
+from service.schemas import EnsembleInfo, Limits, ModelInfo, ModelsResponse, PresetInfo
 
 router = APIRouter(tags=["models"])
 
@@ -16,21 +20,15 @@ router = APIRouter(tags=["models"])
 @router.get(
     "/models",
     operation_id="models-list",
-    summary="Loaded model, presets and limits",
+    summary="Loaded models (every member of an ensemble), presets and limits",
     response_model=ModelsResponse,
 )
 async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
-    enc = engine.encoder
+    members = [ModelInfo.model_validate(facts) for facts in member_facts(*loaded_models(engine))]
     return ModelsResponse(
-        model=ModelInfo(
-            name=enc.name,
-            device=str(enc.device),
-            dtype=dtype_name(enc.dtype),
-            latent_channels=enc.latent_channels,
-            downsample_factor=enc.downsample_factor,
-            parameters=enc.num_parameters(),
-            decoder_loaded=engine.decoder is not None,
-        ),
+        model=members[0],
+        members=members,
+        ensemble=None if engine.ensemble is None else EnsembleInfo.model_validate(ensemble_facts(engine.ensemble)),
         default_preset=DEFAULT_PRESET,
         presets=[
             PresetInfo(name=p.name, target_variance=p.target_variance, direction=p.direction, summary=p.summary)
@@ -49,3 +47,10 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
         ),
         version=__version__,
     )
+
+
+def loaded_models(engine: Engine) -> tuple[Encoder | Ensemble, dict[str, bool]]:
+    """The engine's model (an Ensemble or its one Encoder) and which members have a decoder loaded."""
+    if engine.ensemble is not None:
+        return engine.ensemble, {name: d is not None for name, d in engine.decoders.items()}
+    return engine.encoder, {engine.encoder.name: engine.decoder is not None}

@@ -286,6 +286,41 @@ def test_service_and_client_accept_model_lists(pair: tuple[str, str], tmp_path: 
         pass
 
 
+def test_models_route_cli_and_client_list_every_member(
+    pair: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/models lists each member (channels, factor, posterior, decoder) and the ensemble's defaults;
+    ``models list --model`` (loaded here) prints what ``models list --server`` (through the client) prints."""
+    from functools import partial
+
+    import httpx
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    import pca_client.http
+    from pca_cli import app
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(model=list(pair), data_dir=tmp_path / "data", device="cpu", dtype="fp32", offline=True)
+    with TestClient(create_app(settings)) as service:
+        answer = service.get("/v1/models").json()
+        transport = httpx.ASGITransport(app=service.app)  # type: ignore[arg-type]
+        monkeypatch.setattr(pca_client.http, "PCAClient", partial(pca_client.http.PCAClient, transport=transport))
+        via_client = CliRunner().invoke(app, ["models", "list", "--server", "http://test"])
+    members = answer["members"]
+    names = [m["name"] for m in members]
+    assert len(members) == 2 and answer["model"] == members[0]
+    assert [(m["latent_channels"], m["downsample_factor"]) for m in members] == [(4, 4), (8, 8)]
+    assert all(m["posterior"] == "gaussian" and m["decoder_loaded"] for m in members)
+    assert answer["ensemble"] == {"name": ",".join(names), "padding_multiple": 8, "aggregation": "mean",
+                                  "aggregations": ["mean", "worst"], "weights": dict.fromkeys(names, 0.5)}
+    local = CliRunner().invoke(app, ["models", "list", "-m", pair[0], "-m", pair[1], "--device", "cpu"])
+    assert local.exit_code == 0 == via_client.exit_code, local.output + via_client.output
+    assert "aggregation mean" in local.output and "f4" in local.output and "f8" in local.output
+    assert local.output == via_client.output
+
+
 def test_tiled_ensemble_recuts_the_grid_per_member(pair: tuple[str, str], images: torch.Tensor) -> None:
     """A tile grid planned for one factor is re-cut per member (core and halo rounded up to its factor)."""
     from pca_attack.attack.tiling import TileGrid
