@@ -4,8 +4,10 @@ The latent grid of an (H, W) image (``ceil(H/f) x ceil(W/f)`` for an encoder of 
 into square *cores*. Each tile is its core's pixels plus a *halo* (a multiple of f) on every side, clipped
 to the image. The encoder sees the whole tile, but only the tile's core latents enter the loss, so every
 latent position is counted exactly once, and the total is the untiled loss wherever the halo covers the
-encoder's receptive field (exactly so for convolution-only encoders; encoders with GroupNorm or attention
-see per-tile statistics, the same approximation as diffusers' tiled VAE). Gradients of the tiles are
+encoder's receptive field (exactly so for convolution-only encoders). GroupNorm layers normalise every
+tile with the WHOLE image's statistics (``pca_attack.attack.norm_stats``: measured exactly once per image,
+then refreshed by each pass, statistics constant in the backward); attention layers stay tile-local (the
+approximation of diffusers' tiled VAE). Gradients of the tiles are
 summed into one full-size gradient (the sum of the core losses is the objective, so the sum of their
 gradients is its gradient) and the PGD loop updates the whole image once per step.
 
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from pca_attack.attack.losses import half_safe_scale, pca_loss
+from pca_attack.attack.norm_stats import Region, WholeImageNorm, measure
 from pca_attack.models.encoder import Encoder
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -54,6 +58,7 @@ class TileGrid:
     factor: int
     core: int
     halo: int
+    whole_pass: bool = False  # the GroupNorm statistics may come from one no-grad pass of the whole image
 
     def __post_init__(self) -> None:
         if self.core <= 0 or self.core % self.factor or self.halo < 0 or self.halo % self.factor:
@@ -89,6 +94,21 @@ class TileGrid:
         step = self.core // self.factor
         return math.ceil(lh / step) * math.ceil(lw / step)
 
+    def region(self, tile: Tile) -> Region:
+        """The tile's core in pixels of its own (padded) encoder input, and where that input sits."""
+        f = self.factor
+        height = math.ceil((tile.rows.stop - tile.rows.start) / f) * f
+        width = math.ceil((tile.cols.stop - tile.cols.start) / f) * f
+        full = (self.latent_shape[0] * f, self.latent_shape[1] * f)
+        return Region((tile.core_rows.start * f, tile.core_rows.stop * f),
+                      (tile.core_cols.start * f, tile.core_cols.stop * f),
+                      height, width, tile.rows.start, tile.cols.start, full)
+
+    def whole_region(self) -> Region:
+        """The whole padded image as one core."""
+        height, width = (side * self.factor for side in self.latent_shape)
+        return Region((0, height), (0, width), height, width)
+
     def pixels_read(self) -> int:
         """Input pixels the encoder sees per step over all tiles (halo overlap included)."""
         return sum((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in self.tiles())
@@ -110,23 +130,43 @@ def _core_posterior(
     return mean[core], None if logvar is None else logvar[core]
 
 
+def measure_norm(norm: WholeImageNorm, encoder: Encoder, x: torch.Tensor, grid: TileGrid) -> None:
+    """Exact whole-image GroupNorm statistics of x (B, 3, H, W): one whole pass when the grid allows it,
+    else one streaming tile pass per layer."""
+    def pieces() -> Iterator[tuple[torch.Tensor, Region]]:
+        return ((x[..., t.rows, t.cols], grid.region(t)) for t in grid.tiles())
+
+    measure(norm, encoder, pieces, (x, grid.whole_region()) if grid.whole_pass else None)
+
+
 @torch.no_grad()
 def tiled_posterior(
-    encoder: Encoder, x: torch.Tensor, grid: TileGrid
+    encoder: Encoder, x: torch.Tensor, grid: TileGrid, norm: WholeImageNorm | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """fp32 posterior (mean, logvar), each (B, C, ceil(H/f), ceil(W/f)), stitched from the tiles' cores."""
+    """fp32 posterior (mean, logvar), each (B, C, ceil(H/f), ceil(W/f)), stitched from the tiles' cores;
+    GroupNorm layers use ``norm``'s frozen whole-image statistics when given (tile-local without)."""
     mean: torch.Tensor | None = None
     logvar: torch.Tensor | None = None
-    for tile in grid.tiles():
-        m, lv = _core_posterior(encoder, x[..., tile.rows, tile.cols], tile)  # (B, C, ch, cw)
-        if mean is None:
-            shape = (x.shape[0], m.shape[1], *grid.latent_shape)
-            mean = torch.empty(shape, device=m.device)
-            logvar = None if lv is None else torch.empty(shape, device=m.device)
-        mean[..., tile.latent_rows, tile.latent_cols] = m.float()
-        if logvar is not None and lv is not None:
-            logvar[..., tile.latent_rows, tile.latent_cols] = lv.float()
+    with norm.installed() if norm else nullcontext():
+        for tile in grid.tiles():
+            m, lv = _core_posterior(encoder, x[..., tile.rows, tile.cols], tile)  # (B, C, ch, cw)
+            mean, logvar = _stitch(mean, logvar, m, lv, tile, grid, x.shape[0])
     assert mean is not None
+    return mean, logvar
+
+
+def _stitch(
+    mean: torch.Tensor | None, logvar: torch.Tensor | None, m: torch.Tensor, lv: torch.Tensor | None,
+    tile: Tile, grid: TileGrid, batch: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Write one tile's core posterior (B, C, ch, cw) into the full-size ones (allocated on first use)."""
+    if mean is None:
+        shape = (batch, m.shape[1], *grid.latent_shape)
+        mean = torch.empty(shape, device=m.device)
+        logvar = None if lv is None else torch.empty(shape, device=m.device)
+    mean[..., tile.latent_rows, tile.latent_cols] = m.float()
+    if logvar is not None and lv is not None:
+        logvar[..., tile.latent_rows, tile.latent_cols] = lv.float()
     return mean, logvar
 
 
@@ -149,10 +189,35 @@ class TiledObjective:
         self.encoder = encoder
         self.transform = transform
         self.eot_samples = eot_samples if transform is not None else 1
+        self.norm: WholeImageNorm | None = None  # whole-image GroupNorm statistics (tiled encoders with GN)
         self.grid = grid
         self.editor_resize = editor_resize
         self.editor_target: float | torch.Tensor | None = None
         self.on_tile: TileCallback | None = None
+        self.checkpoint = False  # recompute the encoder's blocks in backward (Encoder.checkpointing)
+
+    @property
+    def grid(self) -> TileGrid | None:
+        return self._grid
+
+    @grid.setter
+    def grid(self, grid: TileGrid | None) -> None:
+        """A new grid (a new image) forgets the statistics of the last one."""
+        self._grid = grid
+        if grid is not None and self.norm is None:
+            norm = WholeImageNorm(self.encoder)
+            self.norm = norm if norm else None
+        if self.norm is not None:
+            self.norm.reset()
+
+    def _norm(self, x: torch.Tensor) -> WholeImageNorm | None:
+        """The whole-image statistics for a tiled pass over x, measured exactly on first use (None: untiled or
+        no GroupNorm)."""
+        if self.grid is None or self.norm is None:
+            return None
+        if not self.norm.frozen:
+            measure_norm(self.norm, self.encoder, x, self.grid)
+        return self.norm
 
     @property
     def grid_tiles(self) -> int:
@@ -165,7 +230,7 @@ class TiledObjective:
         """Full-resolution posterior of (B, 3, H, W), tiled when a grid is set."""
         if self.grid is None:
             return self.encoder.posterior(x)
-        return tiled_posterior(self.encoder, x, self.grid)
+        return tiled_posterior(self.encoder, x, self.grid, self._norm(x))
 
     @torch.no_grad()
     def prepare(self, x: torch.Tensor, target: float | torch.Tensor) -> None:
@@ -218,33 +283,64 @@ class TiledObjective:
         total = torch.zeros(x.shape[0], device=x.device)  # (B,)
         tiles = self.grid.tiles() if self.grid is not None else None
         state = generator.get_state() if generator is not None else None
-        for index, tile in enumerate(tiles or [None]):
-            if generator is not None and state is not None:
-                generator.set_state(state)  # every tile sees the same EoT draws
-            rows, cols = (tile.rows, tile.cols) if tile is not None else (slice(None), slice(None))
-            part = x[..., rows, cols].detach().requires_grad_(sign is not None)
-            loss = torch.zeros(x.shape[0], device=x.device)
+        norm = self._norm(x)
+        if norm is not None and sign is None:  # a loss alone: statistics of this very image first
+            self._record_pass(norm, x)
+        with norm.installed() if norm is not None else nullcontext():
+            if norm is not None and sign is not None:
+                norm.start()  # this step's sums: the next step's statistics
+            for index, tile in enumerate(tiles or [None]):
+                if generator is not None and state is not None:
+                    generator.set_state(state)  # every tile sees the same EoT draws
+                loss, g = self._tile(x, tile, target, generator, sign)
+                if g is not None and tile is None:
+                    grad = g
+                elif g is not None and tile is not None:
+                    grad = torch.zeros_like(x) if grad is None else grad
+                    grad[..., tile.rows, tile.cols] += g
+                total += loss.detach().float()
+                if self.on_tile is not None and tiles is not None:
+                    self.on_tile(index + 1, len(tiles))
+            if norm is not None and sign is not None:
+                norm.adopt()
+        if self.editor_resize is not None:
+            total, grad = self._add_editor(x, target, total, grad, sign)
+        return total, grad
+
+    @torch.no_grad()
+    def _record_pass(self, norm: WholeImageNorm, x: torch.Tensor) -> None:
+        """Refresh the statistics from one no-grad tile pass over x (normalised by the current ones)."""
+        assert self.grid is not None
+        with norm.installed():
+            norm.start()
+            for tile in self.grid.tiles():
+                norm.region = self.grid.region(tile)
+                self.encoder.posterior(x[..., tile.rows, tile.cols])
+            norm.adopt()
+
+    def _tile(
+        self, x: torch.Tensor, tile: Tile | None, target: float | torch.Tensor, generator: torch.Generator | None,
+        sign: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Loss (B,) of one tile's core (or of the whole image) and its gradient w.r.t. the tile's pixels."""
+        rows, cols = (tile.rows, tile.cols) if tile is not None else (slice(None), slice(None))
+        part = x[..., rows, cols].detach().requires_grad_(sign is not None)
+        if self.norm is not None and self.grid is not None and tile is not None:
+            self.norm.region = self.grid.region(tile)
+        loss = torch.zeros(x.shape[0], device=x.device)
+        with self.encoder.checkpointing(self.checkpoint and sign is not None):
             for drawn in self._draws(part, generator):
                 mean, logvar = self.encoder.posterior(drawn) if tile is None else _core_posterior(
                     self.encoder, drawn, tile
                 )
                 loss = loss + pca_loss(mean, logvar, target if tile is None else _crop_target(target, tile))
             loss = loss / self._samples(generator)
-            if sign is not None:
-                scale = half_safe_scale(self.encoder.dtype, target)
+            if sign is None:
+                return loss, None
+            scale = half_safe_scale(self.encoder.dtype, target)
+            with self.norm.paused() if self.norm is not None else nullcontext():  # checkpointing re-runs forwards
                 (g,) = torch.autograd.grad((sign * scale * loss).sum(), part)  # (B, 3, h, w)
-                g = g / scale
-                if tile is None:
-                    grad = g
-                else:
-                    grad = torch.zeros_like(x) if grad is None else grad
-                    grad[..., rows, cols] += g
-            total += loss.detach().float()
-            if self.on_tile is not None and tiles is not None:
-                self.on_tile(index + 1, len(tiles))
-        if self.editor_resize is not None:
-            total, grad = self._add_editor(x, target, total, grad, sign)
-        return total, grad
+        return loss, g / scale
 
     def _add_editor(
         self, x: torch.Tensor, target: float | torch.Tensor, total: torch.Tensor,

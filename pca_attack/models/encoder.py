@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pca_attack.errors import ModelLoadError
 from pca_attack.models.dc_ae import DC_CLASS, build_dc_encoder, dc_factor
@@ -114,10 +118,40 @@ class Encoder(nn.Module):
         """
         return self(pad_to_multiple(x01.to(self.device), self.downsample_factor))
 
+    @contextmanager
+    def checkpointing(self, enabled: bool = True) -> Iterator[None]:
+        """Inside (when ``enabled``): gradient checkpointing of the encoder's blocks — each block's inner
+        activations are recomputed in the backward pass instead of kept (lower peak, one more forward).
+        diffusers bodies use their own ``gradient_checkpointing`` switch; sequential bodies (the tiny
+        autoencoders) checkpoint each child that has sub-layers."""
+        if not enabled:
+            yield
+            return
+        switches = [m for m in self.encoder.modules() if hasattr(m, "gradient_checkpointing")]
+        for module in switches:  # diffusers' switch and the function it calls
+            setattr(module, "gradient_checkpointing", True)  # noqa: B010
+            setattr(module, "_gradient_checkpointing_func", partial(checkpoint, use_reentrant=False))  # noqa: B010
+        self._checkpoint_children = not switches and isinstance(self.encoder, nn.Sequential)
+        try:
+            yield
+        finally:
+            self._checkpoint_children = False
+            for module in switches:
+                setattr(module, "gradient_checkpointing", False)  # noqa: B010
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder body, block by block under checkpointing (``checkpointing``)."""
+        if not (getattr(self, "_checkpoint_children", False) and torch.is_grad_enabled()):
+            return self.encoder(x)
+        for child in self.encoder.children():
+            has_blocks = any(True for _ in child.children())
+            x = checkpoint(child, x, use_reentrant=False) if has_blocks else child(x)
+        return x
+
     def forward(self, x01: torch.Tensor) -> Posterior:
         """Posterior of images in [0, 1]; spatial sizes must be multiples of ``downsample_factor``."""
         x = x01.to(self.dtype) * 2.0 - 1.0 if self.signed_input else x01.to(self.dtype)  # (B, 3, H, W)
-        h = self.encoder(x.contiguous(memory_format=self.memory_format))  # (B, 2C or C, H/f, W/f)
+        h = self._body(x.contiguous(memory_format=self.memory_format))  # (B, 2C or C, H/f, W/f)
         if self.deterministic:
             return h, None  # (B, C, H/f, W/f)
         moments = self.quant_conv(h) if self.quant_conv is not None else h  # (B, 2C, H/f, W/f)

@@ -1,0 +1,334 @@
+"""Whole-image GroupNorm statistics for tiled passes: every tile is normalised as the whole image would be.
+
+A GroupNorm normalises each (image, group) by the mean and variance over ALL spatial positions, so an
+encoder run on a tile alone normalises by the tile's statistics, not the image's (the approximation of
+diffusers' tiled VAE). ``WholeImageNorm`` swaps every ``nn.GroupNorm`` of an encoder for one that uses
+*frozen* per-(image, group) statistics of the whole image, and records the sums that give them:
+
+* **exact statistics** (``measure``): either one no-grad forward of the whole image (when it fits the memory
+  budget: ``TileGrid.whole_pass``), or a streaming pass per GroupNorm layer, in forward order: layer k's
+  statistics are summed over every tile's *core* (the cores partition the padded image at every
+  resolution, since core borders are multiples of the encoder's factor), with layers < k already frozen
+  and the forward stopped right after layer k. That costs one partial tile pass per layer, once per image.
+* **lagged statistics** during the attack: each gradient pass records the sums of its own tiles' cores
+  while normalising with the previous pass's statistics; the next step uses them (one step stale; the
+  perturbation moves at most a step size per step). No-grad loss evaluations first refresh the statistics
+  from a recording pass over the same image, then evaluate.
+
+Gradient approximation: the untiled gradient also flows through each layer's mean and variance, a sum
+over the whole image (1/N per position) that a tile cannot see. The tiled backward uses the straight-through
+estimate ``frozen + (tile statistic - tile statistic.detach())``: the whole image's value, the tile's own
+statistics' gradient (1/n over the tile's n positions), as tile-local GroupNorm would give; it equals the
+untiled term where the upstream gradient is spread evenly over the image. The loss values themselves are the untiled
+ones wherever the halo covers the receptive field of the convolutions; attention layers (the demo VAE's
+mid-block) stay tile-local. ``Encoder.checkpointing`` recomputes forwards in backward: recording is off
+then (``recording`` is cleared before the backward).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pca_attack.models.encoder import Encoder
+
+Stats = tuple[torch.Tensor, torch.Tensor]  # mean (B, G), var (B, G), fp32
+Layer = nn.GroupNorm | nn.Module  # a GroupNorm, or a diffusers self-attention (its context is whole-image)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A tile's core inside the tile's own padded encoder input, and where that input sits (pixels)."""
+
+    rows: tuple[int, int]  # core rows, relative to the tile input
+    cols: tuple[int, int]
+    height: int  # padded tile input
+    width: int
+    top: int = 0  # tile input's first row and column in the padded image
+    left: int = 0
+    full: tuple[int, int] = (0, 0)  # padded image height and width (0, 0: the tile is the image)
+
+    def factor(self, h: int, w: int) -> int | None:
+        """A layer's spatial factor d for an activation of h x w, when the core maps onto its grid."""
+        if h == 0 or w == 0 or self.height % h or self.width % w or self.height // h != self.width // w:
+            return None
+        d = self.height // h
+        aligned = all(v % d == 0 for v in (*self.rows, *self.cols, self.top, self.left))
+        return d if aligned else None
+
+    def core(self, d: int) -> tuple[slice, slice]:
+        """The core within the tile's activation at factor d."""
+        return slice(self.rows[0] // d, self.rows[1] // d), slice(self.cols[0] // d, self.cols[1] // d)
+
+    def in_image(self, d: int) -> tuple[slice, slice]:
+        """The core within the whole image's activation at factor d."""
+        top, left = self.top // d, self.left // d
+        return (slice(top + self.rows[0] // d, top + self.rows[1] // d),
+                slice(left + self.cols[0] // d, left + self.cols[1] // d))
+
+
+class StopForward(Exception):
+    """Raised by the layer being measured: the rest of the forward is not needed."""
+
+
+def _is_self_attention(module: nn.Module) -> bool:
+    """A diffusers ``Attention`` with a GroupNorm of its own (the VAE mid-block's), used as self-attention."""
+    return (type(module).__name__ == "Attention" and isinstance(getattr(module, "group_norm", None), nn.GroupNorm)
+            and hasattr(module, "to_k") and not getattr(module, "is_cross_attention", False))
+
+
+@torch.no_grad()
+def context_layers(encoder: Encoder) -> list[Layer]:
+    """GroupNorm and self-attention layers in the order a forward completes them (registration order
+    differs: diffusers registers a mid-block's attention before its ResNets); found on a tiny image."""
+    layers = [m for m in encoder.modules() if isinstance(m, nn.GroupNorm) or _is_self_attention(m)]
+    if not layers:
+        return []
+    order: list[Layer] = []
+
+    def seen(module: nn.Module, *_: object) -> None:
+        if module not in order:
+            order.append(module)
+
+    hooks = [m.register_forward_pre_hook(seen) if isinstance(m, nn.GroupNorm) else m.register_forward_hook(seen)
+             for m in layers]
+    try:
+        side = 2 * encoder.downsample_factor
+        encoder.posterior(torch.zeros(1, 3, side, side, device=encoder.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+def _straight_through(x: torch.Tensor, groups: int, mean: torch.Tensor, var: torch.Tensor) -> Stats:
+    """The frozen statistics in value, the tile's own statistics in gradient (B, G) each."""
+    grouped = x.float().reshape(x.shape[0], groups, -1)  # (B, G, n)
+    var_t, mean_t = torch.var_mean(grouped, dim=-1, correction=0)  # (B, G)
+    return mean + (mean_t - mean_t.detach()), var + (var_t - var_t.detach())
+
+
+def _normalise(x: torch.Tensor, module: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of x (B, C, h, w) with given per-(image, group) statistics (B, G), as one affine op; under
+    autograd the gradient through the statistics is the tile's own (``_straight_through``)."""
+    if x.requires_grad:
+        mean, var = _straight_through(x, module.num_groups, mean, var)
+    per = x.shape[1] // module.num_groups
+    scale = torch.rsqrt(var + module.eps).repeat_interleave(per, dim=1)  # (B, C)
+    shift = -mean.repeat_interleave(per, dim=1) * scale  # (B, C)
+    if module.affine:
+        scale, shift = scale * module.weight.float(), shift * module.weight.float() + module.bias.float()
+    shape = (*scale.shape, *[1] * (x.dim() - 2))  # (B, C, 1, 1), or (B, C, 1) for attention's (B, C, h*w)
+    return torch.addcmul(shift.reshape(shape).to(x.dtype), x, scale.reshape(shape).to(x.dtype))
+
+
+class WholeImageNorm:
+    """Frozen whole-image statistics (GroupNorm) and context (self-attention) of an encoder, and their recorder.
+
+    Layers are indexed in forward order (``context_layers``); ``frozen`` holds a GroupNorm's (mean, var),
+    ``context`` a self-attention's normalised input (B, C, h, w) over the whole image.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.layers = context_layers(encoder)
+        self.frozen: dict[int, Stats] = {}  # GroupNorm index -> statistics used by the patched layer
+        self.context: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) whole-image keys' input
+        self.recording: frozenset[int] = frozenset()
+        self.stop_after: int | None = None
+        self.region: Region | None = None
+        self._sums: dict[int, list[torch.Tensor]] = {}  # index -> [sum (B, G), sum of squares (B, G), count]
+        self._maps: dict[int, torch.Tensor] = {}  # attention index -> recorded (B, C, h, w)
+        self._paused = False
+        self._depth = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def reset(self) -> None:
+        self.frozen, self.context, self._sums, self._maps = {}, {}, {}, {}
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Inside: GroupNorms use ``frozen`` statistics and attentions ``context`` (native where none), and
+        the layers in ``recording`` record."""
+        self._depth += 1
+        saved: dict[int, Any] = {}
+        if self._depth == 1:
+            for index, layer in enumerate(self.layers):
+                if isinstance(layer, nn.GroupNorm):
+                    layer.forward = partial(self._norm_forward, index, layer)  # type: ignore[method-assign]
+                else:
+                    saved[index] = getattr(layer, "processor")  # noqa: B009 (a diffusers Attention)
+                    setattr(layer, "processor", _Processor(partial(self._attention, index, saved[index])))  # noqa: B010
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                for index, layer in enumerate(self.layers):
+                    if isinstance(layer, nn.GroupNorm):
+                        del layer.forward
+                    elif index in saved:
+                        setattr(layer, "processor", saved[index])  # noqa: B010
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No recording inside (a checkpointed backward re-runs forwards: record once)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    def _records(self, index: int) -> bool:
+        return index in self.recording and self.region is not None and not self._paused
+
+    def _norm_forward(self, index: int, layer: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        if self._records(index):
+            self._record_sums(index, layer, x)
+        if self.stop_after == index:
+            raise StopForward
+        stats = self.frozen.get(index)
+        if stats is None:
+            return F.group_norm(x, layer.num_groups, layer.weight, layer.bias, layer.eps)
+        return _normalise(x, layer, *stats)
+
+    def _spatial(self, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """x as (B, C, h, w) with its factor d, for (B, C, h, w) or attention's (B, C, h*w); None if unmapped."""
+        assert self.region is not None
+        if x.dim() == 3:
+            d = math.isqrt(self.region.height * self.region.width // max(1, x.shape[-1]))
+            if d == 0 or (self.region.height // d) * (self.region.width // d) != x.shape[-1]:
+                return None
+            x = x.reshape(*x.shape[:2], self.region.height // d, self.region.width // d)
+        d_found = self.region.factor(x.shape[-2], x.shape[-1])
+        return None if d_found is None else (x, d_found)
+
+    def _record_sums(self, index: int, layer: nn.GroupNorm, x: torch.Tensor) -> None:
+        """Add the core region's sums of x (B, C, h, w); skipped where the region does not map onto x."""
+        found = self._spatial(x)
+        if found is None:
+            return
+        x, d = found
+        rows, cols = self.region.core(d) if self.region is not None else (slice(None), slice(None))
+        grouped = x.detach()[..., rows, cols].double().reshape(x.shape[0], layer.num_groups, -1)  # (B, G, n)
+        sums = self._sums.setdefault(index, [torch.zeros(()), torch.zeros(()), torch.zeros(())])
+        sums[0] = sums[0] + grouped.sum(-1)
+        sums[1] = sums[1] + grouped.square().sum(-1)
+        sums[2] = sums[2] + grouped.shape[-1]
+
+    def _attention(self, index: int, native: Callable[..., torch.Tensor], attn: Any,
+                   hidden: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        """Self-attention whose keys and values come from the whole image's context (the tile's own core
+        spliced in, live); queries are the tile's. Native when there is no context and nothing to record."""
+        found = self._spatial(hidden) if hidden.dim() == 4 and self.region is not None else None
+        context = self.context.get(index)
+        if found is None or (context is None and not self._records(index)):
+            return native(attn, hidden, *args, **kwargs)
+        assert self.region is not None
+        batch, channels, h, w = hidden.shape
+        normed = attn.group_norm(hidden.reshape(batch, channels, h * w)).reshape(hidden.shape)  # (B, C, h, w)
+        d, rows, cols = found[1], *self.region.core(found[1])
+        if self._records(index):
+            self._record_map(index, normed.detach()[..., rows, cols], d)
+        if self.stop_after == index:
+            raise StopForward
+        if context is None:
+            return native(attn, hidden, *args, **kwargs)
+        with torch.no_grad():  # the value: keys from the whole image (this tile's core spliced in)
+            keys_in = context.to(normed.dtype).clone()  # (B, C, H/d, W/d)
+            keys_in[(..., *self.region.in_image(d))] = normed[..., rows, cols]
+            whole = _attend(attn, hidden, normed, keys_in)  # (B, C, h, w)
+        if not hidden.requires_grad:
+            return whole
+        local = _attend(attn, hidden, normed, normed)  # the gradient: the tile's own keys (straight through)
+        return local + (whole - local).detach()
+
+    def _record_map(self, index: int, core: torch.Tensor, d: int) -> None:
+        assert self.region is not None
+        height, width = self.region.full if self.region.full != (0, 0) else (self.region.height, self.region.width)
+        if index not in self._maps:
+            self._maps[index] = torch.zeros(*core.shape[:2], height // d, width // d, device=core.device)
+        self._maps[index][(..., *self.region.in_image(d))] = core.float()
+
+    def start(self, layers: frozenset[int] | None = None) -> None:
+        """Begin recording ``layers`` (all by default) into fresh sums and maps."""
+        self._sums, self._maps = {}, {}
+        self.recording = frozenset(range(len(self.layers))) if layers is None else layers
+
+    def adopt(self) -> None:
+        """Stop recording; what was recorded replaces the frozen statistics and contexts."""
+        for index, (total, squares, count) in self._sums.items():
+            mean = total / count
+            var = (squares / count - mean.square()).clamp(min=0.0)
+            self.frozen[index] = (mean.float(), var.float())
+        self.context.update(self._maps)
+        self._sums, self._maps, self.recording = {}, {}, frozenset()
+
+
+class _Processor:
+    """A diffusers attention processor calling ``fn(attn, hidden_states, ...)`` (explicit parameters: diffusers
+    drops keyword arguments a processor's signature does not name)."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fn(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def _attend(attn: Any, hidden: torch.Tensor, normed: torch.Tensor, keys_in: torch.Tensor) -> torch.Tensor:
+    """diffusers' AttnProcessor2_0 on (B, C, h, w) with queries from ``normed`` and keys/values from
+    ``keys_in`` (B, C, H', W'), plus the residual and output rescaling."""
+    batch, channels, h, w = hidden.shape
+    heads = attn.heads
+    tokens = normed.reshape(batch, channels, h * w).transpose(1, 2)  # (B, hw, C)
+    context = keys_in.reshape(batch, channels, -1).transpose(1, 2)  # (B, N, C)
+    query, key, value = attn.to_q(tokens), attn.to_k(context), attn.to_v(context)
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # (B, heads, n, C/heads)
+
+    out = F.scaled_dot_product_attention(split(query), split(key), split(value))  # (B, heads, hw, C/heads)
+    out = out.transpose(1, 2).reshape(batch, h * w, -1).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out)).transpose(1, 2).reshape(hidden.shape)  # (B, C, h, w)
+    if attn.residual_connection:
+        out = out + hidden
+    return out / attn.rescale_output_factor
+
+
+@torch.no_grad()
+def measure(
+    norm: WholeImageNorm, encoder: Encoder, pieces: Callable[[], Iterable[tuple[torch.Tensor, Region]]],
+    whole: tuple[torch.Tensor, Region] | None = None,
+) -> None:
+    """Exact whole-image statistics and contexts into ``norm``: from one forward of ``whole`` (input, region)
+    when given, else one streaming pass over ``pieces()`` (tile inputs and their regions) per layer."""
+    norm.reset()
+    with norm.installed():
+        if whole is not None:
+            norm.start()
+            norm.region = whole[1]
+            encoder.posterior(whole[0])
+            norm.adopt()
+            return
+        for index in range(len(norm.layers)):
+            norm.start(frozenset({index}))
+            norm.stop_after = index
+            try:
+                for piece, region in pieces():
+                    norm.region = region
+                    with suppress(StopForward):
+                        encoder.posterior(piece)
+            finally:
+                norm.stop_after = None
+            norm.adopt()
