@@ -133,6 +133,8 @@ def test_schema_follows_a_servers_settings(tiny_vae: Path, tmp_path: Path) -> No
     shutil.which("schemathesis") is None and shutil.which(str(Path(sys.executable).parent / "schemathesis")) is None,
     reason="schemathesis CLI not installed (pip install -e '.[dev]')",
 )
+@pytest.mark.slow  # ~60 s on 2 cores (server start + 25 s of generation); tests/service/test_live_server.py keeps
+# a quicker not_a_server_error run in the default suite
 def test_schemathesis_all_checks_pass_on_a_keyed_live_server(tiny_vae: Path, tmp_path: Path) -> None:
     """Every check (status codes, schemas, Allow, auth, negative/positive data, use after DELETE) on every
     route, the refusals JSON Schema cannot express declared in tests/service/schemathesis.toml."""
