@@ -122,12 +122,13 @@ def test_non_image_upload_shows_the_api_message(server: Served, browser: Any) ->
     context, page, _ = open_page(browser, server.url)
     expect = _expect()
     try:
-        jobs = _job_ids(page)
         page.set_input_files("#file-input", [upload("notes.txt", "text/plain", b"these are not pixels\n")])
         page.fill("#opt-steps", STEPS)
-        page.get_by_role("button", name="Protect", exact=True).click()
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/v1/jobs")) as created:
+            page.get_by_role("button", name="Protect", exact=True).click()  # (an event handler raced here once)
+        job_id = created.value.json()["id"]
         expect(page.locator("#progress .error")).to_have_count(1, timeout=TIMEOUT_MS)
-        message = httpx.get(f"{server.url}/v1/jobs/{jobs[0]}", timeout=10).json()["items"][0]["error"]
+        message = httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()["items"][0]["error"]
         assert message
         expect(page.locator("#progress .error")).to_have_text(f"notes.txt: {_sentence(message)}")
         expect(page.locator("#progress-summary")).to_have_text("0 of 1 done, 1 not protected.")
