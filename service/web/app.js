@@ -154,7 +154,10 @@ async function showResult(job, item, track) {
 
 function updateRow(track, item, steps) {
   if (track.shown === item.status) {
-    if (item.status === "running" && track.estimate) track.bar.value = Math.min(0.95, (performance.now() - track.started) / 1000 / track.estimate);
+    if (item.status === "running" && item.progress) {  // the attack's own step count (GET /v1/jobs/{id})
+      track.bar.value = item.progress.fraction;
+      track.status.textContent = `protecting: step ${item.progress.steps_done} of ${item.progress.steps}`;
+    } else if (item.status === "running" && track.estimate) track.bar.value = Math.min(0.95, (performance.now() - track.started) / 1000 / track.estimate);
     return false;
   }
   track.shown = item.status;
