@@ -44,7 +44,7 @@ def serve_command(
     queue_size: Annotated[int | None, typer.Option("--queue-size", help=_about("queue_size"))] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help=_about("max_batch"))] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (HF_HUB_OFFLINE=1).")] = False,
-    log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info, debug.")] = "info",
+    log_level: Annotated[str | None, typer.Option("--log-level", help=_about("log_level"))] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve (pca-protect[ray]): replicas share the "
                                       "jobs store through the database URL.")] = False,
     replicas: Annotated[int, typer.Option("--replicas", min=1, help="Ray Serve replicas (with --ray).")] = 1,

@@ -87,7 +87,9 @@ class Settings(BaseSettings):
         description="bytes per second a request body must keep up after its first body_timeout_s (0: no floor)",
     )
 
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="critical, error, warning, info or debug"
+    )
 
     @field_validator("max_memory")
     @classmethod

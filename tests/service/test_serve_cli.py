@@ -87,3 +87,15 @@ def test_serve_refuses_bad_settings() -> None:
     result = CliRunner().invoke(_app(), ["--device", "tpu"])
     assert result.exit_code == 2
     assert "device" in result.output
+
+
+def test_serve_log_level_follows_the_environment_unless_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("PCA_LOG_LEVEL", "warning")
+    assert CliRunner().invoke(_app(), ["--data-dir", str(tmp_path)]).exit_code == 0
+    assert seen["log_level"] == "warning"
+    assert CliRunner().invoke(_app(), ["--data-dir", str(tmp_path), "--log-level", "debug"]).exit_code == 0
+    assert seen["log_level"] == "debug"
