@@ -24,6 +24,7 @@ from pca_attack.attack.memory import (
     memory_scope,
     plan_attack,
 )
+from pca_attack.attack.objective import ensemble_memory_model
 from pca_attack.attack.pgd import Protector, ProtectResult
 from pca_attack.attack.progress import StepProgress
 from pca_attack.certify.members import ensemble_fields
@@ -134,7 +135,9 @@ class Engine:
     def plan(self, images: Sequence[DecodedImage], config: AttackConfig) -> list[tuple[list[int], AttackPlan]]:
         """Micro-batches (indices into ``images``) and how each is attacked; raises MemoryBudgetError
         (before any work) when an image cannot be protected within the budget even in tiles."""
-        model, available = memory_model(self.encoder), self.available_memory()
+        # an ensemble is sized by its members (the largest one's step; tiles on the LCM of their factors)
+        model = memory_model(self.encoder) if self.ensemble is None else ensemble_memory_model(self.ensemble)
+        available = self.available_memory()
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault((image.height, image.width), []).append(index)
@@ -180,7 +183,7 @@ class Engine:
             levels = torch.tensor([float(images[i].levels) for i in chunk])
             start, generator_id = fast_start(config, self.encoder.name, batch, gray, levels)
             outcome = protector.protect(
-                batch, grayscale=gray, levels=levels, tiles=plan.grid,
+                batch, grayscale=gray, levels=levels, tiles=plan.run_grid,
                 progress=None if progress is None else partial(progress, chunk), start=start,
             )
             del batch

@@ -33,6 +33,7 @@ import torch
 
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import check_preset, objective_sign, posterior_variance
+from pca_attack.attack.memory import Line, MemoryModel, memory_model
 from pca_attack.attack.tiling import TileCallback, TiledObjective, TileGrid
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Encoder, pad_to_multiple
@@ -40,6 +41,7 @@ from pca_attack.models.ensemble import Ensemble, padding_multiple
 
 CLEAN_FLOOR = 1e-12  # a clean loss of exactly 0 (an all-zero latent) must not divide by zero
 WORST_TEMPERATURE = 0.05  # 'worst': soft-max temperature on normalised losses (0 = the hard maximum)
+ACCUMULATED_IMAGES = 4  # whole-image fp32 tensors loss_and_grad holds beside a member's step (memory model)
 MemberFactory = Callable[[Encoder], TiledObjective]
 
 
@@ -63,6 +65,28 @@ def ensemble_facts(ensemble: Ensemble, config: AttackConfig | None = None) -> di
         "aggregations": list(get_args(get_type_hints(AttackConfig)["aggregation"])),
         "weights": {n: round(float(w) / float(sum(weights)), 6) for n, w in zip(names, weights, strict=True)},
     }
+
+
+def ensemble_memory_model(ensemble: Ensemble) -> MemoryModel:
+    """The memory model of an ensemble attack, from its members' measured ones (``memory.memory_model``).
+
+    Members run one after another, so a step peaks at the LARGEST member's step (plus the few whole-image
+    tensors the accumulation holds: the padded input, the summed gradient, a member's gradient and its
+    scaled copy); the loop keeps the largest member's state; time adds up. Tiles are cut on the least
+    common multiple of the factors, with the widest member halo rounded up to it."""
+    models = [memory_model(m) for m in ensemble.members]
+    lcm = ensemble.downsample_factor
+    accumulation = ACCUMULATED_IMAGES * 3 * 4  # bytes per pixel: fp32 (3, Hp, Wp) tensors
+    step = Line(max(m.step.fixed for m in models), max(m.step.per_pixel for m in models) + accumulation)
+    state = max(m.state_per_pixel for m in models)
+    return MemoryModel(
+        step=step,
+        forward=Line(max(m.forward.fixed for m in models), max(m.forward.per_pixel for m in models)),
+        loop=Line(max(m.loop.fixed for m in models), step.per_pixel + state),
+        seconds_per_pixel=sum(m.seconds_per_pixel for m in models),
+        factor=lcm,
+        halo=_round_up(max(m.halo for m in models), lcm),
+    )
 
 
 def _round_up(value: int, multiple: int) -> int:
