@@ -63,10 +63,11 @@ DEFAULT_PRESET = "pca-"
 @dataclass(frozen=True)
 class AttackConfig:
     """Hyper-parameters of the protective Linf PGD. Defaults follow the reference implementation
-    (eps 16, step 2, 40 steps, no random start, seed 3407) except two measured improvements: the best
-    iterate is returned instead of the last, and each pixel moves with its own sign-Rprop step (see
-    ``pca_attack.attack.updates``) instead of the same constant step. ``REFERENCE_CONFIG`` restores the reference
-    loop exactly."""
+    (eps 16, step 2, 40 steps, no random start, seed 3407) except three measured improvements: the best
+    iterate is returned instead of the last; the image moves along its normalised gradient (L2 steepest
+    descent, ``update="l2"``, see ``pca_attack.attack.updates``) on a cosine step schedule instead of the
+    same constant sign step for every pixel; and the perturbation's mean colour is removed
+    (``colour_neutral``). ``REFERENCE_CONFIG`` restores the reference loop exactly."""
 
     eps: float = 16.0  # Linf budget on the 0-255 scale (16 -> 16/255)
     step: float = 2.0  # PGD step size on the 0-255 scale
@@ -74,12 +75,12 @@ class AttackConfig:
     preset: str = DEFAULT_PRESET  # name in PRESETS, or "custom" with target_variance + direction
     target_variance: float | None = None  # v for preset "custom" (ignored otherwise)
     direction: Direction | None = None  # direction for preset "custom" (ignored otherwise)
-    update: Literal["rprop", "sign"] = "rprop"  # per-pixel step sizes (rprop) or one step for all (reference: sign)
+    update: Literal["l2", "rprop", "sign"] = "l2"  # normalised gradient; per-pixel sign steps; sign (reference)
     rprop_init: float = 2.0  # rprop: first per-pixel step = rprop_init * step
     rprop_etas: tuple[float, float] = (0.7, 1.2)  # rprop: step factor after a sign flip, after a held sign
     rprop_range: tuple[float, float] = (0.125, 4.0)  # rprop: per-pixel step bounds, in units of step
-    step_schedule: Literal["constant", "cosine"] = "cosine"  # sign rule: step per iteration (reference: constant)
-    step_peak: float = 3.0  # sign rule, cosine schedule: first step = step_peak * step, decaying to step / 2
+    step_schedule: Literal["constant", "cosine"] = "cosine"  # sign/l2 rules: step per iteration (reference: constant)
+    step_peak: float = 3.0  # sign/l2 rules, cosine schedule: first step = step_peak * step, decaying to step / 2
     random_start: bool = False  # start from uniform noise in the budget instead of 0 (reference: off)
     seed: int = 3407  # seed for random start and any stochastic transformation (reference: 3407)
     keep_best: bool = True  # return the best iterate per image (the reference returns the last)
@@ -91,7 +92,7 @@ class AttackConfig:
     model_weights: tuple[float, ...] | None = None  # ensembles: one weight per model for "mean" (None = equal)
     editor_resolution: int | None = None  # also collapse the image downscaled to this long side (editors' ~1 MP)
     budget: Literal["linf", "jnd"] = "linf"  # per-pixel bound: eps everywhere, or a JND map <= eps (budget.py)
-    colour_neutral: bool = False  # remove the perturbation's mean per channel, globally and per window
+    colour_neutral: bool = True  # remove the perturbation's mean per channel, globally and per window
     neutral_window: int = 128  # colour_neutral: side of the windows whose mean shift is removed, in pixels
     shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
     mode: str = "pgd"  # pgd | fast (the generator's one forward pass) | fast+N (N PGD steps from its output)
@@ -110,8 +111,8 @@ class AttackConfig:
             raise ConfigError(f"step_schedule={self.step_schedule!r}; use 'constant' or 'cosine'")
         if not 0 < self.step_peak <= 16:
             raise ConfigError("step_peak must be in (0, 16]")
-        if self.update not in ("rprop", "sign"):
-            raise ConfigError(f"update={self.update!r}; use 'rprop' (default) or 'sign' (the reference rule)")
+        if self.update not in ("l2", "rprop", "sign"):
+            raise ConfigError(f"update={self.update!r}; use 'l2' (default), 'rprop' or 'sign' (the reference rule)")
         shrink, grow = self.rprop_etas
         if not (0 < shrink <= 1 <= grow <= 10):
             raise ConfigError(f"rprop_etas={self.rprop_etas}; need 0 < shrink <= 1 <= grow <= 10, e.g. (0.7, 1.2)")
@@ -169,8 +170,8 @@ class AttackConfig:
         return asdict(self)
 
 
-# the reference loop: one constant sign step for every pixel, last iterate returned
-REFERENCE_CONFIG = AttackConfig(keep_best=False, update="sign", step_schedule="constant")
+# the reference loop: one constant sign step for every pixel, last iterate returned, no colour projection
+REFERENCE_CONFIG = AttackConfig(keep_best=False, update="sign", step_schedule="constant", colour_neutral=False)
 
 
 @dataclass(frozen=True)

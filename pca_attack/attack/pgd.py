@@ -1,8 +1,9 @@
-"""The Posterior Collapse Attack as a batched Linf sign-PGD on the encoder's posterior.
+"""The Posterior Collapse Attack as a batched Linf PGD on the encoder's posterior.
 
 Modelled on torchattacks' ``PGD``: hyper-parameters live in ``AttackConfig``; ``protect`` holds only the
 loop; gradients come from ``torch.autograd.grad`` with respect to the input (the encoder is frozen); the
-update rule (reference sign step, or the default per-pixel sign-Rprop) lives in ``pca_attack.attack.updates``.
+update rule (the default normalised-gradient step, sign-Rprop or the reference sign step) lives in
+``pca_attack.attack.updates``.
 Differences from the reference loop, all on purpose: the best iterate is kept (optional), images of any
 size are reflect-padded to the encoder's multiple (by ``Encoder.posterior``) and cropped back, grayscale images get a
 channel-tied perturbation (so they stay grayscale), and the result is rounded to the image's integer
@@ -87,7 +88,7 @@ class Protector:
         c = self.config
         if c.update == "rprop":
             return f"rprop x{c.rprop_init:g} etas={c.rprop_etas} range={c.rprop_range}"
-        return f"sign, {c.step_schedule}"
+        return f"{c.update}, {c.step_schedule}"
 
     # -- loss ----------------------------------------------------------------------------------------
     def loss(
