@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "docs" / "transfer.json"))
     p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "transfer.png"))
     p.add_argument("--figure-only", action="store_true", help="draw the figure from --out (a partial run too)")
+    p.add_argument("--markdown", action="store_true", help="print the README table of --out and exit")
+    p.add_argument("--worst-temperature", type=float, default=None,
+                   help="override the 'worst' soft-max temperature (0: hard switching; default: the engine's)")
     return p.parse_args(argv)
 
 
@@ -191,6 +194,20 @@ def join_rows(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The matrix as a Markdown table: energy reduction / drift / round-trip damage per cell."""
+    names = result["models"]
+    lines = ["| attack computed on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for row, columns in result["matrix"].items():
+        cells = []
+        for m in names:
+            c = columns[m]
+            text = f"{c['energy_reduction'] * 100:+.0f}% / {c['drift']:.2f}"
+            cells.append(text + (f" / {c['roundtrip_damage_db']:.1f} dB" if "roundtrip_damage_db" in c else ""))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def figure(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -223,6 +240,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = merge([json.loads(Path(path).read_text()) for path in args.merge])
         Path(args.out).write_text(json.dumps(public(result), indent=2) + "\n")
         print(json.dumps(result, indent=2))
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return {}
+    if args.worst_temperature is not None:
+        import pca_attack.attack.objective as objective
+
+        objective.WORST_TEMPERATURE = args.worst_temperature
     if args.figure_only or args.merge:
         result = json.loads(Path(args.out).read_text())
         figure(result, Path(args.figure))
