@@ -63,6 +63,11 @@ class JobItem(BaseModel):
     error: str | None = Field(default=None, description="why the item failed or was cancelled")
     certificate: Certificate | None = None
     download_url: str | None = Field(default=None, description="where to download the protected image")
+    output: str = Field(
+        default="",
+        description="file name of the protected image in its download and in the job zip (its certificate is "
+        "`<output>.json` there): the uploaded name with the output suffix; colliding names made distinct",
+    )
     progress: ItemProgress | None = Field(default=None, description="the attack's progress while the item runs")
 
 

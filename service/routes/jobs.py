@@ -43,6 +43,7 @@ def visible_job(store: JobStore, job_id: str, caller: Caller) -> JobView:
 
 
 def job_model(view: JobView) -> Job:
+    outputs = item_outputs(view)
     items = [
         JobItem(
             index=i.index,
@@ -51,6 +52,7 @@ def job_model(view: JobView) -> Job:
             error=i.error,
             certificate=i.certificate,  # type: ignore[arg-type]
             download_url=f"/v1/jobs/{view.id}/items/{i.index}" if i.status == "done" and i.result_suffix else None,
+            output=outputs[i.index],
             progress=ItemProgress(**i.progress) if i.status == "running" and i.progress else None,
         )
         for i in view.items

@@ -144,7 +144,7 @@ function progressRow(file) {
 async function showResult(job, item, track) {
   const response = await call(item.download_url);
   const blob = await response.blob();
-  const resultName = dispositionName(response, item.filename);
+  const resultName = item.output || dispositionName(response, item.filename);  // the one naming scheme
   state.speed.add(item.certificate);
   $("results-section").hidden = false;
   const roundtrip = Boolean(state.models.model.decoder_loaded);

@@ -115,6 +115,7 @@ def test_unicode_names_survive_protect_and_jobs(client: TestClient) -> None:
             break
         time.sleep(0.1)
     assert [i["filename"] for i in view["items"]] == ["café 猫.jpg", "café 猫.png", "фото.png"]
+    assert [i["output"] for i in view["items"]] == ["café 猫.jpg.png", "café 猫.png", "фото.png"]
     item = client.get(view["items"][0]["download_url"])
     assert quote("café 猫.jpg.png") in item.headers["content-disposition"]
     with zipfile.ZipFile(io.BytesIO(client.get(f"/v1/jobs/{job['id']}/results").content)) as zf:
