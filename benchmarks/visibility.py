@@ -1,25 +1,26 @@
 #!/usr/bin/env python
-"""Visibility benchmark (issue 13): protection against visibility, for the L-inf budget at eps 4..16 (both
-update rules), the JND budget with colour-neutral projection and shrink, and the intensity presets.
+"""Visibility benchmark (issue 13): protection against visibility, for the L-inf budget over an eps grid with
+each update rule (l2, the default; rprop; sign), the JND budget with colour-neutral projection and shrink, and
+the intensity presets.
 
 Per photo and configuration: the collapse (``reduction = 1 - loss(protected) / loss(clean)``, the engine's
 collapse loss on the written, quantised pixels), the round-trip damage ``PSNR(D(E(x)), x) - PSNR(D(E(p)), x)``
 in dB where the model has a decoder, the perturbation's visibility (PSNR, SSIM, MS-SSIM, VIF-P from
 ``pca_attack.certify.metrics``), its colour shift per channel and the share of pixels at the budget's edge.
-Each configuration is compared, photo by photo, with today's engine default (``AttackConfig()``: eps 16,
-L-inf, Rprop) against the issue's target: collapse within 2 % and damage within 10 % of the default's,
-with >= 3 dB more pixel PSNR and a higher SSIM and VIF.
+Each configuration is compared, photo by photo, with the engine default before issue 13 (``rprop-default``:
+eps 16, L-inf, Rprop, no colour projection) against the issue's target: collapse within 2 % and damage
+within 10 % of the reference's, with >= 3 dB more pixel PSNR and a higher SSIM and VIF.
 
 Prints JSON; writes ``--out`` (JSON) and, with ``--figures``, ``<figures>/visibility_<tag>_curve.png`` and
-``<figures>/visibility_<tag>_crops.png`` (original / today's default / each intensity: full photo and the
-flattest 64x64 area at 2x).
+``<figures>/visibility_<tag>_crops.png`` (original / the old Rprop default / today's default / each intensity:
+full photo and the flattest 64x64 area at 2x).
 
     nice -n 10 python benchmarks/visibility.py --model demo --out docs/visibility_demo.json --figures docs/img
     nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 4 --crop 192x256 \\
         --steps 20 --out docs/visibility_taef2.json --figures docs/img
     nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 1 --steps 20 \
         --only intensity:standard                # natural size, two configurations
-    python benchmarks/visibility.py --quick      # 1 small crop, 2 steps, 3 configurations (used by the tests)
+    python benchmarks/visibility.py --quick      # 1 small crop, 2 steps, 4 configurations (used by the tests)
 """
 
 from __future__ import annotations
@@ -64,18 +65,24 @@ def load_photos(count: int, crop: tuple[int, int] | None) -> dict[str, torch.Ten
     return out
 
 
+REFERENCE = "rprop-default"  # issue 13's reference point: the engine default before it (eps 16, L-inf, Rprop)
+UPDATES = ("l2", "rprop", "sign")
+
+
 def configurations(steps: int, eps_grid: list[float], quick: bool) -> dict[str, AttackConfig]:
-    """Label -> configuration; 'default' is today's engine default (the reference point of the targets)."""
+    """Label -> configuration. 'default' is the engine default (``AttackConfig()``); REFERENCE is the default
+    before issue 13 (Rprop, no colour projection), the reference point of every verdict."""
     base = AttackConfig(steps=steps)
+    previous = base.with_(update="rprop", colour_neutral=False)
     if quick:
-        return {"default": base, "jnd16+neutral+shrink": base.with_(budget="jnd", colour_neutral=True, shrink=0.95),
-                "intensity:subtle": intensity_config("subtle", steps=steps)}
-    out = {"default": base}
-    for update in ("rprop", "sign"):
+        return {REFERENCE: previous, "default": base, "intensity:subtle": intensity_config("subtle", steps=steps),
+                "jnd16+neutral+shrink": base.with_(budget="jnd", shrink=0.95)}
+    out = {REFERENCE: previous, "default": base}
+    for update in UPDATES:
         for eps in eps_grid:
-            if (eps, update) != (base.eps, base.update):  # that point is 'default'
+            if (eps, update) not in ((base.eps, base.update), (previous.eps, previous.update)):  # already above
                 out[f"linf{eps:g}-{update}"] = base.with_(eps=eps, update=update)
-    out["jnd16+neutral+shrink"] = base.with_(budget="jnd", colour_neutral=True, shrink=0.95)
+    out["jnd16+neutral+shrink"] = base.with_(budget="jnd", shrink=0.95)  # the default is colour-neutral
     for name in INTENSITIES:
         out[f"intensity:{name}"] = intensity_config(name, steps=steps)
     return out
@@ -106,7 +113,7 @@ def measure(encoder: Any, decoder: Any, x: torch.Tensor, config: AttackConfig) -
 
 
 def verdict(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The issue's target for one photo: same protection as the default, >= 3 dB PSNR, higher SSIM and VIF."""
+    """The issue's target for one photo: same protection as the reference, >= 3 dB PSNR, higher SSIM and VIF."""
     collapse_ratio = row["reduction"] / base["reduction"] if base["reduction"] > 0 else None
     damage_ratio = row["damage_db"] / base["damage_db"] if base.get("damage_db", 0.0) > 0.1 else None
     psnr_gain = (row["psnr_db"] or 99.0) - (base["psnr_db"] or 99.0)
@@ -125,7 +132,7 @@ def summarise(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str,
         summary: dict[str, Any] = {k: float(np.mean([r[k] for r in values if r.get(k) is not None] or [np.nan]))
                                    for k in numeric}
         summary["max_abs_colour_shift_255"] = max(max(abs(v) for v in r["colour_shift_255"]["global"]) for r in values)
-        verdicts = [r["vs_default"] for r in values if "vs_default" in r]
+        verdicts = [r["vs_reference"] for r in values if "vs_reference" in r]
         summary["photos_meeting_target"] = sum(v["meets_target"] for v in verdicts)
         summary["photos_same_protection"] = sum(v["same_protection"] for v in verdicts)
         out[label] = summary
@@ -150,17 +157,18 @@ def figures(summary: dict[str, dict[str, Any]], shown: dict[str, torch.Tensor], 
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    has_damage = not np.isnan(summary["default"].get("damage_db", np.nan))
+    has_damage = not np.isnan(summary[REFERENCE].get("damage_db", np.nan))
     fig, axes = plt.subplots(1, 2 if has_damage else 1, figsize=(11 if has_damage else 6, 4), squeeze=False)
     panels = (("reduction", "collapse (loss reduction)"), ("damage_db", "round-trip damage (dB)"))
     for ax, (key, name) in zip(axes[0], panels, strict=False):
-        for family, marker in (("-rprop", "o-"), ("-sign", "s-")):
-            labels = [k for k in summary if k.startswith("linf") and k.endswith(family)]
-            labels += ["default"] if family == "-rprop" else []
+        for update, marker in zip(UPDATES, ("o-", "^-", "s-"), strict=True):
+            labels = [k for k in summary if k.startswith("linf") and k.endswith(f"-{update}")]
+            labels += {"l2": ["default"], "rprop": [REFERENCE]}.get(update, [])
+            labels.sort(key=lambda k: summary[k]["psnr_db"])
             xs, ys = [summary[k]["psnr_db"] for k in labels], [summary[k][key] for k in labels]
-            ax.plot(xs, ys, marker, label=f"linf eps grid{family}")
+            ax.plot(xs, ys, marker, label=f"linf eps grid, {update}")
         for label in summary:
-            if not label.startswith(("linf", "default")):
+            if not label.startswith(("linf", "default", REFERENCE)):
                 ax.plot(summary[label]["psnr_db"], summary[label][key], "*", markersize=10, label=label)
         ax.set_xlabel("perturbation PSNR (dB, higher = less visible)")
         ax.set_ylabel(name)
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = 2 if args.quick else args.steps
     configs = configurations(steps, [float(v) for v in args.eps_grid.split(",")], args.quick)
     if args.only:
-        wanted = {"default", *args.only.split(",")}  # the default is the reference point of every verdict
+        wanted = {REFERENCE, "default", *args.only.split(",")}  # REFERENCE: the reference point of every verdict
         configs = {label: c for label, c in configs.items() if label in wanted}
     encoder = load_encoder(args.model, device="cpu")
     try:
@@ -220,12 +228,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for index, (name, x) in enumerate(photos.items()):
         for label, config in configs.items():
             row, p = measure(encoder, decoder, x, config)
-            if label != "default":
-                row["vs_default"] = verdict(row, rows["default"][name])
+            if label != REFERENCE:
+                row["vs_reference"] = verdict(row, rows[REFERENCE][name])
             rows[label][name] = row
-            if index == 0 and (label == "default" or label.startswith("intensity:")):
+            if index == 0 and (label in (REFERENCE, "default") or label.startswith("intensity:")):
                 shown.setdefault("original", x)
-                shown["today's default" if label == "default" else label.split(":")[1]] = p
+                shown[{REFERENCE: "Rprop (old default)"}.get(label, label.split(":")[-1])] = p
             print(f"{name} {label}: {json.dumps({k: row[k] for k in ('reduction', 'psnr_db')})}", file=sys.stderr)
     summary = summarise(rows)
     report: dict[str, Any] = {
