@@ -5,6 +5,14 @@
 import { call, formData, sentence } from "./api.js";
 import { el } from "./form.js";
 
+// One round trip at a time for the whole page: a batch of many pictures never fills the server's queue.
+let chain = Promise.resolve();
+function serially(task) {
+  const run = chain.then(task, task);
+  chain = run.catch(() => {});
+  return run;
+}
+
 async function decoded(file, name) {
   const response = await call("/v1/roundtrip", { method: "POST", body: formData({}, [["file", file, name]]) });
   const psnr = response.headers.get("X-PCA-Roundtrip-PSNR-dB");
@@ -26,7 +34,7 @@ export function roundtripView(original, blob, resultName) {
   const status = el("p", { class: "status", text: "Decoding the original and the protected picture…" });
   const section = el("section", { class: "roundtrip", "aria-label": `Round trips of ${original.name}`, "aria-live": "polite" },
     title, status);
-  (async () => {
+  serially(async () => {
     try {
       const clean = await decoded(original, original.name);
       const protectedOne = await decoded(blob, resultName);
@@ -39,6 +47,6 @@ export function roundtripView(original, blob, resultName) {
       section.replaceChildren(title, el("p", { class: "error", text: sentence(err.message) }));
       section.dataset.ready = "error";
     }
-  })();
+  });
   return section;
 }

@@ -73,6 +73,20 @@ def test_unicode_and_colliding_names_reach_downloads_zip_and_round_trips(server:
 
     png, jpg = png_with_alpha(48, 40), exif_rotated_jpeg(48, 32)
     context, page, watch = open_page(browser, server.url)
+    flight = {"now": 0, "most": 0, "done": 0}  # /v1/roundtrip requests in flight: the page sends one at a time
+
+    def sent(request: Any) -> None:
+        if request.url.endswith("/v1/roundtrip"):
+            flight["now"] += 1
+            flight["most"] = max(flight["most"], flight["now"])
+
+    def finished(request: Any) -> None:
+        if request.url.endswith("/v1/roundtrip"):
+            flight["now"] -= 1
+            flight["done"] += 1
+
+    page.on("request", sent)
+    page.on("requestfinished", finished)
     try:
         _drop(page, [("café 猫.png", "image/png", png), ("café 猫.jpg", "image/jpeg", jpg)])
         expect(page.locator("#picked li")).to_have_count(2)
@@ -98,6 +112,9 @@ def test_unicode_and_colliding_names_reach_downloads_zip_and_round_trips(server:
         assert direct.status_code == 200 and shown == direct.headers["x-pca-roundtrip-psnr-db"]
         size = section.locator(".roundtrip-protected img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
         assert size == [48, 40] == list(Image.open(io.BytesIO(direct.content)).size)
+        expect(page.locator('.result .roundtrip[data-ready="true"]')).to_have_count(2, timeout=TIMEOUT_MS)
+        page.wait_for_function("() => true")  # let the last requestfinished event arrive
+        assert flight["done"] == 4 and flight["most"] == 1, flight
         assert not watch.errors, watch.errors
     finally:
         context.close()
