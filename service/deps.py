@@ -106,27 +106,32 @@ def _form_annotation(annotation: Any, form: Any) -> Any:
     return Annotated[annotation, form]
 
 
-def options_form(model: type[ProtectOptions] = ProtectOptions) -> Callable[..., ProtectOptions]:
+def options_form(model: type[ProtectOptions] = ProtectOptions) -> Callable[..., Any]:
     """A dependency reading ``model``'s fields as form fields: one ``Form`` per field with the field's type,
-    default, bounds and description, so the form and its OpenAPI schema are derived from the model."""
-    parameters = [
+    default, bounds and description, so the form and its OpenAPI schema are derived from the model. A
+    request that leaves ``steps`` out gets the default capped at this server's ``max_steps`` (an explicit
+    ``steps`` over the cap is still refused, by ``service.uploads.attack_config``)."""
+    parameters = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
+    parameters += [
         inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,
             default=info.default,
-            annotation=_form_annotation(
-                info.annotation, Form(description=info.description, **field_bounds(info))
-            ),
+            annotation=_form_annotation(info.annotation, Form(description=info.description, **field_bounds(info))),
         )
         for name, info in model.model_fields.items()
     ]
 
-    def read_form(**values: Any) -> ProtectOptions:
+    async def read_form(request: Request, **values: Any) -> ProtectOptions:
         try:
-            return model(**values)
+            options = model(**values)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ApiError(422, "invalid_parameter", problems) from exc
+        cap = request.app.state.settings.max_steps
+        if options.steps > cap and "steps" not in await request.form():  # parsed once, cached by Starlette
+            options = options.model_copy(update={"steps": cap})
+        return options
 
     read_form.__signature__ = inspect.Signature(parameters, return_annotation=model)  # type: ignore[attr-defined]
     return read_form

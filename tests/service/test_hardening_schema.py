@@ -166,3 +166,16 @@ def test_form_booleans_are_true_or_false_and_malformed_forms_documented(
     for operation_id in FORM_BODIES:
         op = next(o for ops in document["paths"].values() for o in ops.values() if o["operationId"] == operation_id)
         assert "400" in op["responses"], operation_id
+
+
+def test_omitted_steps_default_to_the_servers_cap_and_explicit_ones_over_it_are_refused(client: TestClient) -> None:
+    cap = client.app.state.settings.max_steps  # type: ignore[attr-defined]
+    assert cap < 40  # the engine default; the test server caps lower
+    image = {"file": ("a.png", png_bytes(), "image/png")}
+    r = client.post("/v1/protect", files=image, params={"response": "json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["certificate"]["steps"] == cap
+    over = client.post("/v1/protect", files=image, data={"steps": str(cap + 1)})
+    assert over.status_code == 422 and "max_steps" in over.json()["error"]["message"]
+    job = client.post("/v1/jobs", files=[("files", ("a.png", png_bytes(), "image/png"))])
+    assert job.status_code == 202 and job.json()["settings"]["steps"] == cap
