@@ -16,116 +16,37 @@ now (RAM on the CPU, VRAM on CUDA) plus what the process already uses.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from pca_attack.attack.tiling import TileGrid, tiled_posterior
-from pca_attack.errors import ConfigError, ImageTooLargeError
+from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's units and measurements)
+    DEFAULT_FRACTION,
+    LiveTensorBytes,
+    default_budget,
+    format_size,
+    measure_peak,
+    memory_free,
+    memory_in_use,
+    parse_size,
+)
+from pca_attack.attack.tiling import TiledObjective, TileGrid, tiled_posterior
+from pca_attack.errors import ImageTooLargeError
 from pca_attack.models.encoder import Encoder
 
-DEFAULT_FRACTION = 0.15  # of the memory free at start-up, when no budget is given
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
 MAX_HALO_LATENTS = 8  # and at most this many (global layers would otherwise ask for the whole image)
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
 
 class MemoryBudgetError(ImageTooLargeError):
     """The image cannot be protected within the memory budget, even in tiles (CLI exit 2, HTTP 413)."""
-
-
-def parse_size(text: str | float | int) -> int:
-    """'1.5GB', '800M', '2GiB' or a number of bytes -> bytes."""
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-        unit = match.group(2).lower() if match else "?"
-        if match is None or unit not in _UNITS:
-            raise ConfigError(f"memory size {text!r} not understood; write e.g. 1.5GB, 800MB or 2GiB")
-        value = float(match.group(1)) * _UNITS[unit]
-    if not value > 0:
-        raise ConfigError(f"memory size must be positive, got {text!r}")
-    return int(value)
-
-
-def format_size(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
-
-def memory_in_use(device: torch.device) -> int:
-    """What the process holds now: resident set on the CPU, allocated tensors on CUDA."""
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def memory_free(device: torch.device) -> int:
-    """Memory the system could still give: available RAM, or free VRAM on CUDA."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def default_budget(device: torch.device) -> int:
-    """What the process may hold in all when no budget is given: now + a safe fraction of what is free."""
-    return memory_in_use(device) + int(DEFAULT_FRACTION * memory_free(device))
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Counts the bytes of tensor storage created inside the mode and still alive; remembers the peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.current = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for item in tree_leaves(out):
-            if isinstance(item, torch.Tensor):
-                storage = item.untyped_storage()
-                ref = StorageWeakRef(storage)
-                if ref.cdata not in self.live:
-                    self.live[ref.cdata] = (ref, storage.nbytes())
-                    self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        for key in [k for k, (r, _) in self.live.items() if r.expired()]:
-            self.current -= self.live.pop(key)[1]
-        return out
-
-
-def measure_peak(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes ``fn`` allocates on ``device`` beyond what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - base)
-    with LiveTensorBytes() as tracker:
-        fn()
-    return tracker.peak
 
 
 @dataclass(frozen=True)
@@ -154,18 +75,38 @@ class MemoryModel:
     seconds_per_pixel: float  # one step's wall time per input pixel, at the larger probe
     factor: int  # the encoder's spatial factor
     halo: int  # pixels of context a tile reads around its core (measured receptive radius, multiple of f)
+    checkpointed: Line | None = None  # the step with gradient checkpointing of the encoder's blocks (None: n/a)
+    checkpoint_time: float = 1.0  # wall time of a checkpointed step / a plain one
 
     @property
     def state_per_pixel(self) -> float:
         """Bytes the loop keeps per pixel of the whole batch, beyond the step itself."""
         return max(0.0, self.loop.per_pixel - self.step.per_pixel)
 
-    def estimate(self, height: int, width: int, batch: int = 1, tile_pixels: int | None = None) -> float:
-        """Peak bytes of an attack on (batch, 3, height, width): untiled, or with tiles of ``tile_pixels``."""
+    def step_per_pixel(self, checkpoint: bool = False) -> float:
+        """Bytes per pixel of one step's encoder pass, plain or checkpointed."""
+        return self.checkpointed.per_pixel if checkpoint and self.checkpointed is not None else self.step.per_pixel
+
+    def estimate(
+        self, height: int, width: int, batch: int = 1, tile_pixels: int | None = None, checkpoint: bool = False
+    ) -> float:
+        """Peak bytes of an attack on (batch, 3, height, width): untiled, or with tiles of ``tile_pixels``;
+        ``checkpoint``: with gradient checkpointing of the encoder's blocks."""
         pixels = height * width * batch
-        if tile_pixels is None:
+        if tile_pixels is None and not checkpoint:
             return self.loop(pixels)
-        return self.loop.fixed + self.state_per_pixel * pixels + self.step.per_pixel * tile_pixels * batch
+        per_step = (pixels if tile_pixels is None else tile_pixels * batch) * self.step_per_pixel(checkpoint)
+        return self.loop.fixed + self.state_per_pixel * pixels + per_step
+
+    def estimate_grid(self, grid: TileGrid, batch: int = 1) -> float:
+        """Peak bytes of a tiled attack on ``grid``: the tiles' steps, or the whole-image no-grad pass that
+        measures the GroupNorm statistics when the grid allows one (``TileGrid.whole_pass``)."""
+        height, width = grid.height, grid.width
+        tile = min(height, grid.tile_side) * min(width, grid.tile_side)
+        steps = self.estimate(height, width, batch, tile, grid.checkpoint)
+        if not grid.whole_pass:
+            return steps
+        return max(steps, self.estimate(height, width, batch, 0) + self.forward.per_pixel * height * width * batch)
 
 
 def _probe_sizes(factor: int) -> tuple[int, int]:
@@ -204,28 +145,40 @@ def probe(encoder: Encoder) -> MemoryModel:
     """Measure ``encoder``'s memory model (a few small forward + backward passes)."""
     from pca_attack.attack.config import AttackConfig
     from pca_attack.attack.pgd import Protector
-    from pca_attack.attack.tiling import TiledObjective
 
     device, f = encoder.device, encoder.downsample_factor
     objective = TiledObjective(encoder)
     generator = torch.Generator().manual_seed(0)
     sides = _probe_sizes(f)
-    step, loop, forward = [], [], []
+    step, loop, forward, checkpointed = [], [], [], []
     for side in sides:
         x = torch.rand(1, 3, side, side, generator=generator)
         x_dev = x.to(device)
         attack = Protector(encoder, AttackConfig(steps=2))
         step.append(measure_peak(partial(objective.loss_and_grad, x_dev, 1e-8, generator, 1.0), device))
+        objective.checkpoint = True
+        checkpointed.append(measure_peak(partial(objective.loss_and_grad, x_dev, 1e-8, generator, 1.0), device))
+        objective.checkpoint = False
         loop.append(measure_peak(partial(attack.protect, x), device))
         forward.append(measure_peak(partial(_posterior_no_grad, encoder, x_dev), device))
     x_dev = torch.rand(1, 3, sides[1], sides[1], generator=generator).to(device)
-    start = time.perf_counter()
-    objective.loss_and_grad(x_dev, 1e-8, generator, 1.0)
-    seconds = (time.perf_counter() - start) / sides[1] ** 2
+    seconds = [_timed(objective, x_dev, generator, checkpoint) / sides[1] ** 2 for checkpoint in (False, True)]
     px = [s * s for s in sides]
     halo = min(MAX_HALO_LATENTS * f, max(MIN_HALO_LATENTS * f, receptive_radius(encoder, sides[1])))
-    step_line, forward_line, loop_line = (Line.fit(px[0], p[0], px[1], p[1]) for p in (step, forward, loop))
-    return MemoryModel(step_line, forward_line, loop_line, seconds_per_pixel=seconds, factor=f, halo=halo)
+    step_line, forward_line, loop_line, ckpt_line = (
+        Line.fit(px[0], p[0], px[1], p[1]) for p in (step, forward, loop, checkpointed)
+    )
+    return MemoryModel(step_line, forward_line, loop_line, seconds_per_pixel=seconds[0], factor=f, halo=halo,
+                       checkpointed=ckpt_line, checkpoint_time=max(1.0, seconds[1] / max(seconds[0], 1e-12)))
+
+
+def _timed(objective: TiledObjective, x: torch.Tensor, generator: torch.Generator, checkpoint: bool) -> float:
+    """Seconds of one loss-and-gradient evaluation, plain or checkpointed."""
+    objective.checkpoint = checkpoint
+    start = time.perf_counter()
+    objective.loss_and_grad(x, 1e-8, generator, 1.0)
+    objective.checkpoint = False
+    return time.perf_counter() - start
 
 
 _models: weakref.WeakKeyDictionary[Encoder, MemoryModel] = weakref.WeakKeyDictionary()
@@ -252,6 +205,17 @@ class AttackPlan:
     estimated_bytes: int  # peak the attack is expected to add to the process
     budget_bytes: int  # what the attack may add (the budget less what is in use)
     estimated_s: float  # wall time of the attack's steps
+    checkpoint: bool = False  # gradient checkpointing of the encoder's blocks (fits where the plain step won't)
+    factor: int = 8  # the encoder's spatial factor
+
+    @property
+    def run_grid(self) -> TileGrid | None:
+        """What ``Protector.protect(tiles=...)`` runs: the tiles, or, for a checkpointed untiled attack, one
+        tile that is the whole image (it carries the checkpoint flag)."""
+        if self.grid is not None or not self.checkpoint:
+            return self.grid
+        return TileGrid(self.height, self.width, self.factor, self.factor * math.ceil(
+            max(self.height, self.width) / self.factor), 0, checkpoint=True)
 
     @property
     def tiles(self) -> int:
@@ -263,6 +227,7 @@ class AttackPlan:
 
     def describe(self) -> str:
         how = "untiled" if self.grid is None else f"{self.tiles} tiles of {self.tile_side} px"
+        how += ", checkpointed" if self.checkpoint else ""
         return (
             f"{self.width}x{self.height}" + (f" x{self.batch}" if self.batch > 1 else "")
             + f": {how}, ~{format_size(self.estimated_bytes)} of {format_size(self.budget_bytes)} free in the budget"
@@ -294,32 +259,54 @@ def plan_attack(
     available: float,
     extra_pixels: int = 0,
 ) -> AttackPlan:
-    """Untiled when the whole batch fits in ``available`` bytes, else the largest square tiles that fit.
+    """Untiled when the whole batch fits in ``available`` bytes, else untiled with gradient checkpointing when
+    that fits (exact, no tiles), else the faster of the largest square tiles that fit, plain or
+    checkpointed (time: pixels read x the measured cost of checkpointing; checkpointed tiles are bigger).
 
     ``extra_pixels``: pixels of a further whole-image encoder pass per step (the editor-resolution term).
     Raises ``MemoryBudgetError`` when not even the smallest tiles fit.
     """
-    f, halo = model.factor, model.halo
     extra = model.step.per_pixel * extra_pixels * batch
     seconds = model.seconds_per_pixel * steps * batch
 
-    def plan(grid: TileGrid | None, estimate: float) -> AttackPlan:
+    def plan(grid: TileGrid | None, checkpoint: bool) -> AttackPlan:
         read = height * width if grid is None else grid.pixels_read()
+        estimate = (model.estimate(height, width, batch, None, checkpoint) if grid is None
+                    else model.estimate_grid(grid, batch)) + extra
+        slower = model.checkpoint_time if checkpoint else 1.0
         return AttackPlan(height, width, batch, grid, int(estimate), int(available),
-                          seconds * (read + extra_pixels))
+                          seconds * (read * slower + extra_pixels), checkpoint, model.factor)
 
-    whole = model.estimate(height, width, batch) + extra
-    if whole * HEADROOM <= available:
-        return plan(None, whole)
+    if (model.estimate(height, width, batch) + extra) * HEADROOM <= available:
+        return plan(None, False)
+    options = [False] if model.checkpointed is None else [False, True]
+    candidates: list[AttackPlan] = []
+    if True in options and (model.estimate(height, width, batch, None, True) + extra) * HEADROOM <= available:
+        return plan(None, True)
+    for checkpoint in options:
+        grid = _largest_tiles(model, height, width, batch, available, extra, checkpoint)
+        if grid is not None:
+            candidates.append(plan(grid, checkpoint))
+    if not candidates:
+        raise _refusal(model, height, width, batch, available)
+    return min(candidates, key=lambda p: p.estimated_s)
+
+
+def _largest_tiles(
+    model: MemoryModel, height: int, width: int, batch: int, available: float, extra: float, checkpoint: bool
+) -> TileGrid | None:
+    """The grid of the largest square tiles whose step fits beside the loop's state (None: none fits)."""
+    f, halo = model.factor, model.halo
     state = model.estimate(height, width, batch, 0) + extra
     room = available / HEADROOM - state
-    side = math.sqrt(room / (model.step.per_pixel * batch)) if room > 0 and model.step.per_pixel > 0 else 0.0
+    per_pixel = model.step_per_pixel(checkpoint) * batch
+    side = math.sqrt(room / per_pixel) if room > 0 and per_pixel > 0 else 0.0
     core = int((side - 2 * halo) // f) * f
     if core < f:
-        raise _refusal(model, height, width, batch, available)
-    grid = TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo)
-    tile_pixels = min(height, grid.tile_side) * min(width, grid.tile_side)
-    return plan(grid, model.estimate(height, width, batch, tile_pixels) + extra)
+        return None
+    whole_pass = (model.forward(height * width * batch) + state) * HEADROOM <= available
+    return TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo,
+                    whole_pass=whole_pass, checkpoint=checkpoint)
 
 
 def editor_pixels(height: int, width: int, long_side: int | None) -> int:

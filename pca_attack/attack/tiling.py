@@ -59,6 +59,7 @@ class TileGrid:
     core: int
     halo: int
     whole_pass: bool = False  # the GroupNorm statistics may come from one no-grad pass of the whole image
+    checkpoint: bool = False  # gradient checkpointing of the encoder's blocks in each tile's pass
 
     def __post_init__(self) -> None:
         if self.core <= 0 or self.core % self.factor or self.halo < 0 or self.halo % self.factor:
@@ -213,7 +214,7 @@ class TiledObjective:
     def _norm(self, x: torch.Tensor) -> WholeImageNorm | None:
         """The whole-image statistics for a tiled pass over x, measured exactly on first use (None: untiled or
         no GroupNorm)."""
-        if self.grid is None or self.norm is None:
+        if self.grid is None or self.norm is None or len(self.grid) == 1:  # one tile: the image's own statistics
             return None
         if not self.norm.frozen:
             measure_norm(self.norm, self.encoder, x, self.grid)
@@ -328,7 +329,8 @@ class TiledObjective:
         if self.norm is not None and self.grid is not None and tile is not None:
             self.norm.region = self.grid.region(tile)
         loss = torch.zeros(x.shape[0], device=x.device)
-        with self.encoder.checkpointing(self.checkpoint and sign is not None):
+        checkpoint = self.checkpoint or (self.grid is not None and self.grid.checkpoint)
+        with self.encoder.checkpointing(checkpoint and sign is not None):
             for drawn in self._draws(part, generator):
                 mean, logvar = self.encoder.posterior(drawn) if tile is None else _core_posterior(
                     self.encoder, drawn, tile
