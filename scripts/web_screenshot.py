@@ -1,0 +1,63 @@
+"""Screenshot of the web page's result card (with the round-trip pictures) after protecting one picture.
+
+    python scripts/web_screenshot.py examples/chelsea.png --steps 20 --out docs/img/web-page-roundtrip.png
+
+Starts ``pca-protect serve --model demo`` on a free port (as the browser tests do), drives Debian's Chromium
+with Playwright, prints the certificate numbers the page shows and the seconds to the result as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("web-page-roundtrip.png"))
+    parser.add_argument("--colours", type=int, default=128, help="palette size of the saved PNG (smaller file)")
+    args = parser.parse_args()
+
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, start_server
+
+    served = start_server(Path(tempfile.mkdtemp(prefix="pca-shot-")))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(served.url + "/")
+            page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            page.set_input_files("#file-input", str(args.image))
+            page.fill("#opt-steps", str(args.steps))
+            page.get_by_role("button", name="Standard 16").click()
+            started = time.monotonic()
+            page.get_by_role("button", name="Protect", exact=True).click()
+            expect(page.locator(".result")).to_have_count(1, timeout=1_800_000)
+            seconds = time.monotonic() - started
+            expect(page.locator(".roundtrip[data-ready=true]")).to_have_count(1, timeout=600_000)
+            fields = {f.get_attribute("data-field"): f.get_attribute("data-value")
+                      for f in page.locator("[data-field]").all()}
+            shot = page.locator(".result").screenshot()
+            browser.close()
+    finally:
+        served.stop()
+    image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(args.colours)
+    image.save(args.out, optimize=True)
+    print(json.dumps({"seconds_to_result": round(seconds, 1), "fields": fields, "out": str(args.out)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
