@@ -1,7 +1,8 @@
 """Publishing channels and purifiers a protected image meets: real, non-differentiable, deterministic for a seed.
 
 PIL codecs and filters, skimage's bilateral filter, a numpy guided filter and an IMPRESS-style VAE purification.
-Each maps (B, 3, H, W) in [0, 1] to the same shape on the uint8 grid. ``pca_attack.attack.eot`` holds their
+Each maps (B, 3, H, W) in [0, 1] to the same shape on the uint8 grid, except ``editor-N`` (the downscale to
+N px on the long side an editor applies first: smaller, on purpose). ``pca_attack.attack.eot`` holds their
 differentiable stand-ins used *during* the attack; ``pca_attack.redteam.report`` measures what survives them.
 """
 
@@ -64,6 +65,17 @@ def rescale(x: torch.Tensor, factor: float) -> torch.Tensor:
         return np.asarray(small.resize((w, h), Image.Resampling.BICUBIC))
 
     return _per_image(x, fn)
+
+
+def editor_resize(x: torch.Tensor, long_side: int) -> torch.Tensor:
+    """What an editor does first with a large photo: a Lanczos downscale to ``long_side`` px on the long side
+    (never an upscale; the result is smaller than the input, not resized back). (B, 3, H, W) -> (B, 3, h, w)."""
+    height, width = x.shape[-2:]
+    if max(height, width) <= long_side:
+        return x.clone()
+    scale = long_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return _per_image(x, lambda a: np.asarray(Image.fromarray(a).resize(size, Image.Resampling.LANCZOS)))
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -172,6 +184,17 @@ def _purify(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     return purify(x, ctx.encoder, ctx.decoder, steps=ctx.purify_steps)
 
 
+EDITOR_PREFIX = "editor-"  # editor-N: built on demand for any N (not in the default list: small images are
+# left as they are by it)
+
+
+def editor_transformation(long_side: int) -> Transformation:
+    """``editor-N``: the downscale to N px on the long side an editor applies before encoding."""
+    return Transformation(f"{EDITOR_PREFIX}{long_side}",
+                          f"Lanczos downscale to {long_side} px on the long side (an editor's working size)",
+                          lambda x, c: editor_resize(x, long_side))
+
+
 TRANSFORMS: dict[str, Transformation] = {
     t.name: t
     for t in (
@@ -196,11 +219,19 @@ def transform_names() -> list[str]:
     return list(TRANSFORMS)
 
 
+def get_transform(name: str) -> Transformation:
+    """The named transformation; ``editor-N`` for any N >= 8 as well as the listed ones."""
+    if name in TRANSFORMS:
+        return TRANSFORMS[name]
+    side = name.removeprefix(EDITOR_PREFIX)
+    if name.startswith(EDITOR_PREFIX) and side.isdigit() and int(side) >= 8:
+        return editor_transformation(int(side))
+    raise ConfigError(f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)} (or editor-N)")
+
+
 def apply_transform(name: str, x: torch.Tensor, seed: int = 0, encoder: Encoder | None = None,
                     decoder: Decoder | None = None, purify_steps: int = 20) -> torch.Tensor:
-    """Apply the named transformation to (B, 3, H, W) in [0, 1]."""
-    if name not in TRANSFORMS:
-        raise ConfigError(f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[name](x, Context(seed, encoder, decoder, purify_steps))
+    """Apply the named transformation to (B, 3, H, W) in [0, 1] (editor-N returns the smaller image)."""
+    return get_transform(name)(x, Context(seed, encoder, decoder, purify_steps))
 
 

@@ -37,7 +37,7 @@ from pca_attack.attack.losses import mean_kl_per_element, posterior_variance
 from pca_attack.certify.diagnostics import posterior, psnr, roundtrip
 from pca_attack.errors import ConfigError
 from pca_attack.models.encoder import Decoder, Encoder
-from pca_attack.redteam.channels import TRANSFORMS, apply_transform, transform_names
+from pca_attack.redteam.channels import EDITOR_PREFIX, TRANSFORMS, apply_transform, get_transform, transform_names
 
 MIN_DAMAGE_DB = 0.1  # below this round-trip damage before the channel, its retention is not reported
 
@@ -150,6 +150,7 @@ def redteam(
     preset: str = "pca-",
     with_roundtrip: bool = True,
     purify_steps: int = 20,
+    editor_resolution: int | None = None,
 ) -> RedteamReport:
     """Apply each transformation to clean and protected images and measure what collapse survives.
 
@@ -157,6 +158,8 @@ def redteam(
     clean, protected: (3, H, W), (B, 3, H, W) or lists of (3, H, W) in [0, 1], paired by index.
     transforms: names from ``TRANSFORMS`` (default: all; 'purify' is skipped without a decoder).
     with_roundtrip: also measure the round-trip damage (two decoder passes per transformation).
+    editor_resolution: also report ``editor-N``, the retention after an editor's downscale to N px on the
+        long side (``pca_attack.redteam.editor`` compares plain and ``--editor-resolution`` attacks).
     """
     if isinstance(engine_or_encoder, Encoder):
         encoder = engine_or_encoder
@@ -169,9 +172,10 @@ def redteam(
     if decoder is None:
         names = [n for n in names if not TRANSFORMS[n].needs_decoder] if transforms is None else names
     names = ["none"] + [n for n in names if n != "none"]
+    if editor_resolution is not None and f"{EDITOR_PREFIX}{editor_resolution}" not in names:
+        names.append(f"{EDITOR_PREFIX}{editor_resolution}")
     for n in names:
-        if n not in TRANSFORMS:
-            raise ConfigError(f"unknown transformation {n!r}; choose from: {', '.join(TRANSFORMS)}")
+        get_transform(n)  # unknown names: a ConfigError listing the known ones
     cs, ps = _as_list(clean), _as_list(protected)
     if len(cs) != len(ps) or any(c.shape != p.shape for c, p in zip(cs, ps, strict=False)):
         raise ConfigError("clean and protected images must pair up with equal shapes")
@@ -198,7 +202,7 @@ def _rows(names: list[str], per: dict[str, list[dict[str, float | None]]], sign:
         avg = {k: _mean([m.get(k) for m in per[n]]) for k in per[n][0]}
         rows.append(RedteamRow(
             transform=n,
-            description=TRANSFORMS[n].description,
+            description=get_transform(n).description,
             latent_drift=float(avg["latent_drift"] or 0.0),
             retention=float(_ratio(avg["latent_drift"], base["latent_drift"]) or 0.0),
             kl_clean=float(avg["kl_clean"] or 0.0),

@@ -1,0 +1,69 @@
+"""The red team's editor-N row (retention after an editor's downscale) and the plain vs --editor-resolution
+comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pca_attack.attack.config import AttackConfig
+from pca_attack.errors import ConfigError
+from pca_attack.io.images import decode_image
+from pca_attack.models.encoder import load_encoder
+from pca_attack.pipeline import Engine
+from pca_attack.redteam.channels import apply_transform, get_transform
+from pca_attack.redteam.editor import MODES, editor_retention
+from pca_attack.redteam.report import redteam
+from tests.conftest import to_bytes
+
+
+def _image(h: int = 96, w: int = 144) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8, w // 8, generator=g), size=(h, w),
+                                             mode="bilinear", align_corners=False)
+    return (torch.round(smooth * 255) / 255).clamp(0, 1)  # (1, 3, H, W)
+
+
+def test_editor_resize_downscales_the_long_side_and_never_upscales() -> None:
+    x = _image()
+    small = apply_transform("editor-72", x)
+    assert small.shape == (1, 3, 48, 72)
+    assert torch.allclose(small * 255, torch.round(small * 255), atol=1e-4)  # uint8 grid, as an editor's
+    assert torch.equal(apply_transform("editor-512", x), x)  # already smaller: left alone
+    assert "72 px on the long side" in get_transform("editor-72").description
+    for bad in ("editor-4", "editor-x", "editor-"):
+        with pytest.raises(ConfigError, match="editor-N"):
+            get_transform(bad)
+
+
+def test_redteam_reports_the_editor_row_when_asked(tiny_vae_dir: Path) -> None:
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    clean = _image()
+    protected = (clean + 8 / 255 * torch.sign(torch.randn(clean.shape, generator=torch.Generator()))).clamp(0, 1)
+    report = redteam(encoder, clean, protected, transforms=["jpeg-75"], editor_resolution=72, with_roundtrip=False)
+    assert [r.transform for r in report.rows] == ["none", "jpeg-75", "editor-72"]
+    row = report.row("editor-72")
+    assert 0 < row.latent_drift and math.isfinite(row.retention) and row.retention != 1.0
+    assert "editor-72" in report.to_markdown()
+
+
+def test_editor_retention_reports_both_attacks(tiny_vae_dir: Path) -> None:
+    engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False)
+    pixels = np.round(_image(128, 192)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    image = decode_image(to_bytes(Image.fromarray(pixels)))
+    result = editor_retention(engine, [image], AttackConfig(steps=2), 64)
+    assert set(result.rows) == set(MODES)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["transform"] == "editor-64" and data["images"] == 1
+    for mode in MODES:
+        entry = data["modes"][mode]
+        assert entry["transform"] == "editor-64" and entry["latent_drift"] > 0
+        assert entry["collapse_kept"] is not None and math.isfinite(entry["collapse_kept"])
+    ratio = data["drift_ratio_editor_over_plain"]
+    assert ratio == pytest.approx(data["modes"]["editor"]["latent_drift"] / data["modes"]["plain"]["latent_drift"])
