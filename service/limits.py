@@ -191,7 +191,7 @@ class _HeaderDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._answering():
+        if self._answering() or self.transport.get_protocol() is not self:  # answering, or upgraded (websocket)
             self._disarm()
 
     def on_response_complete(self) -> None:
