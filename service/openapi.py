@@ -8,7 +8,8 @@ rewrites every multipart body schema accordingly: no null alternatives, files ``
 list ``minItems: 1`` and ``maxItems: max_files_per_job``, ``steps`` at most ``max_steps``; a 400 (malformed
 multipart) is documented on every form route. ``job_links``
 adds OpenAPI links from the job a POST /v1/jobs creates to the routes that read and delete it (clients and
-stateful fuzzers follow them).
+stateful fuzzers follow them). ``open_security`` marks the key optional (``{}`` among the security
+requirements) when the server has no key configured, as it then answers without one.
 """
 
 from __future__ import annotations
@@ -94,13 +95,25 @@ def job_links(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def open_security(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """On a server without API keys every operation also accepts no credentials: add ``{}``."""
+    if settings.api_keys or settings.admin_key:
+        return document
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and {} not in security:
+                security.append({})
+    return document
+
+
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     """Serve the rewritten document at /openapi.json (built once, like FastAPI's own)."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = job_links(form_schema_fixes(original(), settings))
+            app.openapi_schema = open_security(job_links(form_schema_fixes(original(), settings)), settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -179,3 +179,13 @@ def test_omitted_steps_default_to_the_servers_cap_and_explicit_ones_over_it_are_
     assert over.status_code == 422 and "max_steps" in over.json()["error"]["message"]
     job = client.post("/v1/jobs", files=[("files", ("a.png", png_bytes(), "image/png"))])
     assert job.status_code == 202 and job.json()["settings"]["steps"] == cap
+
+
+def test_security_is_optional_only_on_an_open_server(tiny_vae: Path, tmp_path: Path) -> None:
+    open_doc = create_app(make_settings(tiny_vae, tmp_path / "o")).openapi()
+    keyed_doc = create_app(make_settings(tiny_vae, tmp_path / "k", api_keys=["key-aaaa-1111"])).openapi()
+    for doc, optional in ((open_doc, True), (keyed_doc, False)):
+        for template, operations in doc["paths"].items():
+            for op in operations.values():
+                if template.startswith("/v1"):
+                    assert ({} in op["security"]) is optional, (template, op["security"])
