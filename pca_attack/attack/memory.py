@@ -306,7 +306,7 @@ def _largest_tiles(
         return None
     whole_pass = (model.forward(height * width * batch) + state) * HEADROOM <= available
     return TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo,
-                    whole_pass=whole_pass, checkpoint=checkpoint)
+                    whole_pass=whole_pass, checkpoint=checkpoint, stats="exact" if whole_pass else "lagged")
 
 
 def editor_pixels(height: int, width: int, long_side: int | None) -> int:

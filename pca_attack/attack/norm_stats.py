@@ -10,10 +10,13 @@ diffusers' tiled VAE). ``WholeImageNorm`` swaps every ``nn.GroupNorm`` of an enc
   statistics are summed over every tile's *core* (the cores partition the padded image at every
   resolution, since core borders are multiples of the encoder's factor), with layers < k already frozen
   and the forward stopped right after layer k. That costs one partial tile pass per layer, once per image.
-* **lagged statistics** during the attack: each gradient pass records the sums of its own tiles' cores
-  while normalising with the previous pass's statistics; the next step uses them (one step stale; the
-  perturbation moves at most a step size per step). No-grad loss evaluations first refresh the statistics
-  from a recording pass over the same image, then evaluate.
+* **exact before every pass** (``TileGrid.stats="exact"``, the default, and the plan whenever the whole
+  no-grad pass fits): what the untiled encoder computes, at the cost of that pass per evaluation.
+* **lagged statistics** (``"lagged"``: images too large for a whole pass, where streaming every step would
+  multiply the step's cost): each gradient pass records the sums (and attention context) of its own tiles'
+  cores while normalising with the previous pass's; the next step uses them, one step stale. Loss-only
+  evaluations (best iterate, final loss) are still measured exactly. Measured on tiny random models with
+  tiny tiles and a large first step, a stale step can misjudge the loss by 5-15%.
 
 Gradient approximation: the untiled gradient also flows through each layer's mean and variance, a sum
 over the whole image (1/N per position) that a tile cannot see. The tiled backward uses the straight-through

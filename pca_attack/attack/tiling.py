@@ -5,9 +5,11 @@ into square *cores*. Each tile is its core's pixels plus a *halo* (a multiple of
 to the image. The encoder sees the whole tile, but only the tile's core latents enter the loss, so every
 latent position is counted exactly once, and the total is the untiled loss wherever the halo covers the
 encoder's receptive field (exactly so for convolution-only encoders). GroupNorm layers normalise every
-tile with the WHOLE image's statistics (``pca_attack.attack.norm_stats``: measured exactly once per image,
-then refreshed by each pass, statistics constant in the backward); attention layers stay tile-local (the
-approximation of diffusers' tiled VAE). Gradients of the tiles are
+tile with the WHOLE image's statistics and self-attention layers attend to the whole image's context
+(``pca_attack.attack.norm_stats``): measured exactly before every pass (``TileGrid.stats="exact"``: one
+no-grad pass of the whole image when it fits, else one streaming tile pass per layer), or, for images whose
+streaming would cost too much, measured once and then carried one step stale from each gradient pass
+(``"lagged"``; loss-only evaluations are still exact). Gradients of the tiles are
 summed into one full-size gradient (the sum of the core losses is the objective, so the sum of their
 gradients is its gradient) and the PGD loop updates the whole image once per step.
 
@@ -60,6 +62,7 @@ class TileGrid:
     halo: int
     whole_pass: bool = False  # the GroupNorm statistics may come from one no-grad pass of the whole image
     checkpoint: bool = False  # gradient checkpointing of the encoder's blocks in each tile's pass
+    stats: str = "exact"  # GroupNorm statistics: "exact" (measured before every pass) or "lagged" (see below)
 
     def __post_init__(self) -> None:
         if self.core <= 0 or self.core % self.factor or self.halo < 0 or self.halo % self.factor:
@@ -211,12 +214,12 @@ class TiledObjective:
         if self.norm is not None:
             self.norm.reset()
 
-    def _norm(self, x: torch.Tensor) -> WholeImageNorm | None:
-        """The whole-image statistics for a tiled pass over x, measured exactly on first use (None: untiled or
-        no GroupNorm)."""
+    def _norm(self, x: torch.Tensor, fresh: bool = True) -> WholeImageNorm | None:
+        """The whole-image statistics for a tiled pass over x (None: untiled or no GroupNorm), measured exactly
+        when ``fresh`` or on first use, else the ones the last gradient pass recorded (``lagged``)."""
         if self.grid is None or self.norm is None or len(self.grid) == 1:  # one tile: the image's own statistics
             return None
-        if not self.norm.frozen:
+        if fresh or not self.norm.frozen:
             measure_norm(self.norm, self.encoder, x, self.grid)
         return self.norm
 
@@ -284,11 +287,10 @@ class TiledObjective:
         total = torch.zeros(x.shape[0], device=x.device)  # (B,)
         tiles = self.grid.tiles() if self.grid is not None else None
         state = generator.get_state() if generator is not None else None
-        norm = self._norm(x)
-        if norm is not None and sign is None:  # a loss alone: statistics of this very image first
-            self._record_pass(norm, x)
+        lagged = self.grid is not None and self.grid.stats == "lagged" and sign is not None
+        norm = self._norm(x, fresh=not lagged)  # a loss alone is always measured exactly
         with norm.installed() if norm is not None else nullcontext():
-            if norm is not None and sign is not None:
+            if norm is not None and lagged:
                 norm.start()  # this step's sums: the next step's statistics
             for index, tile in enumerate(tiles or [None]):
                 if generator is not None and state is not None:
@@ -302,22 +304,11 @@ class TiledObjective:
                 total += loss.detach().float()
                 if self.on_tile is not None and tiles is not None:
                     self.on_tile(index + 1, len(tiles))
-            if norm is not None and sign is not None:
+            if norm is not None and lagged:
                 norm.adopt()
         if self.editor_resize is not None:
             total, grad = self._add_editor(x, target, total, grad, sign)
         return total, grad
-
-    @torch.no_grad()
-    def _record_pass(self, norm: WholeImageNorm, x: torch.Tensor) -> None:
-        """Refresh the statistics from one no-grad tile pass over x (normalised by the current ones)."""
-        assert self.grid is not None
-        with norm.installed():
-            norm.start()
-            for tile in self.grid.tiles():
-                norm.region = self.grid.region(tile)
-                self.encoder.posterior(x[..., tile.rows, tile.cols])
-            norm.adopt()
 
     def _tile(
         self, x: torch.Tensor, tile: Tile | None, target: float | torch.Tensor, generator: torch.Generator | None,
