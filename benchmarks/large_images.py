@@ -8,9 +8,13 @@ Prints one JSON object (and writes it with --out). Parts (``--parts``, comma-sep
   seconds per step between the largest and the smallest size against the ratio of their pixels.
 * ``seams``: ``--seam-size`` (fits untiled) protected untiled and in tiles: final loss of both measured
   untiled, and the mean |perturbation| within 8 px of tile borders vs elsewhere (both runs, same masks).
+* ``agreement``: one step at ``--agree-size`` in tiles of ``--agree-core``: loss / untiled loss and the cosine
+  (and sign agreement) of the input gradient with the untiled one, with whole-image statistics and with
+  each tile's own (the diffusers tiled-VAE approximation).
 * ``editor``: ``--editor-size`` protected plainly and with ``editor_resolution=--editor-long``; both outputs
-  (and the clean photo) downscaled to that long side with PIL's Lanczos, as an editor would; collapse kept =
-  1 - loss(protected small) / loss(clean small); reported with the ratio editor / plain.
+  (and the clean photo) downscaled to that long side with PIL's Lanczos, as an editor would
+  (``pca_attack.redteam.editor``); collapse kept = 1 - KL_target(protected small) / KL_target(clean small);
+  reported with the ratio editor / plain and the red team's editor-N rows.
 
 Run: ``nice -n 10 prlimit --as=16000000000 python benchmarks/large_images.py --model demo``.
 """
@@ -166,38 +170,54 @@ def part_seams(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- one step's loss and gradient: untiled, tiles with whole-image statistics, tiles with their own ----------
+
+
+def part_agreement(args: argparse.Namespace) -> dict[str, Any]:
+    from pca_attack.attack.memory import memory_model
+    from pca_attack.attack.tiling import TiledObjective, TileGrid
+    from pca_attack.io.images import decode_image
+    from pca_attack.models.encoder import load_encoder
+
+    width, height = parse_sizes(args.agree_size)[0]
+    encoder = load_encoder(args.model, device="cpu")
+    model = memory_model(encoder)
+    x = decode_image(photo_bytes(width, height)).to_tensor()[None]  # (1, 3, H, W)
+    grid = TileGrid(height, width, model.factor, args.agree_core, model.halo)
+    loss, grad = TiledObjective(encoder).loss_and_grad(x, 1e-8, torch.Generator(), 1.0)
+    out: dict[str, Any] = {"size": f"{width}x{height}", "tiles": len(grid), "tile_side": grid.tile_side,
+                           "halo": model.halo}
+    for name in ("whole_image_statistics", "tile_local_statistics"):
+        objective = TiledObjective(encoder, grid=grid)
+        if name == "tile_local_statistics":
+            objective.norm = None
+        t0 = time.perf_counter()
+        loss_t, grad_t = objective.loss_and_grad(x, 1e-8, torch.Generator(), 1.0)
+        cosine = float((grad_t * grad).sum() / (grad_t.norm() * grad.norm()))
+        out[name] = {"loss_over_untiled": float(loss_t[0] / loss[0]), "gradient_cosine": cosine,
+                     "gradient_sign_agreement": float((grad_t.sign() == grad.sign()).float().mean()),
+                     "seconds": time.perf_counter() - t0}
+    return out
+
+
 # -- editor resolution ---------------------------------------------------------------------------------
 
 
 def part_editor(args: argparse.Namespace) -> dict[str, Any]:
     from pca_attack.attack.config import AttackConfig
-    from pca_attack.attack.losses import pca_loss
-    from pca_attack.io.images import decode_image, tensor_to_array
+    from pca_attack.io.images import decode_image
     from pca_attack.pipeline import Engine
+    from pca_attack.redteam.editor import editor_retention
 
     width, height = parse_sizes(args.editor_size)[0]
     engine = Engine.from_spec(args.model, device="cpu", with_decoder=False)
     clean = decode_image(photo_bytes(width, height), max_pixels=width * height)
-    side = args.editor_long
-    scale = side / max(width, height)
-    small_size = (round(width * scale), round(height * scale))
-
-    @torch.no_grad()
-    def small_loss(pixels: np.ndarray) -> float:
-        small = np.asarray(Image.fromarray(pixels).resize(small_size, Image.LANCZOS), dtype=np.float32) / 255
-        mean, logvar = engine.encoder.posterior(torch.from_numpy(small).permute(2, 0, 1)[None])
-        return float(pca_loss(mean, logvar, 1e-8)[0])
-
-    base = small_loss(clean.rgb)
-    kept = {}
-    for name, config in (("plain", AttackConfig(steps=args.steps_editor)),
-                         ("editor", AttackConfig(steps=args.steps_editor, editor_resolution=side))):
-        out = engine.protect([clean], config)[0]
-        protected = decode_image(out.data, max_pixels=width * height)
-        kept[name] = 1.0 - small_loss(tensor_to_array(protected.to_tensor(), 255)) / base
-    ratio = kept["editor"] / max(kept["plain"], 1e-12)
-    return {"size": f"{width}x{height}", "editor_long_side": side, "steps": args.steps_editor,
-            "collapse_kept_after_downscale": kept, "ratio_editor_over_plain": ratio}
+    result = editor_retention(engine, [clean], AttackConfig(steps=args.steps_editor), args.editor_long).to_dict()
+    kept = {mode: result["modes"][mode]["collapse_kept"] for mode in ("plain", "editor")}
+    return {"size": f"{width}x{height}", "editor_long_side": args.editor_long, "steps": args.steps_editor,
+            "collapse_kept_after_downscale": kept,
+            "ratio_editor_over_plain": kept["editor"] / max(kept["plain"], 1e-12) if kept["plain"] else None,
+            "redteam": result}
 
 
 def main() -> None:
@@ -211,6 +231,8 @@ def main() -> None:
     parser.add_argument("--seam-size", default="1024x768")
     parser.add_argument("--seam-core", type=int, default=384)
     parser.add_argument("--seam-steps", type=int, default=10)
+    parser.add_argument("--agree-size", default="256x192")
+    parser.add_argument("--agree-core", type=int, default=128)
     parser.add_argument("--editor-size", default="2048x1536")
     parser.add_argument("--editor-long", type=int, default=1024)
     parser.add_argument("--steps-editor", type=int, default=10)
@@ -220,7 +242,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    parts = {"memory": part_memory, "seams": part_seams, "editor": part_editor}
+    parts = {"memory": part_memory, "seams": part_seams, "editor": part_editor, "agreement": part_agreement}
     result: dict[str, Any] = {"model": args.model, "command": " ".join(sys.argv)}
     for name in args.parts.split(","):
         t0 = time.perf_counter()
