@@ -186,7 +186,10 @@ def part_agreement(args: argparse.Namespace) -> dict[str, Any]:
     grid = TileGrid(height, width, model.factor, args.agree_core, model.halo)
     loss, grad = TiledObjective(encoder).loss_and_grad(x, 1e-8, torch.Generator(), 1.0)
     out: dict[str, Any] = {"size": f"{width}x{height}", "tiles": len(grid), "tile_side": grid.tile_side,
-                           "halo": model.halo}
+                           "halo": model.halo, "memory_model_bytes_per_pixel": {
+                               "step": model.step.per_pixel, "checkpointed_step": model.step_per_pixel(True),
+                               "loop_state": model.state_per_pixel, "forward_no_grad": model.forward.per_pixel},
+                           "checkpoint_time_ratio": model.checkpoint_time}
     for name in ("whole_image_statistics", "tile_local_statistics"):
         objective = TiledObjective(encoder, grid=grid)
         if name == "tile_local_statistics":
