@@ -31,6 +31,7 @@ then (``recording`` is cleared before the backward).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ class Region:
         top, left = self.top // d, self.left // d
         return (slice(top + self.rows[0] // d, top + self.rows[1] // d),
                 slice(left + self.cols[0] // d, left + self.cols[1] // d))
+
+
+_PATCH_LOCK = threading.RLock()  # one tiled pass patches a shared encoder at a time
 
 
 class StopForward(Exception):
@@ -151,6 +155,7 @@ class WholeImageNorm:
         self._maps: dict[int, torch.Tensor] = {}  # attention index -> recorded (B, C, h, w)
         self._paused = False
         self._depth = 0
+        self._owner = 0  # the thread that installed the patch
 
     def __bool__(self) -> bool:
         return bool(self.layers)
@@ -161,8 +166,11 @@ class WholeImageNorm:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Inside: GroupNorms use ``frozen`` statistics and attentions ``context`` (native where none), and
-        the layers in ``recording`` record."""
+        the layers in ``recording`` record. The patch is on the (shared, cached) encoder's modules: one thread
+        holds it at a time (``_PATCH_LOCK``), and forwards on other threads meanwhile run natively."""
+        _PATCH_LOCK.acquire()
         self._depth += 1
+        self._owner = threading.get_ident()
         saved: dict[int, Any] = {}
         if self._depth == 1:
             for index, layer in enumerate(self.layers):
@@ -181,6 +189,7 @@ class WholeImageNorm:
                         del layer.forward
                     elif index in saved:
                         setattr(layer, "processor", saved[index])  # noqa: B010
+            _PATCH_LOCK.release()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -195,6 +204,8 @@ class WholeImageNorm:
         return index in self.recording and self.region is not None and not self._paused
 
     def _norm_forward(self, index: int, layer: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        if threading.get_ident() != self._owner:  # another thread's forward: the plain layer
+            return F.group_norm(x, layer.num_groups, layer.weight, layer.bias, layer.eps)
         if self._records(index):
             self._record_sums(index, layer, x)
         if self.stop_after == index:
@@ -232,7 +243,8 @@ class WholeImageNorm:
                    hidden: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         """Self-attention whose keys and values come from the whole image's context (the tile's own core
         spliced in, live); queries are the tile's. Native when there is no context and nothing to record."""
-        found = self._spatial(hidden) if hidden.dim() == 4 and self.region is not None else None
+        mine = threading.get_ident() == self._owner
+        found = self._spatial(hidden) if mine and hidden.dim() == 4 and self.region is not None else None
         context = self.context.get(index)
         if found is None or (context is None and not self._records(index)):
             return native(attn, hidden, *args, **kwargs)

@@ -150,3 +150,22 @@ def test_checkpointing_gives_identical_gradients(kind: str, tiny_vae_dir: Path) 
     assert torch.equal(loss_c, loss) and torch.equal(grad_c, grad)
     assert not any(getattr(m, "gradient_checkpointing", False) for m in encoder.modules())  # switched back
     assert math.isfinite(float(grad.abs().sum()))
+
+
+def test_other_threads_run_the_plain_encoder_while_a_tiled_pass_holds_the_patch() -> None:
+    import threading
+
+    encoder, x = gn_encoder(), image(batch=1)
+    expected = encoder.posterior(x)[0]
+    norm = WholeImageNorm(encoder)
+    norm.frozen = {i: (torch.full((1, m.num_groups), 5.0), torch.ones(1, m.num_groups))
+                   for i, m in enumerate(norm.layers)}  # statistics far from this image's
+    seen: list[torch.Tensor] = []
+    with norm.installed():
+        patched = encoder.posterior(x)[0]
+        thread = threading.Thread(target=lambda: seen.append(encoder.posterior(x)[0]))
+        thread.start()
+        thread.join()
+    assert not torch.allclose(patched, expected)
+    torch.testing.assert_close(seen[0], expected)
+    torch.testing.assert_close(encoder.posterior(x)[0], expected)  # removed afterwards
