@@ -27,6 +27,7 @@ from pca_attack.attack.memory import (
 from pca_attack.attack.objective import ensemble_memory_model
 from pca_attack.attack.pgd import Protector, ProtectResult
 from pca_attack.attack.progress import StepProgress
+from pca_attack.attack.sizes import bound_heap
 from pca_attack.certify.members import ensemble_fields
 from pca_attack.certify.report import Certificate, certificate
 from pca_attack.errors import ConfigError, ModelLoadError, ModelNotFoundError
@@ -78,6 +79,8 @@ class Engine:
         self.decoders = decoders or {}  # ensemble: each member's decoder (None where it has none)
         self.max_batch = max(1, int(max_batch))
         self.max_memory = max_memory
+        if max_memory is not None and encoder.device.type == "cpu":
+            bound_heap()  # the resident size must follow the live tensors the plan counts
         # what the loaded model and the runtime hold: measured once, as memory freed after an attack stays
         # resident (allocator caches) yet is reused by the next one
         self.baseline_memory = memory_in_use(encoder.device)

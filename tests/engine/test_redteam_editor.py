@@ -49,7 +49,7 @@ def test_redteam_reports_the_editor_row_when_asked(tiny_vae_dir: Path) -> None:
     report = redteam(encoder, clean, protected, transforms=["jpeg-75"], editor_resolution=72, with_roundtrip=False)
     assert [r.transform for r in report.rows] == ["none", "jpeg-75", "editor-72"]
     row = report.row("editor-72")
-    assert 0 < row.latent_drift and math.isfinite(row.retention) and row.retention != 1.0
+    assert row.latent_drift > 0 and math.isfinite(row.retention) and row.retention != 1.0
     assert "editor-72" in report.to_markdown()
 
 
