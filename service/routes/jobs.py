@@ -102,6 +102,8 @@ async def create_job(
     attack_config(options, settings)  # validate now: a job with bad settings is refused, not failed later
     uploads: list[tuple[str | None, bytes | BinaryIO]] = []
     for n, upload in enumerate(files):
+        if upload.size == 0:  # the schema says non-empty; /v1/protect answers the same 415
+            raise ApiError(415, "unsupported_image", f"files[{n}]: the upload is empty (0 bytes); send an image file")
         if upload.size is None:  # size unknown: read it (bounded) to check the limit
             uploads.append((upload.filename, await read_upload(upload, settings.max_upload_bytes, f"files[{n}]")))
         elif upload.size > settings.max_upload_bytes:

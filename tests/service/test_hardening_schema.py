@@ -189,3 +189,10 @@ def test_security_is_optional_only_on_an_open_server(tiny_vae: Path, tmp_path: P
             for op in operations.values():
                 if template.startswith("/v1"):
                     assert ({} in op["security"]) is optional, (template, op["security"])
+
+
+def test_an_empty_file_in_a_job_is_refused_like_protect(client: TestClient) -> None:
+    """Schemathesis (seed 11): an empty file inside POST /v1/jobs was accepted (202) though the schema forbids it."""
+    response = client.post("/v1/jobs", files=[("files", ("empty.png", b"", "image/png"))])
+    assert response.status_code == 415
+    assert "empty" in response.text
