@@ -6,8 +6,8 @@ importing torch. ``app.command(..., cls=Command)`` in ``pca_cli/__init__.py`` ap
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import click
 from rich.markup import escape
 from typer.core import TyperCommand
 
@@ -40,7 +40,7 @@ class Command(TyperCommand):
 
     _help_ready = False
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # click's Context/HelpFormatter (typer vendors click)
         if not self._help_ready:
             self._help_ready = True
             for param in self.params:
