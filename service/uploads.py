@@ -156,18 +156,22 @@ async def wait_for(
             await asyncio.sleep(0)
 
 
-async def run_protect(request: Request, worker: Any, settings: Settings, req: ProtectRequest) -> ProtectedImage:
-    """Submit one protect request and wait for it; engine errors become API errors."""
-    future = worker.submit(req)
+async def await_engine(
+    request: Request, future: Any, settings: Settings, what: str, on_abandon: Callable[[], None] | None = None
+) -> Any:
+    """Wait for the engine worker's ``future``; engine errors become API errors (unexpected ones logged)."""
     try:
-        result: ProtectedImage = await wait_for(
-            request, future, settings.request_timeout_s, settings.retry_after_s, req.abandoned.set
-        )
+        return await wait_for(request, future, settings.request_timeout_s, settings.retry_after_s, on_abandon)
     except ApiError:
         raise
     except Exception as exc:
         api = from_engine_error(exc)
         if api.status >= 500:  # "it has been logged" must be true
-            log.error("protect failed unexpectedly", exc_info=exc)
+            log.error("%s failed unexpectedly", what, exc_info=exc)
         raise api from exc
+
+
+async def run_protect(request: Request, worker: Any, settings: Settings, req: ProtectRequest) -> ProtectedImage:
+    """Submit one protect request and wait for it; engine errors become API errors."""
+    result: ProtectedImage = await await_engine(request, worker.submit(req), settings, "protect", req.abandoned.set)
     return result

@@ -9,7 +9,6 @@ when the model has no decoder."""
 from __future__ import annotations
 
 import io
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Request, UploadFile
@@ -18,12 +17,11 @@ from fastapi.responses import Response
 from pca_attack import Engine
 from pca_attack.io.names import content_disposition
 from service.deps import SettingsDep, WorkerDep
-from service.errors import ApiError, from_engine_error
+from service.errors import ApiError
 from service.schemas import ErrorResponse
-from service.uploads import ERROR_RESPONSES, decode_upload, read_upload, safe_filename, wait_for
+from service.uploads import ERROR_RESPONSES, await_engine, decode_upload, read_upload, safe_filename
 
 router = APIRouter(tags=["diagnostics"])
-log = logging.getLogger("service.roundtrip")
 
 NO_DECODER = (
     "the model {name} has no decoder loaded, so there is no round trip to show; start the server with a model "
@@ -93,15 +91,7 @@ async def roundtrip_image(
     image = await decode_upload(await read_upload(file, settings.max_upload_bytes), settings)
     x = image.to_tensor()  # (3, H, W) in [0, 1]
     future = worker.call(lambda e: roundtrip_png(e, x))
-    try:
-        data, quality = await wait_for(request, future, settings.request_timeout_s, settings.retry_after_s)
-    except ApiError:
-        raise
-    except Exception as exc:
-        api = from_engine_error(exc)
-        if api.status >= 500:  # "it has been logged" must be true
-            log.error("round trip failed unexpectedly", exc_info=exc)
-        raise api from exc
+    data, quality = await await_engine(request, future, settings, "round trip")
     stem = safe_filename(file.filename).rsplit(".", 1)[0] or "image"
     headers = {
         "Content-Disposition": content_disposition(f"{stem}.roundtrip.png", "inline"),
