@@ -18,7 +18,8 @@ from pca_cli.options import MaxMemoryOpt, OfflineOpt, memory_budget, with_protec
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from pca_client.runner import BatchReport, BatchRunner, DryRun, FileResult, Processor
+    from pca_client.results import BatchReport, DryRun, FileResult
+    from pca_client.runner import BatchRunner, Processor
 
 
 def _remote_processor(

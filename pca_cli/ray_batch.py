@@ -29,7 +29,8 @@ from typing import Any
 from pca_attack.options import ProtectOptions
 from pca_client.manifest import sha256_bytes, sha256_file
 from pca_client.plan import BatchError, Task
-from pca_client.runner import BatchReport, BatchRunner, FileResult
+from pca_client.results import BatchReport, FileResult
+from pca_client.runner import BatchRunner
 
 RAY_MISSING = "Ray is not installed: pip install 'pca-protect[ray]' (ray[data,serve])"
 

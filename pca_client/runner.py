@@ -21,65 +21,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 from pca_attack.io.files import atomic_write, remove_stale_temps
 from pca_attack.io.names import certificate_name
 from pca_client.manifest import Manifest, settings_fingerprint, sha256_bytes, sha256_file
 from pca_client.plan import Task, check_folders, output_suffix, plan_tasks, walk_sources, wanted
+from pca_client.results import BatchReport, DryRun, FileResult
 
 Processor = Callable[[Path, bytes], tuple[bytes, str, dict[str, Any]]]
-Status = Literal["done", "failed", "skipped"]
-
-
-@dataclass
-class FileResult:
-    """What happened to one source file in this run."""
-
-    rel: str
-    status: Status
-    output: str | None = None  # relative to DST
-    error: str | None = None
-    reason: str = ""  # why it was (re)done or skipped: new, source changed, settings changed, ...
-    certificate: dict[str, Any] | None = None
-    source_sha256: str | None = None
-    output_sha256: str | None = None
-    elapsed_s: float = 0.0
-
-
-@dataclass
-class BatchReport:
-    """Totals of one run; ``failed`` keeps the failing results (path + error)."""
-
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: list[FileResult] = field(default_factory=list)
-    interrupted: bool = False
-    aborted: str | None = None  # why the batch stopped early (a fatal processor error)
-    elapsed_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.interrupted and self.aborted is None
-
-    def add(self, result: FileResult) -> None:
-        if result.status == "done":
-            self.done += 1
-        elif result.status == "skipped":
-            self.skipped += 1
-        else:
-            self.failed.append(result)
-
-
-@dataclass
-class DryRun:
-    """What a run would do: ``todo`` with the reason for each, and how many are up to date."""
-
-    todo: list[tuple[Task, str]] = field(default_factory=list)
-    up_to_date: list[Task] = field(default_factory=list)
 
 
 def _now() -> str:
