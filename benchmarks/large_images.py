@@ -59,13 +59,15 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def child(args: argparse.Namespace) -> None:
     from pca_attack.attack.config import AttackConfig
-    from pca_attack.attack.memory import parse_size
+    from pca_attack.attack.memory import memory_free, parse_size
     from pca_attack.io.images import decode_image
     from pca_attack.pipeline import Engine
 
+    torch.set_num_threads(args.threads)
     width, height = parse_sizes(args.child)[0]
     data = photo_bytes(width, height)
     budget = parse_size(args.max_memory) if args.max_memory else None
+    free_ram = memory_free(torch.device("cpu"))
     engine = Engine.from_spec(args.model, device="cpu", max_memory=budget)
     image = decode_image(data, max_pixels=width * height)
     plans: list[Any] = []
@@ -80,6 +82,7 @@ def child(args: argparse.Namespace) -> None:
     plan = plans[0]
     print(json.dumps({
         "size": f"{width}x{height}", "budget": args.max_memory or "default",
+        "free_ram_bytes_at_start": free_ram, "threads": torch.get_num_threads(),
         "budget_bytes_for_attack": plan.budget_bytes, "plan": plan.describe(), "tiles": plan.tiles,
         "tile_side": plan.tile_side, "estimated_attack_bytes": plan.estimated_bytes,
         "baseline_rss_bytes": engine.baseline_memory,
@@ -88,8 +91,9 @@ def child(args: argparse.Namespace) -> None:
     }))
 
 
-def run_child(model: str, size: tuple[int, int], steps: int, budget: str | None) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--model", model, "--steps", str(steps), "--child", f"{size[0]}x{size[1]}"]
+def run_child(model: str, size: tuple[int, int], steps: int, budget: str | None, threads: int = 1) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--model", model, "--steps", str(steps), "--child", f"{size[0]}x{size[1]}",
+               "--threads", str(threads)]
     if budget:
         command += ["--max-memory", budget]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -101,7 +105,7 @@ def run_child(model: str, size: tuple[int, int], steps: int, budget: str | None)
 def part_memory(args: argparse.Namespace) -> dict[str, Any]:
     sizes = parse_sizes(args.sizes)
     budgets = [None if b == "default" else b for b in args.budgets.split(",")]
-    runs = [run_child(args.model, size, args.steps, budget) for size in sizes for budget in budgets]
+    runs = [run_child(args.model, size, args.steps, budget, args.threads) for size in sizes for budget in budgets]
     ok = [r for r in runs if "error" not in r and r["budget"] == (budgets[0] or "default")]
     result: dict[str, Any] = {"runs": runs}
     if len(ok) >= 2:
@@ -239,9 +243,11 @@ def main() -> None:
     parser.add_argument("--editor-size", default="2048x1536")
     parser.add_argument("--editor-long", type=int, default=1024)
     parser.add_argument("--steps-editor", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every child and part")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.child:
         child(args)
         return

@@ -4,6 +4,8 @@ Each image is protected in-process, then JPEG / WebP / resize / blur / noise / c
 purification are applied to the clean and to the protected image alike, and the latent drift that
 survives is compared with the drift before the channel (the *retention*, see
 ``pca_attack.redteam``). Writes ``redteam.json``, ``redteam.md`` and ``redteam.png`` into DIR.
+With ``--editor-resolution N`` the images are also protected plainly, and both attacks are measured after
+an editor's downscale to N px on the long side (``editor_resolution`` in the JSON, a section in the report).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pca_cli.options import (
 )
 
 if TYPE_CHECKING:
+    from pca_attack.redteam.editor import EditorRetention
     from pca_attack.redteam.report import RedteamReport
 
 
@@ -91,6 +94,43 @@ def protect_images(
     return cleans, protecteds, certs
 
 
+def editor_comparison(
+    engine: Any, files: list[Path], options: ProtectOptions, cleans: list[Any], protecteds: list[Any], console: Any
+) -> EditorRetention | None:
+    """With ``--editor-resolution N``: protect the files plainly as well, and measure both attacks after an
+    editor's downscale to N px on the long side (``pca_attack.redteam.editor``); None without the option."""
+    from pca_attack.redteam.editor import compare
+
+    long_side = options.editor_resolution
+    if long_side is None:
+        return None
+    console.print(f"plain attack (no --editor-resolution) for the comparison after the downscale to {long_side} px")
+    _, plain, _ = protect_images(engine, files, options.model_copy(update={"editor_resolution": None}), console)
+    return compare(engine, cleans, {"plain": plain, "editor": protecteds}, long_side, seed=options.seed,
+                   preset=options.preset)
+
+
+def write_outputs(
+    out: Path, options: ProtectOptions, report: RedteamReport, editor: EditorRetention | None,
+    certs: list[dict[str, Any]], console: Any,
+) -> None:
+    """redteam.json (config, rows, the editor comparison, certificates), redteam.md and redteam.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"config": options.to_attack_config().to_dict(), **report.to_dict(),
+                               "certificates": certs}
+    markdown = report.to_markdown()
+    if editor is not None:  # plain vs --editor-resolution after the editor's downscale
+        payload["editor_resolution"] = editor.to_dict()
+        markdown += "\n" + editor.to_markdown()
+    (out / "redteam.json").write_text(json.dumps(payload, indent=2))
+    header = (f"# Red team: {report.model}, preset {options.preset}, eps {options.eps:g}/255, {options.steps} steps, "
+              f"EoT {options.eot or 'off'}, {report.images} image(s)\n\n")
+    (out / "redteam.md").write_text(header + markdown)
+    plot_report(report, out / "redteam.png", header.strip("# \n"))
+    console.print(markdown)
+    console.print(f"wrote {out / 'redteam.json'}, {out / 'redteam.md'}, {out / 'redteam.png'}")
+
+
 @with_protect_options
 def redteam_command(
     image_or_folder: Annotated[Path, typer.Argument(help="An image or a folder of images.", exists=True)],
@@ -132,20 +172,14 @@ def redteam_command(
                    f"{', '.join(TRANSFORMS)}", err=True)
         raise typer.Exit(2)
     try:
-        config = options.to_attack_config()
+        options.to_attack_config()  # invalid combinations: a usage error before the model loads
         engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget)
         cleans, protecteds, certs = protect_images(engine, files, options, console)
         report = redteam(engine, cleans, protecteds, transforms=names, seed=options.seed, preset=options.preset,
-                         with_roundtrip=roundtrip, purify_steps=purify_steps)
+                         with_roundtrip=roundtrip, purify_steps=purify_steps,
+                         editor_resolution=options.editor_resolution)
+        editor = editor_comparison(engine, files, options, cleans, protecteds, console)
     except PCAError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    out.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {"config": config.to_dict(), **report.to_dict(), "certificates": certs}
-    (out / "redteam.json").write_text(json.dumps(payload, indent=2))
-    header = (f"# Red team: {report.model}, preset {options.preset}, eps {options.eps:g}/255, {options.steps} steps, "
-              f"EoT {options.eot or 'off'}, {report.images} image(s)\n\n")
-    (out / "redteam.md").write_text(header + report.to_markdown())
-    plot_report(report, out / "redteam.png", header.strip("# \n"))
-    console.print(report.to_markdown())
-    console.print(f"wrote {out / 'redteam.json'}, {out / 'redteam.md'}, {out / 'redteam.png'}")
+    write_outputs(out, options, report, editor, certs, console)

@@ -11,9 +11,11 @@ editor / plain of the drift after the downscale says what the option buys.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import torch
 
 from pca_attack.attack.config import AttackConfig
 from pca_attack.io.images import DecodedImage, decode_image
@@ -44,6 +46,18 @@ class EditorRetention:
         plain, editor = self.rows["plain"].latent_drift, self.rows["editor"].latent_drift
         return None if plain <= 0 else editor / plain
 
+    def to_markdown(self) -> str:
+        """Both attacks after the downscale: drift, retention, collapse kept; and the drift ratio."""
+        lines = [f"## After an editor's downscale to {self.long_side} px: plain vs --editor-resolution "
+                 f"{self.long_side}\n", "| attack | latent drift | retention | collapse kept |", "|---|---|---|---|"]
+        for mode, row in self.rows.items():
+            kept = collapse_kept(row)
+            lines.append(f"| {mode} | {row.latent_drift:.4f} | {row.retention:.3f} | "
+                         f"{'–' if kept is None else f'{kept:.4f}'} |")
+        ratio = self.drift_ratio
+        lines.append(f"\ndrift after the downscale, editor / plain: {'–' if ratio is None else f'{ratio:.2f}'}")
+        return "\n".join(lines) + "\n"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "transform": f"{EDITOR_PREFIX}{self.long_side}", "long_side": self.long_side, "images": self.images,
@@ -52,20 +66,31 @@ class EditorRetention:
         }
 
 
+def compare(
+    encoder: Any, cleans: Sequence[torch.Tensor], written: Mapping[str, Sequence[torch.Tensor]], long_side: int, *,
+    seed: int = 0, preset: str = "pca-",
+) -> EditorRetention:
+    """The ``editor-N`` row of each mode's outputs as written (``written[mode]``: (3, H, W) each, decoded
+    again), against the clean images (3, H, W); ``encoder``: an ``Encoder`` or an ``Engine``."""
+    name = f"{EDITOR_PREFIX}{long_side}"
+    result = EditorRetention(long_side, len(cleans))
+    for mode in MODES:
+        report = redteam(encoder, list(cleans), list(written[mode]), transforms=[name], seed=seed, preset=preset,
+                         with_roundtrip=False)
+        result.rows[mode] = report.row(name)
+    return result
+
+
 def editor_retention(
     engine: Any, images: Sequence[DecodedImage], config: AttackConfig, long_side: int, *, seed: int = 0,
 ) -> EditorRetention:
     """Protect ``images`` with ``engine`` (a ``pca_attack.pipeline.Engine``) plainly and with
     ``editor_resolution=long_side``, and measure both after the downscale to ``long_side``."""
-    name = f"{EDITOR_PREFIX}{long_side}"
-    result = EditorRetention(long_side, len(images))
     cleans = [image.to_tensor() for image in images]  # (3, H, W) each
+    written: dict[str, list[torch.Tensor]] = {}
     for mode in MODES:
         cfg = replace(config, editor_resolution=None if mode == "plain" else long_side)
         outputs = engine.protect(list(images), cfg)
-        written = [decode_image(o.data, max_pixels=i.width * i.height).to_tensor()
-                   for o, i in zip(outputs, images, strict=True)]
-        report = redteam(engine.encoder, cleans, written, transforms=[name], seed=seed, preset=cfg.preset,
-                         with_roundtrip=False)
-        result.rows[mode] = report.row(name)
-    return result
+        written[mode] = [decode_image(o.data, max_pixels=i.width * i.height).to_tensor()
+                         for o, i in zip(outputs, images, strict=True)]
+    return compare(engine.encoder, cleans, written, long_side, seed=seed, preset=config.preset)

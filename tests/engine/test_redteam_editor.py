@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,51 @@ def test_editor_retention_reports_both_attacks(tiny_vae_dir: Path) -> None:
         assert entry["collapse_kept"] is not None and math.isfinite(entry["collapse_kept"])
     ratio = data["drift_ratio_editor_over_plain"]
     assert ratio == pytest.approx(data["modes"]["editor"]["latent_drift"] / data["modes"]["plain"]["latent_drift"])
+
+
+def test_redteam_cli_compares_plain_and_editor_resolution_attacks(
+    tiny_vae_dir: Path, tmp_path: Path, photo: Callable[..., np.ndarray]
+) -> None:
+    from typer.testing import CliRunner
+
+    from pca_cli import app
+
+    src = tmp_path / "big.png"
+    Image.fromarray(photo(96, 144)).save(src)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "redteam", str(src), "-o", str(out), "--model", str(tiny_vae_dir), "--device", "cpu", "--steps", "2",
+        "--transforms", "jpeg-75", "--no-roundtrip", "--editor-resolution", "72", "--max-memory", "4GB",
+    ], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "redteam.json").read_text())
+    assert [r["transform"] for r in data["rows"]] == ["none", "jpeg-75", "editor-72"]  # the editor attack's row
+    comparison = data["editor_resolution"]
+    assert comparison["transform"] == "editor-72" and comparison["images"] == 1
+    plain, editor = comparison["modes"]["plain"], comparison["modes"]["editor"]
+    assert plain["latent_drift"] > 0 and editor["latent_drift"] > 0
+    assert plain["latent_drift"] != editor["latent_drift"]  # two different attacks were measured
+    assert editor["latent_drift"] == pytest.approx(data["rows"][2]["latent_drift"])  # same outputs as the main table
+    assert comparison["drift_ratio_editor_over_plain"] == pytest.approx(
+        editor["latent_drift"] / plain["latent_drift"])
+    markdown = (out / "redteam.md").read_text()
+    assert "downscale to 72 px: plain vs --editor-resolution 72" in markdown and "| plain |" in markdown
+
+
+def test_redteam_cli_without_editor_resolution_has_no_comparison(
+    tiny_vae_dir: Path, tmp_path: Path, photo: Callable[..., np.ndarray]
+) -> None:
+    from typer.testing import CliRunner
+
+    from pca_cli import app
+
+    src = tmp_path / "img.png"
+    Image.fromarray(photo(48, 64)).save(src)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "redteam", str(src), "-o", str(out), "--model", str(tiny_vae_dir), "--device", "cpu", "--steps", "1",
+        "--transforms", "jpeg-75", "--no-roundtrip", "--max-memory", "4GB",
+    ], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "redteam.json").read_text())
+    assert "editor_resolution" not in data and [r["transform"] for r in data["rows"]] == ["none", "jpeg-75"]
