@@ -1,4 +1,5 @@
-"""Plots of ``benchmarks/efficacy.py`` (demo model): loss curves, damage per method, red-team retention."""
+"""Plots of ``benchmarks/efficacy.py``: loss curves, damage per method, red-team retention (demo model), and the
+six-panel figure of one photo on a real model (``real_figure``)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,39 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[str]:
     plt.close(fig)
     written.append(str(path))
     return written
+
+
+def real_figure(name: str, x: Any, p: Any, models: tuple[Any, Any], fig_dir: Path, root: Path) -> str:
+    """Six panels for one photo x, protected p (3, H, W): original, protected, perturbation (amplified), clean
+    round trip, protected round trip, protected round trip after JPEG q75. Returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pca_attack.certify.diagnostics import psnr, roundtrip
+    from pca_attack.redteam.channels import jpeg
+
+    encoder, decoder = models
+    rt_x, rt_p = roundtrip(encoder, decoder, x[None])[0], roundtrip(encoder, decoder, p[None])[0]  # (3, H, W)
+    jx, jp = jpeg(x[None], 75), jpeg(p[None], 75)  # (1, 3, H, W)
+    rt_j = roundtrip(encoder, decoder, jp)[0]
+    delta = p - x
+    amplified = (0.5 + delta / (2 * max(float(delta.abs().max()), 1e-6))).clamp(0, 1)
+    panels = [
+        ("original", x), (f"protected ({psnr(p, x):.1f} dB vs original)", p), ("perturbation (amplified)", amplified),
+        (f"clean round trip ({psnr(rt_x, x):.1f} dB)", rt_x), (f"protected round trip ({psnr(rt_p, x):.1f} dB)", rt_p),
+        (f"protected, JPEG q75, round trip ({psnr(rt_j, jx[0]):.1f} dB vs JPEG(original))", rt_j),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 11 * 2 * x.shape[1] / (3 * x.shape[2]) + 0.8))
+    for ax, (title, img) in zip(axes.flat, panels, strict=True):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    slug = Path(str(encoder.name)).name.removesuffix("_encoder.pth").lower() or "model"
+    path = fig_dir / f"{slug}_{name}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)

@@ -1,15 +1,19 @@
 """Efficacy on a real pretrained model (issue 14): ``python benchmarks/efficacy.py --model PATH`` runs this.
 
-Per photo (the 8 photos of ``efficacy.py``, natural size or a central ``--crop HxW``):
+Per photo (the 8 photos of ``efficacy.py``: natural size, or a central ``--crop HxW`` for those not named in
+``--natural``):
 
-* the engine's default attack (pca-, eps 16, engine defaults) at each of ``--steps`` (e.g. 40 and 20), and
-  the PhotoGuard-style encoder attack at the same number of steps: pixel PSNR/SSIM of the perturbation,
-  round-trip PSNR/SSIM of clean and protected against the original and their difference (the *damage*),
-  mean-energy reduction ``1 - mean(mu(p)^2) / mean(mu(x)^2)``, latent drift;
-* on ``--eot-images`` photos: plain vs EoT (``--eot``) at equal steps, each red-teamed over every channel
-  (``pca_attack.redteam``; retention of latent drift and of round-trip damage, e.g. after JPEG q75);
-* for ``--figures`` photos, a figure in ``--fig-dir``: original, protected, perturbation (amplified), clean round
-  trip, protected round trip, protected round trip after JPEG q75.
+* the strongest setting (pca-, eps 16 L-inf, ``--shrink`` explicitly, 0 = no shrink pass) at each of
+  ``--steps`` (e.g. 40 and 20), and the PhotoGuard-style encoder attack at the same number of steps: pixel
+  PSNR/SSIM of the perturbation, round-trip PSNR/SSIM of clean and protected against the original and their
+  difference (the *damage*), the damage left after a real JPEG q75 (red-team definition: both round trips
+  against JPEG(clean)), mean-energy reduction ``1 - mean(mu(p)^2) / mean(mu(x)^2)``, latent drift;
+* the red team (``pca_attack.redteam``, every channel, round trips included) of the main protected image;
+* on ``--eot-images``: the EoT attack (``--eot``) at equal budget and steps, red-teamed on ``--eot-channels``;
+  the plain attack it is compared with is the main row (same config, same steps);
+* for ``--figures`` photos, a figure in ``--fig-dir`` (``efficacy_plots.real_figure``);
+* ``--only-default``: only the rows of ``AttackConfig(steps=N)`` as it is at run time (the default intensity),
+  written beside the strongest rows (default ``docs/efficacy_<model name>_default.json``).
 
 Writes ``--out-json`` (default ``docs/efficacy_<model name>.json``) and prints it. Sequential (one process).
 """
@@ -21,6 +25,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from efficacy import PHOTOS, damage, load_photos, mean_dicts, photoguard  # noqa: E402
 from public_paths import public  # noqa: E402
 
+CODEC_CHANNELS = "jpeg-95,jpeg-75,jpeg-50,webp-80"
+
 
 def crop(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """Central crop of (3, H, W) to size (h, w) (no resampling); the photo itself when size is None or larger."""
@@ -43,8 +50,32 @@ def crop(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     return x[:, top : top + h, left : left + w].contiguous()
 
 
-def metrics(encoder: Any, decoder: Any, x: torch.Tensor, p: torch.Tensor, seconds: float) -> dict[str, float]:
-    """damage() of efficacy.py plus pixel SSIM and the mean-energy reduction. x, p: (3, H, W)."""
+def scope(names: list[str], size: tuple[int, int] | None, natural: list[str]) -> dict[str, torch.Tensor]:
+    """Name -> (3, H, W): the photos in ``natural`` at natural size, the others cropped to ``size``."""
+    return {n: x if n in natural else crop(x, size) for n, x in load_photos(False).items() if n in names}
+
+
+def jpeg_reference(encoder: Any, decoder: Any, x: torch.Tensor) -> dict[str, Any]:
+    """JPEG q75 of the clean photo x (3, H, W) and the PSNR of its round trip against itself (computed once)."""
+    from pca_attack.certify.diagnostics import psnr, roundtrip
+    from pca_attack.redteam.channels import jpeg
+
+    jc = jpeg(x[None], 75)  # (1, 3, H, W)
+    return {"clean": jc, "psnr": psnr(roundtrip(encoder, decoder, jc)[0], jc[0]) or 99.0}
+
+
+def damage_after_jpeg75(encoder: Any, decoder: Any, ref: dict[str, Any], p: torch.Tensor) -> float:
+    """Round-trip damage left after a real JPEG q75 of p (3, H, W), as the red team defines it."""
+    from pca_attack.certify.diagnostics import psnr, roundtrip
+    from pca_attack.redteam.channels import jpeg
+
+    jp = jpeg(p[None], 75)
+    return float(ref["psnr"] - (psnr(roundtrip(encoder, decoder, jp)[0], ref["clean"][0]) or 99.0))
+
+
+def metrics(encoder: Any, decoder: Any, x: torch.Tensor, p: torch.Tensor, seconds: float,
+            ref: dict[str, Any]) -> dict[str, float]:
+    """damage() of efficacy.py plus pixel SSIM, mean-energy reduction and damage after JPEG q75. x, p: (3, H, W)."""
     from skimage.metrics import structural_similarity
 
     from pca_attack.attack.losses import mean_energy
@@ -57,78 +88,99 @@ def metrics(encoder: Any, decoder: Any, x: torch.Tensor, p: torch.Tensor, second
     return row | {
         "pixel_ssim": float(structural_similarity(a, b, channel_axis=2, data_range=1.0)),
         "mean_energy_clean": e_x, "mean_energy_protected": e_p, "mean_energy_reduction": 1.0 - e_p / e_x,
-        "seconds": seconds,
+        "damage_after_jpeg75_db": damage_after_jpeg75(encoder, decoder, ref, p),
+        "linf_255": float(((p - x).abs().max() * 255).round()), "seconds": seconds,
     }
 
 
-def attack_rows(name: str, x: torch.Tensor, encoder: Any, decoder: Any, opts: dict[str, Any]) -> dict[str, Any]:
-    """pca- (engine defaults) and PhotoGuard at every step count; returns rows and the main protected image."""
+def log(message: str) -> None:
+    print(f"[efficacy-real {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def attack_rows(name: str, x: torch.Tensor, models: tuple[Any, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """pca- (strongest setting) and PhotoGuard at every step count; returns rows and the main protected image."""
     from pca_attack import AttackConfig, Protector
 
+    encoder, decoder = models
+    ref = jpeg_reference(encoder, decoder, x)
     rows: dict[str, Any] = {}
     protected = x
     for steps in opts["steps"]:
-        res = Protector(encoder, AttackConfig(steps=steps)).protect(x[None])
-        rows[f"pca-@{steps}"] = metrics(encoder, decoder, x, res.images[0], res.elapsed_s)
+        res = Protector(encoder, AttackConfig(steps=steps, shrink=opts["shrink"])).protect(x[None])
+        rows[f"pca-@{steps}"] = metrics(encoder, decoder, x, res.images[0], res.elapsed_s, ref)
         if steps == opts["steps"][0]:
             protected = res.images[0]
         if steps in opts["baseline_steps"]:
             t0 = time.perf_counter()
             pg = photoguard(encoder, x[None], 16.0, 2.0, steps)[0]
-            rows[f"photoguard@{steps}"] = metrics(encoder, decoder, x, pg, time.perf_counter() - t0)
-        print(f"[efficacy-real] {name} {tuple(x.shape[1:])} steps={steps} done", file=sys.stderr, flush=True)
-    return {"rows": rows, "protected": protected}
+            rows[f"photoguard@{steps}"] = metrics(encoder, decoder, x, pg, time.perf_counter() - t0, ref)
+        log(f"{name} {tuple(x.shape[1:])} steps={steps} done")
+    return {"rows": rows, "protected": protected, "ref": ref}
 
 
-def eot_rows(x: torch.Tensor, encoder: Any, decoder: Any, opts: dict[str, Any]) -> dict[str, Any]:
-    """Plain vs EoT at equal steps, each red-teamed over every channel (round trips included)."""
+def default_rows(name: str, x: torch.Tensor, models: tuple[Any, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """The default intensity: ``AttackConfig(steps=N)`` as the engine defines it now, at the main step count."""
     from pca_attack import AttackConfig, Protector
-    from pca_attack.redteam.report import redteam, transform_names
 
-    names = [t for t in transform_names() if t != "purify" or opts["purify_steps"] > 0]
+    encoder, decoder = models
+    steps = opts["steps"][0]
+    res = Protector(encoder, AttackConfig(steps=steps)).protect(x[None])
+    row = metrics(encoder, decoder, x, res.images[0], res.elapsed_s, jpeg_reference(encoder, decoder, x))
+    log(f"{name} {tuple(x.shape[1:])} default@{steps} done")
+    return {f"default@{steps}": row}
+
+
+def per_channel(report: Any) -> dict[str, dict[str, float | None]]:
+    """A red-team report of one photo as transform -> the retention numbers."""
+    keys = ("latent_drift", "retention", "roundtrip_damage_db", "retention_roundtrip", "pixel_psnr_db")
+    return {r["transform"]: {k: r[k] for k in keys} for r in report.to_dict()["rows"]}
+
+
+def redteam_photo(x: torch.Tensor, p: torch.Tensor, models: tuple[Any, Any], channels: list[str],
+                  purify_steps: int) -> Any:
+    """The red team of one clean/protected pair (3, H, W), round trips included."""
+    from pca_attack.redteam.report import redteam
+
+    encoder, decoder = models
+    return redteam(encoder, x, p, decoder=decoder, transforms=channels, seed=0, with_roundtrip=True,
+                   purify_steps=max(1, purify_steps))
+
+
+def eot_photo(x: torch.Tensor, plain: dict[str, Any], models: tuple[Any, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """EoT at equal budget and steps as the main row (``plain``: its metrics and red team)."""
+    from pca_attack import AttackConfig, Protector
+
+    encoder, decoder = models
+    cfg = AttackConfig(steps=opts["steps"][0], shrink=opts["shrink"], eot=opts["eot"], eot_samples=opts["eot_samples"])
+    res = Protector(encoder, cfg).protect(x[None])
+    row = metrics(encoder, decoder, x, res.images[0], res.elapsed_s, plain["ref"])
+    report = redteam_photo(x, res.images[0], models, opts["eot_channels"], 0)
+    main = plain["rows"][f"pca-@{opts['steps'][0]}"]
+    return {
+        "plain": {"damage_db": main["psnr_damage_db"], "damage_after_jpeg75_db": main["damage_after_jpeg75_db"],
+                  "seconds": main["seconds"]},
+        "eot": {"damage_db": row["psnr_damage_db"], "damage_after_jpeg75_db": row["damage_after_jpeg75_db"],
+                "pixel_psnr_db": row["pixel_psnr_db"], "seconds": row["seconds"]},
+        "report": report,
+    }
+
+
+def run_photo(name: str, x: torch.Tensor, models: tuple[Any, Any], args: argparse.Namespace,
+              opts: dict[str, Any]) -> dict[str, Any]:
+    """Everything measured on one photo (3, H, W)."""
+    from efficacy_plots import real_figure
+
     out: dict[str, Any] = {}
-    for label, eot in (("plain", None), ("eot", opts["eot"])):
-        res = Protector(encoder, AttackConfig(steps=opts["eot_steps"], eot=eot)).protect(x[None])
-        report = redteam(encoder, x, res.images[0], decoder=decoder, transforms=names, seed=0,
-                         with_roundtrip=True, purify_steps=max(1, opts["purify_steps"]))
-        out[label] = {"seconds": res.elapsed_s, "report": report}
+    done = attack_rows(name, x, models, opts)
+    out["rows"] = done["rows"]
+    out["report"] = redteam_photo(x, done["protected"], models, opts["channels"], opts["purify_steps"])
+    log(f"{name} red team done")
+    if name in args.figures:
+        out["figure"] = real_figure(name, x, done["protected"], models, args.fig_dir, ROOT)
+    if name in args.eot_images:
+        out["eot"] = eot_photo(x, done, models, opts)
+        log(f"{name} EoT done")
     return out
-
-
-def figure(name: str, x: torch.Tensor, p: torch.Tensor, encoder: Any, decoder: Any, fig_dir: Path) -> str:
-    """Six panels for one photo; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pca_attack.certify.diagnostics import psnr, roundtrip
-    from pca_attack.redteam.channels import jpeg
-
-    rt_x, rt_p = roundtrip(encoder, decoder, x[None])[0], roundtrip(encoder, decoder, p[None])[0]
-    rt_j = roundtrip(encoder, decoder, jpeg(p[None], 75))[0]
-    delta = p - x
-    amplified = (0.5 + delta / (2 * max(float(delta.abs().max()), 1e-6))).clamp(0, 1)
-    panels = [
-        ("original", x), (f"protected ({psnr(p, x):.1f} dB)", p), ("perturbation (amplified)", amplified),
-        (f"clean round trip ({psnr(rt_x, x):.1f} dB)", rt_x), (f"protected round trip ({psnr(rt_p, x):.1f} dB)", rt_p),
-        (f"protected, JPEG q75, round trip ({psnr(rt_j, x):.1f} dB)", rt_j),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(11, 11 * 2 * x.shape[1] / (3 * x.shape[2]) + 0.8))
-    for ax, (title, img) in zip(axes.flat, panels, strict=True):
-        ax.imshow(img.permute(1, 2, 0).numpy())
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    path = fig_dir / f"{opts_slug(encoder)}_{name}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
-
-
-def opts_slug(encoder: Any) -> str:
-    return Path(str(encoder.name)).name.removesuffix("_encoder.pth").lower() or "model"
 
 
 def summarise(per_photo: dict[str, dict[str, Any]], eot: dict[str, Any], main_steps: int) -> dict[str, Any]:
@@ -138,12 +190,17 @@ def summarise(per_photo: dict[str, dict[str, Any]], eot: dict[str, Any], main_st
         "per_method": {m: mean_dicts([rows[m] for rows in per_photo.values() if m in rows]) for m in methods}
     }
     main, base = f"pca-@{main_steps}", f"photoguard@{main_steps}"
+    if main not in summary["per_method"]:  # --only-default
+        return summary
     dmg = summary["per_method"][main]["psnr_damage_db"]
-    wins = [rows[main]["psnr_damage_db"] >= rows[base]["psnr_damage_db"] for rows in per_photo.values() if base in rows]
-    summary["targets"] = {
-        "mean_damage_db": dmg, "mean_damage_target_db": 6.0, "mean_damage_met": dmg >= 6.0,
-        "beats_photoguard_on": f"{sum(wins)}/{len(wins)}", "beats_photoguard_met": bool(wins) and all(wins),
-    } | summarise_eot(eot)
+    summary["targets"] = {"mean_damage_db": dmg, "mean_damage_target_db": 6.0, "mean_damage_met": dmg >= 6.0}
+    for steps in sorted({int(m.split("@")[1]) for m in methods}, reverse=True):
+        ours, theirs = f"pca-@{steps}", f"photoguard@{steps}"
+        wins = [r[ours]["psnr_damage_db"] >= r[theirs]["psnr_damage_db"] for r in per_photo.values() if theirs in r]
+        summary["targets"][f"beats_photoguard_on@{steps}"] = f"{sum(wins)}/{len(wins)}"
+        if ours == main and theirs == base:
+            summary["targets"]["beats_photoguard_met"] = bool(wins) and all(wins)
+    summary["targets"] |= summarise_eot(eot)
     return summary
 
 
@@ -151,60 +208,62 @@ def summarise_eot(eot: dict[str, Any]) -> dict[str, Any]:
     """Round-trip damage left after a real JPEG q75, plain vs EoT (mean over the EoT photos)."""
     if not eot:
         return {}
-
-    def after_jpeg(label: str) -> float:
-        return float(np.mean([_row(e[label]["report"], "jpeg-75")["roundtrip_damage_db"] for e in eot.values()]))
-
-    plain, with_eot = after_jpeg("plain"), after_jpeg("eot")
+    after = {lab: [e[lab]["damage_after_jpeg75_db"] for e in eot.values()] for lab in ("plain", "eot")}
+    plain, with_eot = float(np.mean(after["plain"])), float(np.mean(after["eot"]))
     return {
         "plain_damage_after_jpeg75_db": plain, "eot_damage_after_jpeg75_db": with_eot,
-        "eot_gain": with_eot / plain if plain > 0 else None, "eot_gain_met": plain > 0 and with_eot >= 1.5 * plain,
+        "eot_gain": with_eot / plain if plain > 0 else None, "eot_gain_target": 1.5,
+        "eot_gain_met": plain > 0 and with_eot >= 1.5 * plain,
+        "eot_beats_plain_on": f"{sum(a > b for a, b in zip(after['eot'], after['plain'], strict=True))}/{len(eot)}",
     }
 
 
-def _row(report: Any, transform: str) -> dict[str, Any]:
-    return next(r for r in report.to_dict()["rows"] if r["transform"] == transform)
+def redteam_tables(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-photo retention per channel and the pooled tables (plain; EoT where run)."""
+    from pca_attack.redteam.report import merge_reports
+
+    out: dict[str, Any] = {"redteam_per_photo": {n: per_channel(d["report"]) for n, d in done.items()}}
+    merged = merge_reports([d["report"] for d in done.values()])
+    out["redteam_plain"] = merged.to_dict() | {"markdown": merged.to_markdown()}
+    eot = [d["eot"]["report"] for d in done.values() if "eot" in d]
+    if eot:
+        merged = merge_reports(eot)
+        out["redteam_eot"] = merged.to_dict() | {"markdown": merged.to_markdown()}
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from pca_attack import load_decoder, load_encoder
-    from pca_attack.redteam.report import merge_reports
+    from pca_attack import AttackConfig, load_decoder, load_encoder
+    from pca_attack.redteam.channels import transform_names
 
     torch.set_num_threads(args.threads)
     encoder = load_encoder(args.model, device="cpu")
-    decoder = load_decoder(args.model, device="cpu", decoder=args.decoder)
-    photos = {n: crop(x, args.crop) for n, x in load_photos(False).items() if n in args.photos}
+    models = (encoder, load_decoder(args.model, device="cpu", decoder=args.decoder))
+    photos = scope(args.photos, args.crop, args.natural)
     opts = {"steps": args.steps, "baseline_steps": args.baseline_steps or args.steps, "eot": args.eot,
-            "eot_steps": args.eot_steps, "purify_steps": args.purify_steps}
-    per_photo: dict[str, Any] = {}
-    eot: dict[str, Any] = {}
-    figures: list[str] = []
-    for name, x in photos.items():
-        if not args.only_eot:
-            done = attack_rows(name, x, encoder, decoder, opts)
-            per_photo[name] = done["rows"]
-            if name in args.figures:
-                figures.append(figure(name, x, done["protected"], encoder, decoder, args.fig_dir))
-        if name in args.eot_images:
-            eot[name] = eot_rows(x, encoder, decoder, opts)
-            print(f"[efficacy-real] {name} EoT vs plain done", file=sys.stderr, flush=True)
+            "eot_samples": args.eot_samples, "shrink": args.shrink, "purify_steps": args.purify_steps,
+            "channels": [t for t in transform_names() if t != "purify" or args.purify_steps > 0],
+            "eot_channels": args.eot_channels}
     result: dict[str, Any] = {
         "model": encoder.name, "posterior": encoder.posterior_type, "latent_channels": encoder.latent_channels,
         "downsample_factor": encoder.downsample_factor, "eps": 16, "steps": args.steps,
-        "baseline": "PhotoGuard-style encoder attack: sign-PGD step 2/255 pulling mu toward mu(gray), last iterate",
-        "crop": args.crop, "photos": {n: list(x.shape[1:]) for n, x in photos.items()},
+        "crop": args.crop, "natural": args.natural, "photos": {n: list(x.shape[1:]) for n, x in photos.items()},
         "threads": args.threads, "machine": platform.platform(), "torch": torch.__version__,
-        "per_photo": per_photo, "figures": figures,
     }
-    result |= summarise(per_photo, eot, args.steps[0]) if per_photo else {"targets": summarise_eot(eot)}
+    if args.only_default:
+        cfg = asdict(AttackConfig(steps=args.steps[0]))
+        per_photo = {n: default_rows(n, x, models, opts) for n, x in photos.items()}
+        return result | {"attack_config": cfg, "per_photo": per_photo} | summarise(per_photo, {}, args.steps[0])
+    result["attack_config"] = asdict(AttackConfig(steps=args.steps[0], shrink=args.shrink))
+    result["baseline"] = "PhotoGuard-style encoder attack: sign-PGD step 2/255 pulling mu toward mu(gray), last iterate"
+    done = {n: run_photo(n, x, models, args, opts) for n, x in photos.items()}
+    per_photo = {n: d["rows"] for n, d in done.items()}
+    eot = {n: {k: v for k, v in d["eot"].items() if k != "report"} for n, d in done.items() if "eot" in d}
+    result |= {"per_photo": per_photo, "figures": [d["figure"] for d in done.values() if "figure" in d]}
+    result |= summarise(per_photo, eot, args.steps[0]) | redteam_tables(done)
     if eot:
-        result["eot_vs_plain"] = {
-            "eot_preset": args.eot, "steps": args.eot_steps, "photos": list(eot),
-            "seconds": {lab: float(np.mean([e[lab]["seconds"] for e in eot.values()])) for lab in ("plain", "eot")},
-        }
-        for label in ("plain", "eot"):
-            merged = merge_reports([e[label]["report"] for e in eot.values()])
-            result[f"redteam_{label}"] = merged.to_dict() | {"markdown": merged.to_markdown()}
+        result["eot_vs_plain"] = {"eot_preset": args.eot, "eot_samples": args.eot_samples, "steps": args.steps[0],
+                                  "channels": args.eot_channels, "per_photo": eot}
     return result
 
 
@@ -220,15 +279,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decoder", default=None, help="decoder weights file (default: found beside the encoder)")
     parser.add_argument("--steps", type=ints, default=[40, 20], help="step counts, main first (default 40,20)")
     parser.add_argument("--baseline-steps", type=ints, default=None, help="PhotoGuard step counts (default: --steps)")
-    parser.add_argument("--crop", default=None, help="central crop HxW of every photo (default: natural size)")
+    parser.add_argument("--shrink", type=float, default=0.0, help="shrink pass of the strongest rows (0 = off)")
+    parser.add_argument("--crop", default=None, help="central crop HxW of the photos not in --natural")
+    parser.add_argument("--natural", type=names, default=[], help="photos kept at natural size despite --crop")
     parser.add_argument("--photos", type=names, default=list(PHOTOS))
     parser.add_argument("--eot", default="jpeg-75")
-    parser.add_argument("--eot-steps", type=int, default=40)
+    parser.add_argument("--eot-samples", type=int, default=1)
     parser.add_argument("--eot-images", type=names, default=["chelsea", "coffee"])
+    parser.add_argument("--eot-channels", type=names, default=names(CODEC_CHANNELS),
+                        help="red-team channels of the EoT images (the plain image meets every channel)")
     parser.add_argument("--purify-steps", type=int, default=0, help="0 leaves the purification channel out")
-    parser.add_argument("--figures", type=names, default=["chelsea", "astronaut"])
-    parser.add_argument("--only-eot", action="store_true", help="only the EoT-vs-plain red team (a second process)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--figures", type=names, default=["chelsea", "coffee"])
+    parser.add_argument("--only-default", action="store_true", help="only the default intensity's rows")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--fig-dir", type=Path, default=ROOT / "docs" / "figures")
     args = parser.parse_args(argv)
@@ -244,10 +307,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     result["total_seconds"] = round(time.perf_counter() - start, 1)
     result["command"] = "python benchmarks/efficacy.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = args.out_json or ROOT / "docs" / f"efficacy_{Path(str(result['model'])).name.lower()}.json"
+    suffix = "_default" if args.only_default else ""
+    out = args.out_json or ROOT / "docs" / f"efficacy_{Path(str(result['model'])).name.lower()}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(public(result), indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "per_photo"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith(("per_photo", "redteam_"))}, indent=2))
     return result
 
 
