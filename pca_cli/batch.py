@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
-from pca_cli.options import MaxMemoryOpt, OfflineOpt, memory_budget, with_protect_options
+from pca_cli.options import GeneratorOpt, MaxMemoryOpt, OfflineOpt, memory_budget, with_protect_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -172,6 +172,7 @@ def batch_command(
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")] = "auto",
     max_memory: MaxMemoryOpt = None,
     offline: OfflineOpt = False,
+    generator: GeneratorOpt = None,
     api_key: ApiKeyOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -193,7 +194,7 @@ def batch_command(
     if sum(map(bool, (server, local, ray))) != 1:
         err.print("[red]choose exactly one of --server URL, --local or --ray auto|ADDRESS[/red]")
         raise typer.Exit(2)
-    budget = _local_budget(max_memory, local)
+    budget = _local_budget(max_memory, local, generator)
     folders = {"include": include or (), "exclude": exclude or (), "in_place": in_place}
     try:
         if dry_run:
@@ -207,7 +208,7 @@ def batch_command(
             if local:
                 from pca_cli.local import local_processor
 
-                processor, jobs = local_processor(options, ",".join(model), device, dtype, budget, offline), 1
+                processor, jobs = local_processor(options, model, device, dtype, budget, offline, generator), 1
             else:
                 processor = _remote_processor(options, str(server), api_key, retries, timeout, jobs)
             runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)
@@ -221,8 +222,12 @@ def batch_command(
     _exit(report)
 
 
-def _local_budget(max_memory: str | None, local: bool) -> int | None:
-    """``--max-memory`` in bytes; it sets the in-process engine's budget only (a usage error otherwise)."""
+def _local_budget(max_memory: str | None, local: bool, generator: Path | None = None) -> int | None:
+    """``--max-memory`` in bytes; it sets the in-process engine's budget only (a usage error otherwise), as
+    ``--generator`` sets the in-process engine's generator only."""
+    if generator is not None and not local:
+        raise typer.BadParameter("applies to --local; a service uses its operator's PCA_GENERATOR",
+                                 param_hint="--generator")
     if max_memory and not local:
         raise typer.BadParameter("applies to --local; a service has its own budget (PCA_MAX_MEMORY)",
                                  param_hint="--max-memory")

@@ -14,9 +14,9 @@ from pca_attack.options import ProtectOptions
 class EngineProcessor:
     """``(path, data) -> (bytes, suffix, certificate)`` with the in-process engine."""
 
-    def __init__(self, engine: Any, options: ProtectOptions) -> None:
+    def __init__(self, engine: Any, options: ProtectOptions, generator: str | None = None) -> None:
         self.engine = engine
-        self.config = options.to_attack_config()
+        self.config = options.to_attack_config().with_(generator=generator)  # generator: fast modes' weights
         self.output = options.output()
         self.steps: Any = None  # an ImageProgress (pca_cli.progress), set while a progress display is live
         self._lock = threading.Lock()
@@ -38,17 +38,20 @@ class EngineProcessor:
 
 
 def local_processor(
-    options: ProtectOptions, model: str, device: str, dtype: str, max_memory: int | None = None,
-    offline: bool = False,
+    options: ProtectOptions, model: str | list[str], device: str, dtype: str, max_memory: int | None = None,
+    offline: bool = False, generator: Path | None = None,
 ) -> EngineProcessor:
-    """Load the model (no decoder: the batch needs none) within the memory budget and wrap it."""
+    """Load the model (no decoder: the batch needs none) within the memory budget and wrap it; a fast mode's
+    generator is checked against the model first (``--generator``: exit 2 when unusable)."""
     import sys
 
     from pca_attack.models.registry import DEMO_WARNING, uses_demo
     from pca_attack.pipeline import Engine
+    from pca_cli.options import fast_generator
 
-    engine = Engine.from_spec(model, device=device, dtype=dtype, with_decoder=False, max_batch=1,
+    spec = model if isinstance(model, str) else ",".join(model)  # batch: a list of --model values
+    engine = Engine.from_spec(spec, device=device, dtype=dtype, with_decoder=False, max_batch=1,
                               max_memory=max_memory, offline=offline or None)
     if uses_demo(engine.model_names()):
         print(f"warning: {DEMO_WARNING}", file=sys.stderr)
-    return EngineProcessor(engine, options)
+    return EngineProcessor(engine, options, fast_generator(generator, engine.encoder, options.mode))

@@ -48,6 +48,14 @@ MaxMemoryOpt = Annotated[
         "Larger images are protected in tiles; one that cannot fit even so is refused before any work (exit 2).",
     ),
 ]
+GeneratorOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--generator",
+        help="Fast modes (--mode fast / fast+N): generator weights (.safetensors written by "
+        "scripts/train_generator.py for this model). Default: the generator shipped for the model (demo only).",
+    ),
+]
 
 # flag spellings of the protect options (presentation only: names, bounds and defaults come from the model)
 FLAGS: dict[str, tuple[str, ...]] = {
@@ -107,6 +115,23 @@ def check_eot(name: str | None) -> None:
     if name is not None and name not in eot_names():
         choices = ", ".join(eot_names())
         raise typer.BadParameter(f"unknown preset {name!r}; choose one of: {choices}", param_hint="--eot")
+
+
+def fast_generator(generator: Path | None, encoder: Any, mode: str) -> str | None:
+    """The ``--generator`` path for the attack configuration, checked against the loaded encoder whenever a
+    fast mode will use a generator or a path was given: a missing or foreign file, or one trained for another
+    model, exits with 2 before any image is touched."""
+    if generator is None and mode == "pgd":
+        return None
+    from pca_attack.errors import PCAError
+    from pca_attack.fast.weights import check_generator
+
+    path = None if generator is None else str(generator)
+    try:
+        check_generator(path, encoder)
+    except PCAError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--generator") from exc
+    return path
 
 
 def memory_budget(text: str | None) -> int | None:

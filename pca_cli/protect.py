@@ -18,9 +18,11 @@ from pca_cli.options import (
     DecoderOpt,
     DeviceOpt,
     DtypeOpt,
+    GeneratorOpt,
     MaxMemoryOpt,
     ModelsOpt,
     OfflineOpt,
+    fast_generator,
     memory_budget,
     with_protect_options,
 )
@@ -81,9 +83,11 @@ def write_budget_map(source: Path, dest: Path, eps: float) -> Path:
 
 
 def protect_files(
-    engine: Any, pairs: list[tuple[Path, Path]], options: ProtectOptions, save_budget_map: bool = False
+    engine: Any, pairs: list[tuple[Path, Path]], options: ProtectOptions, save_budget_map: bool = False,
+    generator: str | None = None,
 ) -> list[tuple[Path, str]]:
-    """Protect each (source, destination) pair with a progress bar; the failures with their reason."""
+    """Protect each (source, destination) pair with a progress bar; the failures with their reason.
+    ``generator``: the fast modes' weights path (None: the one shipped for the model)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pca_attack.attack.memory import MemoryBudgetError
@@ -92,7 +96,7 @@ def protect_files(
     from pca_attack.io.names import certificate_name
     from pca_cli.progress import CountColumn, ImageProgress
 
-    config = options.to_attack_config()
+    config = options.to_attack_config().with_(generator=generator)
     failures: list[tuple[Path, str]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), CountColumn(), TimeRemainingColumn())
     console = Console(stderr=True)
@@ -130,6 +134,7 @@ def protect_command(
     offline: OfflineOpt = False,
     max_memory: MaxMemoryOpt = None,
     decoder: DecoderOpt = None,
+    generator: GeneratorOpt = None,
     save_budget_map: Annotated[
         bool, typer.Option("--save-budget-map", help="Also write each image's JND budget map as OUTPUT.budget.png.")
     ] = False,
@@ -158,13 +163,14 @@ def protect_command(
         engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget,
                                   decoder=str(decoder) if decoder else None)
         check_preset(engine.encoder, options.to_attack_config().loss_preset.name)  # e.g. adaptive on a tiny AE
+        generator_path = fast_generator(generator, engine.encoder, options.mode)  # exit 2 when unusable
     except PCAError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
     if uses_demo(engine.model_names()):
         console.print(f"[yellow]warning:[/yellow] {DEMO_WARNING}", markup=True, highlight=False)
-    failures = protect_files(engine, pairs, options, save_budget_map)
+    failures = protect_files(engine, pairs, options, save_budget_map, generator_path)
     for source, reason in failures:
         console.print(f"[red]failed[/red] {source}: {reason}")
     console.print(f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")

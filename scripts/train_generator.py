@@ -18,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pca_attack.fast.generator import parameter_count
@@ -29,10 +30,12 @@ def parse() -> argparse.Namespace:
     defaults = TrainSettings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=defaults.model, help="model spec, or a comma list for the ensemble objective")
-    for name in ("steps", "batch", "crop", "seed", "width", "blocks"):
+    for name in ("steps", "batch", "crop", "seed", "width", "blocks", "pattern"):
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--centred", action="store_true", help="forbid a constant colour shift (mean-free logits)")
+    p.add_argument("--centred", action=argparse.BooleanOptionalAction, default=defaults.centred,
+                   help="mean-free logits per channel (the training image is colour-neutral either way)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (results are bit-exact for one count)")
     p.add_argument("--eps", type=float, default=defaults.eps, help="L-inf budget, 0-255 scale")
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
     p.add_argument("--figure", default="", help="loss-curve PNG ('' = none)")
@@ -56,8 +59,9 @@ def plot(curve: list[float], path: Path, title: str) -> None:
 
 def main() -> None:
     args = parse()
+    torch.set_num_threads(args.threads)
     settings = TrainSettings(args.model, args.steps, args.batch, args.crop, args.lr, args.eps, args.seed,
-                             args.width, args.blocks, args.centred)
+                             args.width, args.blocks, args.centred, args.pattern)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss ratio {task.fields[ratio]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -65,9 +69,10 @@ def main() -> None:
         task = bar.add_task(f"training vs {settings.model}", total=settings.steps, ratio=1.0)
         net, curve = train_generator(settings, lambda step, ratio: bar.update(task, completed=step + 1, ratio=ratio))
     meta = {"model": settings.model, "eps": f"{settings.eps:g}", "seed": str(settings.seed),
-            "steps": str(settings.steps), "crop": str(settings.crop)}
+            "steps": str(settings.steps), "crop": str(settings.crop), "threads": str(args.threads)}
     generator_id = save_generator(net, args.out, meta)
     summary = {"generator_id": generator_id, "parameters": parameter_count(net), "settings": vars(settings),
+               "threads": args.threads,
                "train_seconds": round(time.perf_counter() - start, 1), "loss_ratio_curve": [round(v, 5) for v in curve]}
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.figure:

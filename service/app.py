@@ -102,12 +102,14 @@ def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: E
         from pca_attack.attack.memory import parse_size
 
         loaded.max_memory = parse_size(settings.max_memory)
+    app.state.generator_id = fast_mode_generator(settings, loaded)
     worker = EngineWorker(
         loaded,
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         metrics=metrics,
         retry_after_s=settings.retry_after_s,
+        generator=None if settings.generator is None else str(settings.generator),
     )
     store = JobStore(settings.db_url, settings.data_dir, settings.job_retention_s)
     recovered = store.recover()
@@ -132,6 +134,25 @@ def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: E
     worker.start()
     runner.start()
     metrics.ready.set(1)
+
+
+def fast_mode_generator(settings: Settings, engine: Engine) -> str | None:
+    """The id of the generator fast modes use (PCA_GENERATOR, else the one shipped for the model), or None when
+    there is none (pgd only). A PCA_GENERATOR that is not a generator or was made for another model refuses the
+    start (ConfigError with what to do)."""
+    from pca_attack.errors import ConfigError
+    from pca_attack.fast.weights import check_generator, shipped_generator
+
+    if settings.generator is not None:
+        return check_generator(str(settings.generator), engine.encoder).generator_id
+    if shipped_generator(engine.encoder.name) is None:
+        return None
+    try:
+        return check_generator(None, engine.encoder).generator_id
+    except ConfigError:
+        log.warning("the generator shipped for %s does not suit the loaded weights: fast modes are off",
+                    engine.encoder.name)
+        return None
 
 
 def stop_services(app: FastAPI, metrics: Metrics) -> None:
@@ -167,7 +188,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.engine = app.state.worker = app.state.store = app.state.runner = None
+    app.state.engine = app.state.worker = app.state.store = app.state.runner = app.state.generator_id = None
     install_error_handlers(app)
 
     v1 = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])

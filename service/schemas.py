@@ -132,6 +132,11 @@ class ModelsResponse(BaseModel):
     presets: list[PresetInfo]
     limits: Limits
     version: str
+    generator_id: str | None = Field(
+        default=None,
+        description="fast modes (mode fast / fast+N) are available when set: the id of this server's generator "
+        "(first 12 hex digits of its weights' SHA-256, as certificates record it); null: only mode pgd",
+    )
 
 
 class ChannelStats(BaseModel):

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         description="bytes per second a request body must keep up after its first body_timeout_s (0: no floor)",
     )
 
+    generator: Path | None = Field(
+        default=None,
+        description="fast modes (mode fast / fast+N): generator weights file (.safetensors written by "
+        "scripts/train_generator.py for this model), set by the operator; requests never name a path. Default: "
+        "the generator shipped for the model (demo only); the start is refused when the file is missing, is not "
+        "a generator or was trained for another model",
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="critical, error, warning, info or debug"
     )
@@ -103,6 +111,15 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(str(exc)) from exc
         return value or None
+
+    @field_validator("generator")
+    @classmethod
+    def _generator_file(cls, value: Path | None) -> Path | None:
+        """PCA_GENERATOR must name an existing file (whether it suits the model is checked once it is loaded)."""
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file; give the path of generator weights (.safetensors) written by "
+                             "scripts/train_generator.py, or unset PCA_GENERATOR")
+        return value
 
     @field_validator("model", mode="before")
     @classmethod

@@ -69,8 +69,10 @@ class EngineWorker:
         max_batch: int = 4,
         metrics: Metrics | None = None,
         retry_after_s: int = 5,
+        generator: str | None = None,
     ) -> None:
         self.engine = engine
+        self.generator = generator  # fast modes' weights path (the operator's PCA_GENERATOR; None: shipped)
         self.queue_size = int(queue_size)
         self.max_batch = int(max_batch)
         self.metrics = metrics
@@ -254,9 +256,10 @@ class EngineWorker:
     def _protect(self, requests: list[ProtectRequest]) -> list[ProtectedImage]:
         head = requests[0]
         t0 = time.perf_counter()
+        config = head.config if self.generator is None else head.config.with_(generator=self.generator)
         results = self.engine.protect(
             [r.image for r in requests],
-            head.config,
+            config,
             fmt=head.fmt,
             quality=head.quality,
             keep_exif=head.keep_exif,

@@ -131,7 +131,8 @@ class Protector:
         levels: (B,) grid size per image, 255 (8-bit, default) or 65535 (16-bit sources).
         tiles: run each step tile by tile on this grid (see ``pca_attack.attack.memory.plan_attack``).
         progress: called after every tile of every step (``StepProgress``).
-        start: (B, 3, H, W) first iterate (e.g. the fast generator's output), projected into the budget;
+        start: (B, 3, H, W) first iterate (e.g. the fast generator's output), rounded onto the grid within the
+            box (callers project it first: ``pca_attack.fast.generator.generator_image``);
             None: the clean image or the random start.
         """
         began = time.perf_counter()
@@ -148,7 +149,9 @@ class Protector:
         if start is None:
             x_adv = budget.start(cfg.random_start, generator)  # (B, 3, H, W)
         else:
-            x_adv = budget.project(start.detach().to(x.device, torch.float32))  # (B, 3, H, W)
+            # a given start (the fast generator's image, already projected by this budget) is only held to the
+            # box on the image grid, not re-projected: fast+N's first iterate is then exactly the fast image
+            x_adv = quantize(start.detach().to(x.device, torch.float32).clamp(0, 1), x, budget.bound_255, lv)
         update = make_update(cfg, x_adv)
         tracker = BestIterate(x_adv, cfg)
         for step in range(cfg.steps):

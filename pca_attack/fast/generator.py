@@ -1,10 +1,17 @@
-"""A small fully-convolutional image -> perturbation network and its use inside the L-inf budget.
+"""A small fully-convolutional image -> perturbation network and its use inside the attack's budget.
 
 The network sees the image in [-1, 1], works at full, 1/2 and 1/4 resolution (a U-Net with residual blocks at
-the bottom) and returns an unbounded map; ``perturbation`` squashes it to the budget with ``eps * tanh``, ties
-it across channels for grayscale images and accepts any size (reflect-padded to a multiple of 4, cropped back).
-``generator_image`` adds it to the image and rounds onto the image's integer grid with the budget re-enforced
-(``pca_attack.attack.budget.quantize``), so the budget holds on the bytes as for PGD.
+the bottom) and returns an unbounded map; an optional learnt image-independent ``pattern`` (period P pixels,
+a multiple of the encoders' 8-pixel grid, tiled from the image's top-left corner) is added to it, so the
+network only learns the image-conditioned part. ``perturbation`` squashes the map to the budget with
+``eps * tanh``, ties it across channels for grayscale images and accepts any size (reflect-padded to a
+multiple of 4, cropped back).
+
+``generator_image`` treats the generator's image exactly as the PGD loop treats its iterates: the budget of the
+configuration (``make_budget``: the L-inf box or the JND map, colour-neutral by default) projects it, and
+``quantize`` rounds it onto the image's integer grid with the bound re-enforced, so the budget holds on the
+bytes. ``training_image`` is the differentiable counterpart used in training (box + the colour-neutral mean
+removal), so the generator learns under the constraint it is used with (no constant colour shift).
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pca_attack.attack.budget import quantize
+from pca_attack.attack.budget import ColourNeutral, LinfBudget, make_budget, quantize
+from pca_attack.attack.config import AttackConfig
 from pca_attack.models.encoder import pad_to_multiple
 
 MULTIPLE = 4  # two stride-2 stages
@@ -33,9 +41,9 @@ class _Residual(nn.Module):
 class PerturbationNet(nn.Module):
     """(B, 3, H, W) in [0, 1], H and W multiples of 4 -> (B, 3, H, W) unbounded perturbation logits."""
 
-    def __init__(self, width: int = 32, blocks: int = 3, centred: bool = False) -> None:
+    def __init__(self, width: int = 32, blocks: int = 3, centred: bool = False, pattern: int = 0) -> None:
         super().__init__()
-        self.width, self.blocks = width, blocks
+        self.width, self.blocks, self.period = width, blocks, pattern
         self.centred = centred  # subtract each image's mean logit per channel: no constant colour shift
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.SiLU())
         self.down1 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU())
@@ -44,6 +52,10 @@ class PerturbationNet(nn.Module):
         self.up2 = nn.Conv2d(4 * width, 2 * width, 3, padding=1)
         self.up1 = nn.Conv2d(2 * width, width, 3, padding=1)
         self.head = nn.Conv2d(width, 3, 3, padding=1)
+        if pattern:  # image-independent logits, one period (1, 3, P, P), tiled over the image
+            self.pattern = nn.Parameter(torch.zeros(1, 3, pattern, pattern))
+        nn.init.zeros_(self.head.weight)  # starts as the pattern alone (no random image-conditioned noise)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self.stem(x * 2.0 - 1.0)  # (B, w, H, W)
@@ -51,7 +63,12 @@ class PerturbationNet(nn.Module):
         s4 = self.middle(self.down2(s2))  # (B, 4w, H/4, W/4)
         u2 = F.silu(self.up2(F.interpolate(s4, scale_factor=2.0, mode="nearest")) + s2)  # (B, 2w, H/2, W/2)
         u1 = F.silu(self.up1(F.interpolate(u2, scale_factor=2.0, mode="nearest")) + s1)  # (B, w, H, W)
-        return self.head(u1)  # (B, 3, H, W)
+        out = self.head(u1)  # (B, 3, H, W)
+        if self.period:
+            height, width = x.shape[-2:]
+            reps = (-(-height // self.period), -(-width // self.period))
+            out = out + self.pattern.repeat(1, 1, *reps)[..., :height, :width]  # (1, 3, H, W) broadcast
+        return out
 
 
 def parameter_count(net: nn.Module) -> int:
@@ -70,12 +87,29 @@ def perturbation(net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor,
     return eps_255 / 255.0 * torch.tanh(raw)
 
 
+def training_image(
+    net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor, config: AttackConfig
+) -> torch.Tensor:
+    """Differentiable x_adv (B, 3, H, W) for training: the perturbation, made colour-neutral (its mean per
+    channel removed, globally and per window, as ``ColourNeutral`` does) when the configuration is, clipped to
+    the box and to [0, 1]."""
+    delta = perturbation(net, x, grayscale, config.eps)  # (B, 3, H, W)
+    if config.colour_neutral:
+        delta = ColourNeutral(LinfBudget(x, config.eps, grayscale), config.neutral_window).neutralise(delta)
+    bound = config.eps / 255.0
+    return (x + delta.clamp(-bound, bound)).clamp(0.0, 1.0)
+
+
 @torch.no_grad()
 def generator_image(
-    net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor, levels: torch.Tensor, eps_255: float
+    net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor, levels: torch.Tensor, config: AttackConfig
 ) -> torch.Tensor:
-    """x (B, 3, H, W) on its grid -> the protected image (B, 3, H, W) on the same grid, |q - x| <= eps on it."""
+    """x (B, 3, H, W) on its grid -> the protected image (B, 3, H, W) on the same grid: projected by the
+    configuration's budget as a PGD iterate is, then rounded with |q - x| <= the bound re-enforced."""
     net_param = next(net.parameters())
     x_net = x.to(net_param.device, net_param.dtype)
-    delta = perturbation(net, x_net, grayscale, eps_255).to(x.device, torch.float32)  # (B, 3, H, W)
-    return quantize((x + delta).clamp(0.0, 1.0), x, eps_255, levels.to(x.device, torch.float32))
+    gray = grayscale.to(x.device)
+    delta = perturbation(net, x_net, gray, config.eps).to(x.device, torch.float32)  # (B, 3, H, W)
+    budget = make_budget(config, x, gray)
+    projected = budget.project(x + delta)  # (B, 3, H, W): box (or JND map), colour-neutral by default
+    return quantize(projected, x, budget.bound_255, levels.to(x.device, torch.float32))

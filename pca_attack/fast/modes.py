@@ -1,6 +1,10 @@
 """The attack modes in the engine: ``pgd`` (today's loop), ``fast`` (the generator's output, quantised, budget
 re-enforced: no PGD step), ``fast+N`` (N PGD steps starting from that image).
 
+The generator's image is projected by the configuration's budget exactly as a PGD iterate is (colour-neutral
+by default, the JND map when asked) and rounded onto the grid; the PGD loop takes it as its first iterate
+unchanged, so ``fast+N``'s first loss is the ``fast`` image's loss.
+
 ``run_config`` is the configuration the PGD loop runs (its ``steps`` become 0 or N in fast modes, so the
 certificate's ``steps`` says what ran); ``fast_start`` is the start image handed to ``Protector.protect``.
 """
@@ -27,4 +31,4 @@ def fast_start(
     if config.refine_steps is None:
         return None, None
     loaded = resolve_generator(config.generator, model_name)
-    return generator_image(loaded.net, x, grayscale, levels, config.eps), loaded.generator_id
+    return generator_image(loaded.net, x, grayscale, levels, config), loaded.generator_id

@@ -1,9 +1,11 @@
 """Training the generator against one or several encoders with the attack's own collapse objective.
 
-Each step: augmented crops x, the generator's perturbation delta(x), x_adv = clip(x + delta); the attack's
-objective (``Protector.loss_and_grad``: the single-model objective, or the ensemble's when several models are
-given) gives d(sign * loss)/d(x_adv), which is back-propagated through the generator (chain rule), each image
-weighted by 1 / its clean loss so every crop counts alike. Deterministic from the seed on the CPU.
+Each step: augmented crops x, the generator's perturbation delta(x), x_adv = the default attack's feasible
+image (``training_image``: colour-neutral, so a constant darkening or colour cast, the trivial universal answer,
+is no longer available); the attack's objective (``Protector.loss_and_grad``: the single-model objective, or
+the ensemble's when several models are given) gives d(sign * loss)/d(x_adv), which is back-propagated through
+the generator (chain rule), each image weighted by 1 / its current loss: the generator minimises the mean
+log-loss, so every crop counts alike whatever its clean loss. Deterministic from the seed on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import objective_sign
 from pca_attack.attack.pgd import Protector
-from pca_attack.fast.generator import PerturbationNet, perturbation
+from pca_attack.fast.generator import PerturbationNet, training_image
 from pca_attack.fast.photos import TRAIN, crop_batch, load_photo
 from pca_attack.models.ensemble import load_model
 
@@ -32,7 +34,8 @@ class TrainSettings:
     seed: int = 0
     width: int = 32
     blocks: int = 3
-    centred: bool = False  # no constant colour shift (see PerturbationNet)
+    centred: bool = True  # mean-free logits per channel (see PerturbationNet)
+    pattern: int = 32  # period of the learnt image-independent pattern, pixels (0 = none)
 
 
 def train_generator(
@@ -41,7 +44,7 @@ def train_generator(
     """Train from the seed; returns the network and the loss curve (mean loss / clean loss per step)."""
     torch.manual_seed(settings.seed)
     draws = torch.Generator().manual_seed(settings.seed)
-    net = PerturbationNet(settings.width, settings.blocks, settings.centred)
+    net = PerturbationNet(settings.width, settings.blocks, settings.centred, settings.pattern)
     protector = Protector(load_model(settings.model, device="cpu", dtype="float32"), AttackConfig(eps=settings.eps))
     sign = objective_sign(protector.config.loss_preset.direction)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
@@ -54,10 +57,10 @@ def train_generator(
         target = protector.target_variance(x)
         protector.tiled.prepare(x, target)
         clean = protector.loss(x, target).clamp(min=1e-12)  # (B,)
-        x_adv = (x + perturbation(net, x, gray, settings.eps)).clamp(0.0, 1.0)  # (B, 3, c, c)
+        x_adv = training_image(net, x, gray, protector.config)  # (B, 3, c, c)
         loss, grad = protector.loss_and_grad(x_adv.detach(), target, draws, sign)  # (B,), (B, 3, c, c)
         optimiser.zero_grad()
-        x_adv.backward(grad / clean.view(-1, 1, 1, 1) / settings.batch)
+        x_adv.backward(grad / loss.detach().clamp(min=1e-12).view(-1, 1, 1, 1) / settings.batch)  # d mean log-loss
         optimiser.step()
         schedule.step()
         curve.append(float((loss / clean).mean()))

@@ -3,22 +3,34 @@
 The id is the first 12 hex digits of the file's SHA-256, so a certificate names exactly the weights that made
 the image. ``resolve_generator`` maps a configuration to weights: an explicit path, or the generator shipped in
 the package for the model (today: ``demo``).
+
+A generator only works for the encoder it was trained against. The training script stores that encoder's
+``probe`` in the metadata (per-channel mean and spread of its posterior mean on a fixed synthetic image);
+``check_generator`` compares it with the encoder in use (within 5%, so fp16/bf16 and other devices pass) and
+refuses a generator made for another model with a message saying which.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pca_attack.errors import ConfigError
 from pca_attack.fast.generator import PerturbationNet
 
+if TYPE_CHECKING:
+    from pca_attack.models.encoder import Encoder
+
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "generators"
+PROBE_TOLERANCE = 0.05  # relative distance between probes still taken as the same encoder
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,8 @@ def save_generator(net: PerturbationNet, path: Path, metadata: dict[str, str] | 
     return the file's id."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().half().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {"width": str(net.width), "blocks": str(net.blocks), "centred": str(int(net.centred)), **(metadata or {})}
+    meta = {"width": str(net.width), "blocks": str(net.blocks), "centred": str(int(net.centred)),
+            "pattern": str(net.period), **(metadata or {})}
     save_file(tensors, str(path), metadata=meta)
     return file_id(path)
 
@@ -48,15 +61,18 @@ def load_generator(path: str) -> LoadedGenerator:
     """Weights written by ``save_generator`` (cached per path); ConfigError saying what to do otherwise."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"generator weights {path!r} not found; train them with scripts/train_generator.py")
+        raise ConfigError(
+            f"generator weights {path!r} not found (no such file); give the path of a .safetensors file written "
+            "by scripts/train_generator.py"
+        )
     try:
-        from safetensors import safe_open
-
         with safe_open(str(file), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
-        net = PerturbationNet(int(meta["width"]), int(meta["blocks"]), meta.get("centred", "0") == "1")
+        net = PerturbationNet(
+            int(meta["width"]), int(meta["blocks"]), meta.get("centred", "0") == "1", int(meta.get("pattern", "0"))
+        )
         net.load_state_dict(load_file(str(file)))
-    except (KeyError, ValueError, RuntimeError, OSError) as error:
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as error:
         raise ConfigError(
             f"{path!r} is not a generator written by scripts/train_generator.py ({error}); retrain or fix the path"
         ) from None
@@ -67,8 +83,8 @@ def load_generator(path: str) -> LoadedGenerator:
 def resolve_generator(path: str | None, model_name: str, device: torch.device | str = "cpu") -> LoadedGenerator:
     """The generator named by ``path``, or the one shipped for ``model_name``; on ``device``."""
     if path is None:
-        shipped = SHIPPED / f"{model_name}.safetensors"
-        if not shipped.is_file():
+        shipped = shipped_generator(model_name)
+        if shipped is None:
             raise ConfigError(
                 f"no generator ships for model {model_name!r} (only for: "
                 f"{', '.join(sorted(p.stem for p in SHIPPED.glob('*.safetensors'))) or 'none'}); "
@@ -77,4 +93,49 @@ def resolve_generator(path: str | None, model_name: str, device: torch.device | 
         path = str(shipped)
     loaded = load_generator(str(path))
     loaded.net.to(device)
+    return loaded
+
+
+def shipped_generator(model_name: str) -> Path | None:
+    """The generator that ships in the package for ``model_name``, if any."""
+    path = SHIPPED / f"{model_name}.safetensors"
+    return path if path.is_file() else None
+
+
+@torch.no_grad()
+def encoder_probe(encoder: Encoder) -> list[float]:
+    """Per-channel mean then standard deviation of the posterior mean on a fixed smooth 64x64 image: (2C,)."""
+    ramp = torch.linspace(0.0, 1.0, 64)
+    x = torch.stack([ramp[None].expand(64, 64), ramp[:, None].expand(64, 64),
+                     0.5 + 0.4 * torch.sin(12.0 * ramp[None] * ramp[:, None])])[None]  # (1, 3, 64, 64)
+    mean = encoder.posterior(x.to(encoder.device, encoder.dtype))[0].float().cpu()[0]  # (C, 8, 8)
+    stats = torch.cat([mean.mean(dim=(1, 2)), mean.std(dim=(1, 2))])  # (2C,)
+    return [float(f"{v:.5g}") for v in stats.tolist()]
+
+
+def model_metadata(model: str, encoder: Encoder) -> dict[str, str]:
+    """What a generator's file records about the model it was trained for: the spec and the probe of its
+    (first) encoder."""
+    return {"model": model, "probe": json.dumps(encoder_probe(encoder))}
+
+
+def check_generator(path: str | None, encoder: Encoder) -> LoadedGenerator:
+    """The generator at ``path`` (None: the one shipped for the encoder's model), checked to be made for this
+    encoder; ConfigError naming the two models otherwise."""
+    loaded = resolve_generator(path, encoder.name)
+    trained_for = loaded.metadata.get("model", "an unknown model")
+    probe = loaded.metadata.get("probe")
+    if probe is None:  # written before probes: only the model name can tell
+        same = trained_for == encoder.name
+    else:
+        stored, current = torch.tensor(json.loads(probe)), torch.tensor(encoder_probe(encoder))
+        same = stored.shape == current.shape and float(
+            (stored - current).norm() / current.norm().clamp(min=1e-12)
+        ) <= PROBE_TOLERANCE
+    if not same:
+        raise ConfigError(
+            f"generator {loaded.path.name} ({loaded.generator_id}) was trained for model {trained_for!r}, not for "
+            f"{encoder.name!r}: its perturbations would not collapse this encoder. Train one for this model with "
+            f"scripts/train_generator.py --model {encoder.name}, or use --mode pgd"
+        )
     return loaded

@@ -3,7 +3,7 @@ server's limits."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from pca_attack import DEFAULT_PRESET, PRESETS, __version__
 from pca_attack.attack.objective import ensemble_facts
@@ -23,7 +23,7 @@ router = APIRouter(tags=["models"])
     summary="Loaded models (every member of an ensemble), presets and limits",
     response_model=ModelsResponse,
 )
-async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
+async def list_models(engine: EngineDep, settings: SettingsDep, request: Request) -> ModelsResponse:
     members = [ModelInfo.model_validate(facts) for facts in member_facts(*loaded_models(engine))]
     return ModelsResponse(
         model=members[0],
@@ -46,6 +46,7 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
             formats=list(FORMAT_NAMES),
         ),
         version=__version__,
+        generator_id=getattr(request.app.state, "generator_id", None),
     )
 
 

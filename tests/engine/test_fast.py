@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pca_attack.attack.budget import quantize
+from pca_attack.attack.budget import make_budget, quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.pgd import Protector
 from pca_attack.errors import ConfigError
@@ -64,7 +64,9 @@ def test_generator_is_small_and_fully_convolutional() -> None:
     assert parameter_count(net) <= 3_000_000
     for size in ((1, 3, 17, 29), (2, 3, 64, 40)):
         x = torch.rand(size)
-        out = generator_image(net, x, torch.zeros(size[0], dtype=torch.bool), torch.full((size[0],), 255.0), EPS)
+        out = generator_image(
+            net, x, torch.zeros(size[0], dtype=torch.bool), torch.full((size[0],), 255.0), AttackConfig(eps=EPS)
+        )
         assert out.shape == x.shape
 
 
@@ -102,17 +104,27 @@ def test_fast_plus_n_starts_from_the_fast_image(
     engine: Engine, saturated_generator: str, photo: Callable[..., np.ndarray]
 ) -> None:
     data = _png(photo(48, 64, seed=5))
-    # colour_neutral off: the default colour projection (since the l2 default) re-projects the start inside the
-    # PGD loop but not the fast image, so the first loss then differs by ~0.1% (a known follow-up)
-    fast = engine.protect_bytes(
-        data, AttackConfig(eps=EPS, mode="fast", generator=saturated_generator, colour_neutral=False)
-    )
-    refined = engine.protect_bytes(
-        data, AttackConfig(eps=EPS, mode="fast+3", generator=saturated_generator, colour_neutral=False)
-    )
+    # the defaults (colour-neutral projection on): the fast image is projected as PGD's iterates are
+    fast = engine.protect_bytes(data, AttackConfig(eps=EPS, mode="fast", generator=saturated_generator))
+    refined = engine.protect_bytes(data, AttackConfig(eps=EPS, mode="fast+3", generator=saturated_generator))
     assert refined.certificate.mode == "fast+3" and refined.certificate.steps == 3 and len(refined.loss_trace) == 3
     assert refined.loss_trace[0] == pytest.approx(fast.certificate.loss_protected, rel=1e-4)
     assert refined.certificate.loss_protected < fast.certificate.loss_protected  # PGD went on from there
+    for config in (AttackConfig(eps=EPS), AttackConfig(eps=EPS, budget="jnd")):  # projected as PGD's iterates
+        _assert_projected_like_pgd(saturated_generator, config)
+
+
+def _assert_projected_like_pgd(generator: str, config: AttackConfig) -> None:
+    """The generator's image is a fixed point of the budget's projection followed by rounding, and its
+    perturbation has (almost) no mean colour shift under the colour-neutral default."""
+    x = torch.round(torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(2)) * 255) / 255
+    gray, levels = torch.zeros(1, dtype=torch.bool), torch.full((1,), 255.0)
+    image = generator_image(load_generator(generator).net, x, gray, levels, config)
+    budget = make_budget(config, x, gray)
+    again = quantize(budget.project(image), x, budget.bound_255, levels)
+    assert (again - image).abs().max() <= 1 / 255 + 1e-6  # at most one grey level of rounding apart
+    assert ((image - x) * 255).abs().le(torch.as_tensor(budget.bound_255) + 1e-4).all()
+    assert ((image - x) * 255).mean(dim=(2, 3)).abs().max() < 0.5  # colour-neutral: no mean shift per channel
 
 
 def test_modes_are_validated_and_a_missing_generator_is_explained() -> None:
@@ -146,7 +158,7 @@ def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
     protector = Protector(encoder, AttackConfig())
     x = centre_crop(load_photo(HELD_OUT[0]), 128, 128)[None]  # (1, 3, 128, 128), never seen in training
     gray, levels = torch.zeros(1, dtype=torch.bool), torch.full((1,), 255.0)
-    fast = generator_image(resolve_generator(None, "demo").net, x, gray, levels, 16.0)
+    fast = generator_image(resolve_generator(None, "demo").net, x, gray, levels, AttackConfig())
     signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
     random = quantize((x + signs * 16 / 255).clamp(0, 1), x, 16.0, levels)
     target = protector.target_variance(x)
