@@ -19,6 +19,7 @@ from pca_attack.attack.memory import (
     AttackPlan,
     default_budget,
     editor_pixels,
+    loss_evaluations,
     memory_in_use,
     memory_model,
     memory_scope,
@@ -149,10 +150,11 @@ class Engine:
             size = min(self.max_batch, len(indices))
             extra = editor_pixels(height, width, config.editor_resolution)
             plan = plan_attack(model, height, width, batch=size, steps=config.steps, available=available,
-                               extra_pixels=extra)
+                               extra_pixels=extra, evaluations=loss_evaluations(config))
             if plan.grid is not None and size > 1:  # tiles run one image at a time
                 size = 1
-                plan = plan_attack(model, height, width, steps=config.steps, available=available, extra_pixels=extra)
+                plan = plan_attack(model, height, width, steps=config.steps, available=available, extra_pixels=extra,
+                                   evaluations=loss_evaluations(config))
             chunks += [(indices[i : i + size], plan) for i in range(0, len(indices), size)]
         return chunks
 

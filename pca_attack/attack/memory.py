@@ -1,11 +1,14 @@
 """How much memory an attack takes, measured once per loaded model, and how to run within a budget.
 
-``memory_model(encoder)`` runs small probes (the loss and input gradient of one step, and a two-step attack,
-each at two sizes) and fits a line ``bytes = fixed + per_pixel * pixels`` to the measured peaks: on CUDA
-``torch.cuda.max_memory_allocated``; on the CPU the peak of live tensor storage counted by a
+``memory_model(encoder)`` runs small probes once (``pca_attack.attack.probe``: the loss and input gradient
+of one step, and a two-step attack, each at two sizes) and fits a line ``bytes = fixed + per_pixel * pixels``
+to the measured peaks: on CUDA ``torch.cuda.max_memory_allocated``;
+on the CPU the peak of live tensor storage counted by a
 ``TorchDispatchMode`` (every tensor an operation returns, forward and backward, until it is freed). The
 difference of the two slopes is what the loop keeps per pixel of the whole image (the clean image, the
-iterate, the gradient, update state, the best iterate). ``plan_attack`` then picks the untiled attack
+iterate, the gradient, update state, the best iterate). The probe also times a step, a forward and one
+streaming measurement of the whole-image statistics, so a plan's time counts the statistics passes the tiled
+path runs (``MemoryModel.attack_seconds``). ``plan_attack`` then picks the untiled attack
 when it fits, else the largest tiles that fit, else refuses with ``MemoryBudgetError`` before any work.
 
 A budget counts the whole process (``budget - memory in use now`` is what the attack may take), so
@@ -17,13 +20,12 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,9 +39,12 @@ from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's u
     memory_in_use,
     parse_size,
 )
-from pca_attack.attack.tiling import TiledObjective, TileGrid, tiled_posterior
+from pca_attack.attack.tiling import TileGrid, tiled_posterior
 from pca_attack.errors import ImageTooLargeError
 from pca_attack.models.encoder import Encoder
+
+if TYPE_CHECKING:
+    from pca_attack.attack.config import AttackConfig
 
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
@@ -77,6 +82,9 @@ class MemoryModel:
     halo: int  # pixels of context a tile reads around its core (measured receptive radius, multiple of f)
     checkpointed: Line | None = None  # the step with gradient checkpointing of the encoder's blocks (None: n/a)
     checkpoint_time: float = 1.0  # wall time of a checkpointed step / a plain one
+    forward_seconds_per_pixel: float = 0.0  # one no-grad forward's wall time per input pixel
+    context_layers: int = 0  # GroupNorm and self-attention layers (0: tiles need no whole-image statistics)
+    stream_passes: float = 0.0  # one streaming measurement of those statistics, in forwards of the pixels it reads
 
     @property
     def state_per_pixel(self) -> float:
@@ -109,76 +117,33 @@ class MemoryModel:
         return max(steps, self.estimate(height, width, batch, 0) + self.forward.per_pixel * height * width * batch)
 
 
-def _probe_sizes(factor: int) -> tuple[int, int]:
-    side = factor * max(4, math.ceil(64 / factor))
-    return side, 2 * side
+    def statistics_seconds(self, grid: TileGrid, batch: int = 1) -> float:
+        """Wall time of one exact measurement of the whole-image statistics for ``grid`` (0: none needed):
+        a no-grad forward of the whole image (``whole_pass``), else the measured streaming passes."""
+        if self.context_layers == 0 or len(grid) == 1:
+            return 0.0
+        pixels = grid.height * grid.width if grid.whole_pass else self.stream_passes * grid.pixels_read()
+        return self.forward_seconds_per_pixel * pixels * batch
+
+    def attack_seconds(self, grid: TileGrid | None, height: int, width: int, *, batch: int = 1, steps: int = 1,
+                       evaluations: int = 2, checkpoint: bool = False) -> float:
+        """Wall time of an attack: ``steps`` gradient passes and ``evaluations`` loss-only passes (best iterate,
+        final loss, ...) over the pixels the tiles read, plus the statistics passes the tiled path runs:
+        before every pass (``stats="exact"``), or once and before each loss-only pass (``"lagged"``)."""
+        read = (height * width if grid is None else grid.pixels_read()) * batch
+        slower = self.checkpoint_time if checkpoint else 1.0
+        seconds = steps * self.seconds_per_pixel * read * slower + evaluations * self.forward_seconds_per_pixel * read
+        if grid is None:
+            return seconds
+        stats_passes = evaluations + (steps if grid.stats == "exact" else 1)
+        return seconds + stats_passes * self.statistics_seconds(grid, batch)
 
 
-def receptive_radius(encoder: Encoder, side: int, mass: float = 0.9) -> int:
-    """Pixels around a latent position that hold ``mass`` of its input gradient, a multiple of f.
-
-    Measured on a ``side`` x ``side`` probe. Convolutions give a finite radius; GroupNorm and attention make
-    every latent depend a little on every pixel (the radius then grows with the probe), so for such
-    encoders the halo taken from it is a choice, clamped to [MIN_HALO_LATENTS, MAX_HALO_LATENTS] latents."""
-    f = encoder.downsample_factor
-    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(encoder.device)
-    x.requires_grad_(True)
-    mean, _ = encoder.posterior(x)  # (1, C, side/f, side/f)
-    centre = mean.shape[-1] // 2
-    (grad,) = torch.autograd.grad(mean[..., centre, centre].float().sum(), x)
-    weight = grad.abs().sum(dim=(0, 1)).cpu()  # (side, side)
-    middle = centre * f + f // 2
-    total = float(weight.sum()) or 1.0
-    for radius in range(f, side, f):
-        lo, hi = max(0, middle - radius), middle + radius
-        if float(weight[lo:hi, lo:hi].sum()) >= mass * total:
-            return radius
-    return side // 2
-
-
-@torch.no_grad()
-def _posterior_no_grad(encoder: Encoder, x: torch.Tensor) -> object:
-    return encoder.posterior(x)
-
-
-def probe(encoder: Encoder) -> MemoryModel:
-    """Measure ``encoder``'s memory model (a few small forward + backward passes)."""
-    from pca_attack.attack.config import AttackConfig
-    from pca_attack.attack.pgd import Protector
-
-    device, f = encoder.device, encoder.downsample_factor
-    objective = TiledObjective(encoder)
-    generator = torch.Generator().manual_seed(0)
-    sides = _probe_sizes(f)
-    step, loop, forward, checkpointed = [], [], [], []
-    for side in sides:
-        x = torch.rand(1, 3, side, side, generator=generator)
-        x_dev = x.to(device)
-        attack = Protector(encoder, AttackConfig(steps=2))
-        step.append(measure_peak(partial(objective.loss_and_grad, x_dev, 1e-8, generator, 1.0), device))
-        objective.checkpoint = True
-        checkpointed.append(measure_peak(partial(objective.loss_and_grad, x_dev, 1e-8, generator, 1.0), device))
-        objective.checkpoint = False
-        loop.append(measure_peak(partial(attack.protect, x), device))
-        forward.append(measure_peak(partial(_posterior_no_grad, encoder, x_dev), device))
-    x_dev = torch.rand(1, 3, sides[1], sides[1], generator=generator).to(device)
-    seconds = [_timed(objective, x_dev, generator, checkpoint) / sides[1] ** 2 for checkpoint in (False, True)]
-    px = [s * s for s in sides]
-    halo = min(MAX_HALO_LATENTS * f, max(MIN_HALO_LATENTS * f, receptive_radius(encoder, sides[1])))
-    step_line, forward_line, loop_line, ckpt_line = (
-        Line.fit(px[0], p[0], px[1], p[1]) for p in (step, forward, loop, checkpointed)
-    )
-    return MemoryModel(step_line, forward_line, loop_line, seconds_per_pixel=seconds[0], factor=f, halo=halo,
-                       checkpointed=ckpt_line, checkpoint_time=max(1.0, seconds[1] / max(seconds[0], 1e-12)))
-
-
-def _timed(objective: TiledObjective, x: torch.Tensor, generator: torch.Generator, checkpoint: bool) -> float:
-    """Seconds of one loss-and-gradient evaluation, plain or checkpointed."""
-    objective.checkpoint = checkpoint
-    start = time.perf_counter()
-    objective.loss_and_grad(x, 1e-8, generator, 1.0)
-    objective.checkpoint = False
-    return time.perf_counter() - start
+def loss_evaluations(config: AttackConfig) -> int:
+    """Loss-only passes of the whole image an attack runs besides its steps: the final loss, the last iterate
+    (``keep_best``), the clean loss (unless the first step traced it) and the adaptive target's posterior."""
+    clean_traced = not config.random_start and config.eot is None
+    return 1 + int(config.keep_best) + int(not clean_traced) + int(config.loss_preset.target_variance is None)
 
 
 _models: weakref.WeakKeyDictionary[Encoder, MemoryModel] = weakref.WeakKeyDictionary()
@@ -190,6 +155,8 @@ def memory_model(encoder: Encoder) -> MemoryModel:
     with _lock:
         model = _models.get(encoder)
         if model is None:
+            from pca_attack.attack.probe import probe
+
             model = _models[encoder] = probe(encoder)
         return model
 
@@ -258,24 +225,26 @@ def plan_attack(
     steps: int = 1,
     available: float,
     extra_pixels: int = 0,
+    evaluations: int = 2,
 ) -> AttackPlan:
     """Untiled when the whole batch fits in ``available`` bytes, else untiled with gradient checkpointing when
     that fits (exact, no tiles), else the faster of the largest square tiles that fit, plain or
     checkpointed (time: pixels read x the measured cost of checkpointing; checkpointed tiles are bigger).
 
-    ``extra_pixels``: pixels of a further whole-image encoder pass per step (the editor-resolution term).
-    Raises ``MemoryBudgetError`` when not even the smallest tiles fit.
+    ``extra_pixels``: pixels of a further whole-image encoder pass per step (the editor-resolution term);
+    ``evaluations``: loss-only passes besides the steps (``loss_evaluations``), each with its statistics pass
+    when tiled (``MemoryModel.attack_seconds``). Raises ``MemoryBudgetError`` when not even the smallest tiles fit.
     """
     extra = model.step.per_pixel * extra_pixels * batch
-    seconds = model.seconds_per_pixel * steps * batch
+    extra_s = model.seconds_per_pixel * steps * batch * extra_pixels
 
     def plan(grid: TileGrid | None, checkpoint: bool) -> AttackPlan:
-        read = height * width if grid is None else grid.pixels_read()
         estimate = (model.estimate(height, width, batch, None, checkpoint) if grid is None
                     else model.estimate_grid(grid, batch)) + extra
-        slower = model.checkpoint_time if checkpoint else 1.0
-        return AttackPlan(height, width, batch, grid, int(estimate), int(available),
-                          seconds * (read * slower + extra_pixels), checkpoint, model.factor)
+        seconds = model.attack_seconds(grid, height, width, batch=batch, steps=steps, evaluations=evaluations,
+                                       checkpoint=checkpoint) + extra_s
+        return AttackPlan(height, width, batch, grid, int(estimate), int(available), seconds, checkpoint,
+                          model.factor)
 
     if (model.estimate(height, width, batch) + extra) * HEADROOM <= available:
         return plan(None, False)

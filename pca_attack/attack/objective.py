@@ -80,6 +80,7 @@ def ensemble_memory_model(ensemble: Ensemble) -> MemoryModel:
     accumulation = ACCUMULATED_IMAGES * 3 * 4  # bytes per pixel: fp32 (3, Hp, Wp) tensors
     step = Line(max(m.step.fixed for m in models), max(m.step.per_pixel for m in models) + accumulation)
     state = max(m.state_per_pixel for m in models)
+    forward_s = sum(m.forward_seconds_per_pixel for m in models)  # members' statistics passes add up, in time too
     return MemoryModel(
         step=step,
         forward=Line(max(m.forward.fixed for m in models), max(m.forward.per_pixel for m in models)),
@@ -87,6 +88,9 @@ def ensemble_memory_model(ensemble: Ensemble) -> MemoryModel:
         seconds_per_pixel=sum(m.seconds_per_pixel for m in models),
         factor=lcm,
         halo=_round_up(max(m.halo for m in models), lcm),
+        forward_seconds_per_pixel=forward_s,
+        context_layers=sum(m.context_layers for m in models),
+        stream_passes=sum(m.stream_passes * m.forward_seconds_per_pixel for m in models) / max(forward_s, 1e-30),
     )
 
 

@@ -217,3 +217,52 @@ def test_an_explicit_cpu_budget_bounds_the_heap(tiny_vae_dir: Path, monkeypatch:
     pipeline.Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False, max_memory=parse_size("2GB"))
     assert calls == [True]
     assert isinstance(bound_heap(), bool)  # glibc: True; elsewhere a no-op
+
+
+TIMED = replace(MODEL, forward_seconds_per_pixel=4e-7, context_layers=15, stream_passes=9.0)
+
+
+def test_the_time_estimate_counts_the_statistics_passes_of_the_tiled_path() -> None:
+    """Each exact statistics pass (a whole no-grad pass, or the measured streaming passes) adds its time;
+    lagged statistics stream once and before each loss-only pass; untiled and one-tile grids have none."""
+    height, width = 1000, 800
+    small = TIMED.estimate(height, width, 1, 0) * 1.2 + 1.2 * 1000.0 * 300**2
+    plan = plan_attack(TIMED, height, width, steps=2, available=small)
+    grid = plan.grid
+    assert grid is not None and len(grid) > 1 and not grid.whole_pass and grid.stats == "lagged"
+    bare = replace(TIMED, context_layers=0)  # no GroupNorm / attention: no statistics to measure
+    work = bare.attack_seconds(grid, height, width, steps=2)
+    stream = TIMED.statistics_seconds(grid)
+    assert stream == pytest.approx(9.0 * 4e-7 * grid.pixels_read())
+    assert plan.estimated_s == pytest.approx(work + (1 + 2) * stream)  # once, then before 2 loss-only passes
+    exact = replace(grid, stats="exact")
+    whole = replace(grid, stats="exact", whole_pass=True)
+    seconds = {name: TIMED.attack_seconds(g, height, width, steps=5)
+               for name, g in (("lagged", grid), ("exact", exact), ("whole", whole))}
+    assert seconds["exact"] == pytest.approx(bare.attack_seconds(grid, height, width, steps=5) + (5 + 2) * stream)
+    assert seconds["whole"] < seconds["exact"] and seconds["lagged"] < seconds["exact"]
+    assert TIMED.statistics_seconds(whole) == pytest.approx(4e-7 * height * width)
+    for steps in (1, 4, 16):  # every step of an exact tiled attack adds a step's work and one statistics pass
+        grown = TIMED.attack_seconds(exact, height, width, steps=steps + 1) - TIMED.attack_seconds(
+            exact, height, width, steps=steps)
+        assert grown == pytest.approx(TIMED.seconds_per_pixel * grid.pixels_read() + stream)
+    one_tile = TileGrid(height, width, 8, 1000, 0)
+    assert len(one_tile) == 1 and TIMED.statistics_seconds(one_tile) == 0.0
+    untiled = plan_attack(TIMED, height, width, steps=2, available=1e12)
+    assert untiled.grid is None
+    assert untiled.estimated_s == pytest.approx(bare.attack_seconds(None, height, width, steps=2))
+
+
+def test_loss_evaluations_follow_the_config() -> None:
+    from pca_attack.attack.memory import loss_evaluations
+
+    assert loss_evaluations(AttackConfig()) == 2  # the final loss and the last iterate (keep_best)
+    assert loss_evaluations(AttackConfig(keep_best=False)) == 1
+    assert loss_evaluations(AttackConfig(random_start=True)) == 3  # the clean loss is not traced by step 1
+    assert loss_evaluations(AttackConfig(preset="adaptive")) == 3  # the clean posterior sets the target
+
+
+def test_the_probe_times_the_statistics_of_a_groupnorm_encoder(encoder: Encoder) -> None:
+    model = memory_model(encoder)
+    assert model.context_layers > 0 and model.forward_seconds_per_pixel > 0
+    assert model.stream_passes > 1.0  # one partial forward per layer: more than one forward's work
