@@ -65,24 +65,37 @@ def load_photos(count: int, crop: tuple[int, int] | None) -> dict[str, torch.Ten
     return out
 
 
-REFERENCE = "rprop-default"  # issue 13's reference point: the engine default before it (eps 16, L-inf, Rprop)
+REFERENCE = "default"  # the reference point of every verdict: today's default (eps 16, L-inf, l2, colour-neutral)
+PREVIOUS = "rprop-default"  # the default before issue 13 (eps 16, L-inf, Rprop, no colour projection)
 UPDATES = ("l2", "rprop", "sign")
 
 
+def candidates(base: AttackConfig) -> dict[str, AttackConfig]:
+    """Less visible settings tried against the reference at equal protection (issue 13's +3 dB target)."""
+    return {
+        "default+shrink0.95": base.with_(shrink=0.95),
+        "default+shrink0.98": base.with_(shrink=0.98),
+        **{f"jnd{eps:g}": base.with_(budget="jnd", eps=eps) for eps in (12.0, 16.0, 20.0, 24.0)},
+        "jnd24+shrink0.98": base.with_(budget="jnd", eps=24.0, shrink=0.98),
+        **{f"linf{eps:g}-l2": base.with_(eps=eps) for eps in (14.0, 20.0, 24.0)},  # beside the eps grid
+    }
+
+
 def configurations(steps: int, eps_grid: list[float], quick: bool) -> dict[str, AttackConfig]:
-    """Label -> configuration. 'default' is the engine default (``AttackConfig()``); REFERENCE is the default
-    before issue 13 (Rprop, no colour projection), the reference point of every verdict."""
+    """Label -> configuration, REFERENCE first. REFERENCE is the engine default (``AttackConfig()``); PREVIOUS
+    the default before issue 13 (Rprop, no colour projection)."""
     base = AttackConfig(steps=steps)
     previous = base.with_(update="rprop", colour_neutral=False)
     if quick:
-        return {REFERENCE: previous, "default": base, "intensity:subtle": intensity_config("subtle", steps=steps),
+        return {REFERENCE: base, PREVIOUS: previous, "intensity:subtle": intensity_config("subtle", steps=steps),
                 "jnd16+neutral+shrink": base.with_(budget="jnd", shrink=0.95)}
-    out = {REFERENCE: previous, "default": base}
+    out = {REFERENCE: base, PREVIOUS: previous}
     for update in UPDATES:
         for eps in eps_grid:
             if (eps, update) not in ((base.eps, base.update), (previous.eps, previous.update)):  # already above
                 out[f"linf{eps:g}-{update}"] = base.with_(eps=eps, update=update)
     out["jnd16+neutral+shrink"] = base.with_(budget="jnd", shrink=0.95)  # the default is colour-neutral
+    out.update(candidates(base))
     for name in INTENSITIES:
         out[f"intensity:{name}"] = intensity_config(name, steps=steps)
     return out
@@ -163,12 +176,12 @@ def figures(summary: dict[str, dict[str, Any]], shown: dict[str, torch.Tensor], 
     for ax, (key, name) in zip(axes[0], panels, strict=False):
         for update, marker in zip(UPDATES, ("o-", "^-", "s-"), strict=True):
             labels = [k for k in summary if k.startswith("linf") and k.endswith(f"-{update}")]
-            labels += {"l2": ["default"], "rprop": [REFERENCE]}.get(update, [])
+            labels += {"l2": [REFERENCE], "rprop": [PREVIOUS]}.get(update, [])
             labels.sort(key=lambda k: summary[k]["psnr_db"])
             xs, ys = [summary[k]["psnr_db"] for k in labels], [summary[k][key] for k in labels]
             ax.plot(xs, ys, marker, label=f"linf eps grid, {update}")
         for label in summary:
-            if not label.startswith(("linf", "default", REFERENCE)):
+            if not label.startswith("linf") and label not in (REFERENCE, PREVIOUS):
                 ax.plot(summary[label]["psnr_db"], summary[label][key], "*", markersize=10, label=label)
         ax.set_xlabel("perturbation PSNR (dB, higher = less visible)")
         ax.set_ylabel(name)
@@ -205,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--figures", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated configuration labels to run (default: all)")
+    parser.add_argument("--show", default=None, help="labels in the crops figure (default: reference, intensities)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     from pca_attack.models.encoder import load_decoder, load_encoder
@@ -215,13 +229,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = 2 if args.quick else args.steps
     configs = configurations(steps, [float(v) for v in args.eps_grid.split(",")], args.quick)
     if args.only:
-        wanted = {REFERENCE, "default", *args.only.split(",")}  # REFERENCE: the reference point of every verdict
+        wanted = {REFERENCE, *args.only.split(",")}  # REFERENCE: the reference point of every verdict
         configs = {label: c for label, c in configs.items() if label in wanted}
     encoder = load_encoder(args.model, device="cpu")
     try:
         decoder = load_decoder(args.model, device="cpu")
     except Exception:  # noqa: BLE001 - encoder-only model: no round-trip damage
         decoder = None
+    show = args.show.split(",") if args.show else [REFERENCE, *(k for k in configs if k.startswith("intensity:"))]
     rows: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in configs}
     shown: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
@@ -231,9 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if label != REFERENCE:
                 row["vs_reference"] = verdict(row, rows[REFERENCE][name])
             rows[label][name] = row
-            if index == 0 and (label in (REFERENCE, "default") or label.startswith("intensity:")):
+            if index == 0 and label in show:
                 shown.setdefault("original", x)
-                shown[{REFERENCE: "Rprop (old default)"}.get(label, label.split(":")[-1])] = p
+                shown[{REFERENCE: "default (eps 16)", PREVIOUS: "Rprop (old default)"}.get(label, label)] = p
             print(f"{name} {label}: {json.dumps({k: row[k] for k in ('reduction', 'psnr_db')})}", file=sys.stderr)
     summary = summarise(rows)
     report: dict[str, Any] = {

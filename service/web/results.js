@@ -18,6 +18,14 @@ function num(field, value, digits = 2, unit = "") {
   return el("span", { class: "num", "data-field": field, "data-value": value ?? "", text: `${fmt(value, digits)}${unit}` });
 }
 
+/** A number the server may leave null (MS-SSIM and VIF-P need a large enough picture): no data-value then. */
+function optionalNum(field, value, digits) {
+  if (value === null || value === undefined) {
+    return el("span", { class: "num missing", "data-missing": field, text: "n/a (picture too small)" });
+  }
+  return num(field, value, digits);
+}
+
 function row(term, ...detail) {
   return [el("dt", { text: term }), el("dd", {}, ...detail)];
 }
@@ -28,7 +36,8 @@ function certificatePanel(cert) {
     ...row("Largest pixel change", num("linf_255", cert.linf_255, 0), ` of 255 levels (limit `,
       num("eps", cert.eps, 0), `): `, el("strong", { class: within ? "ok" : "bad", text: within ? "within the limit" : "over the limit" })),
     ...row("How visible", "PSNR ", num("psnr_db", cert.psnr_db, 1, " dB"), ", SSIM ", num("ssim", cert.ssim, 3),
-      " (higher PSNR and SSIM nearer 1 mean harder to see)"),
+      ", MS-SSIM ", optionalNum("ms_ssim", cert.ms_ssim, 3), ", VIF-P ", optionalNum("vif", cert.vif, 3),
+      " (higher PSNR, and SSIM, MS-SSIM and VIF-P nearer 1, mean harder to see)"),
     ...row("Encoder collapse", "KL to N(0, I) per latent element went from ", num("kl_clean", cert.kl_clean, 3),
       " to ", num("kl_protected", cert.kl_protected, 3), `; KL to the ${cert.preset} target went from `,
       num("target_kl_clean", cert.target_kl_clean, 3), " to ", num("target_kl_protected", cert.target_kl_protected, 3), "."),
