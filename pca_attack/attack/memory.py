@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's units and measurements)
     DEFAULT_FRACTION,
     LiveTensorBytes,
@@ -39,7 +40,7 @@ from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's u
     memory_in_use,
     parse_size,
 )
-from pca_attack.attack.tiling import TileGrid, tiled_posterior
+from pca_attack.attack.tiling import TileGrid, measure_norm, tiled_posterior
 from pca_attack.errors import ImageTooLargeError
 from pca_attack.models.encoder import Encoder
 
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
-MAX_HALO_LATENTS = 8  # and at most this many (global layers would otherwise ask for the whole image)
+MAX_HALO_LATENTS = 16  # and at most this many (the measured halo, ``pca_attack.attack.probe.tiling_halo``)
+HALO_TOLERANCE = 1e-4  # the halo: the smallest whose tile posterior is within this of the untiled one
 
 class MemoryBudgetError(ImageTooLargeError):
     """The image cannot be protected within the memory budget, even in tiles (CLI exit 2, HTTP 413)."""
@@ -304,7 +306,9 @@ def memory_scope(available: float) -> Iterator[None]:
 def posterior_in_budget(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``encoder.posterior(x)``, stitched from tiles when a ``memory_scope`` is open and x would not fit.
 
-    Sized by the measured forward pass without gradient (``MemoryModel.forward``).
+    Sized by the measured forward pass without gradient (``MemoryModel.forward``). The tiles use the whole
+    image's GroupNorm statistics and attention context (``pca_attack.attack.norm_stats``, measured by one
+    streaming pass per layer), so a tiled certificate reports the untiled posterior up to the halo.
     """
     available = _available.get()
     if available is None:
@@ -315,7 +319,12 @@ def posterior_in_budget(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor
         return encoder.posterior(x)
     side = math.sqrt(max(0.0, available / HEADROOM - model.forward.fixed) / (model.forward.per_pixel * batch))
     core = max(model.factor, int((side - 2 * model.halo) // model.factor) * model.factor)
-    return tiled_posterior(encoder, x, TileGrid(height, width, model.factor, core, model.halo))
+    grid = TileGrid(height, width, model.factor, core, model.halo)
+    norm = WholeImageNorm(encoder) if len(grid) > 1 else None
+    if not norm:
+        return tiled_posterior(encoder, x, grid)
+    measure_norm(norm, encoder, x, grid)
+    return tiled_posterior(encoder, x, grid, norm)
 
 
 def decoder_fits(encoder: Encoder, pixels: int, available: float) -> bool:

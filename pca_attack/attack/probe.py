@@ -4,7 +4,8 @@
 two-step attack and a no-grad forward, each at two sizes, and fits ``bytes = fixed + per_pixel * pixels`` to
 the measured peaks (``pca_attack.attack.sizes.measure_peak``). It also times a step, a checkpointed step, a
 forward and one streaming measurement of the whole-image statistics over four tiles
-(``pca_attack.attack.norm_stats``), and measures the receptive radius that sets the tiles' halo.
+(``pca_attack.attack.norm_stats``), and measures the tiles' halo (``tiling_halo``: the smallest context
+around a core for which a tile's posterior equals the untiled one within ``HALO_TOLERANCE``).
 ``pca_attack.attack.memory.memory_model`` calls it once per loaded encoder.
 """
 
@@ -16,11 +17,12 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
-from pca_attack.attack.memory import MAX_HALO_LATENTS, MIN_HALO_LATENTS, Line, MemoryModel
+from pca_attack.attack.memory import HALO_TOLERANCE, MAX_HALO_LATENTS, MIN_HALO_LATENTS, Line, MemoryModel
 from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import measure_peak
-from pca_attack.attack.tiling import TiledObjective, TileGrid, measure_norm
+from pca_attack.attack.tiling import TiledObjective, TileGrid, measure_norm, tiled_posterior
 from pca_attack.models.encoder import Encoder
 
 
@@ -29,26 +31,40 @@ def _probe_sizes(factor: int) -> tuple[int, int]:
     return side, 2 * side
 
 
-def receptive_radius(encoder: Encoder, side: int, mass: float = 0.9) -> int:
-    """Pixels around a latent position that hold ``mass`` of its input gradient, a multiple of f.
+PROBE_SIDE_MAX = 512  # the halo probe's side in pixels, at most (it bounds the halo to half of it)
 
-    Measured on a ``side`` x ``side`` probe. Convolutions give a finite radius; GroupNorm and attention make
-    every latent depend a little on every pixel (the radius then grows with the probe), so for such
-    encoders the halo taken from it is a choice, clamped to [MIN_HALO_LATENTS, MAX_HALO_LATENTS] latents."""
+
+def _halo_probe(side: int) -> torch.Tensor:
+    """A photo-like (1, 3, side, side) probe: a smooth random field plus fine noise."""
+    generator = torch.Generator().manual_seed(0)
+    smooth = F.interpolate(torch.rand(1, 3, max(2, side // 16), max(2, side // 16), generator=generator),
+                           size=(side, side), mode="bicubic", align_corners=False)
+    return (0.6 * smooth + 0.4 * torch.rand(1, 3, side, side, generator=generator)).clamp(0, 1)
+
+
+@torch.no_grad()
+def tiling_halo(encoder: Encoder, tolerance: float = HALO_TOLERANCE) -> int:
+    """The smallest halo (a multiple of f, within [MIN_HALO_LATENTS, MAX_HALO_LATENTS] latents) for which
+    a 2 x 2 grid of tiles over a probe gives the posterior mean within ``tolerance`` (relative L2) of the
+    untiled one, with the whole image's statistics (``norm_stats``): the convolutions'
+    receptive field as the tiles see it, measured. Bisection (the error falls as the halo grows); the
+    largest halo when none meets the tolerance."""
     f = encoder.downsample_factor
-    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(encoder.device)
-    x.requires_grad_(True)
-    mean, _ = encoder.posterior(x)  # (1, C, side/f, side/f)
-    centre = mean.shape[-1] // 2
-    (grad,) = torch.autograd.grad(mean[..., centre, centre].float().sum(), x)
-    weight = grad.abs().sum(dim=(0, 1)).cpu()  # (side, side)
-    middle = centre * f + f // 2
-    total = float(weight.sum()) or 1.0
-    for radius in range(f, side, f):
-        lo, hi = max(0, middle - radius), middle + radius
-        if float(weight[lo:hi, lo:hi].sum()) >= mass * total:
-            return radius
-    return side // 2
+    side = max(4 * f, min(2 * MAX_HALO_LATENTS * f, PROBE_SIDE_MAX) // (2 * f) * 2 * f)
+    x = _halo_probe(side).to(encoder.device)  # (1, 3, side, side)
+    mean = encoder.posterior(x)[0].float()  # (1, C, side/f, side/f)
+    norm = WholeImageNorm(encoder)
+    low, high = MIN_HALO_LATENTS, max(MIN_HALO_LATENTS, min(MAX_HALO_LATENTS, side // 2 // f))
+    grid = TileGrid(side, side, f, side // 2, 0, whole_pass=True)
+    if norm:
+        measure_norm(norm, encoder, x, grid)
+    while low < high:
+        middle = (low + high) // 2
+        grid = TileGrid(side, side, f, side // 2, middle * f, whole_pass=True)
+        tiled = tiled_posterior(encoder, x, grid, norm if norm else None)[0].float()  # (1, C, side/f, side/f)
+        error = float((tiled - mean).norm() / mean.norm().clamp(min=1e-12))
+        low, high = (low, middle) if error <= tolerance else (middle + 1, high)
+    return low * f
 
 
 @torch.no_grad()
@@ -79,7 +95,7 @@ def probe(encoder: Encoder) -> MemoryModel:
     x_dev = torch.rand(1, 3, sides[1], sides[1], generator=generator).to(device)
     seconds = [_timed(objective, x_dev, generator, checkpoint) / sides[1] ** 2 for checkpoint in (False, True)]
     px = [s * s for s in sides]
-    halo = min(MAX_HALO_LATENTS * f, max(MIN_HALO_LATENTS * f, receptive_radius(encoder, sides[1])))
+    halo = tiling_halo(encoder)
     step_line, forward_line, loop_line, ckpt_line = (
         Line.fit(px[0], p[0], px[1], p[1]) for p in (step, forward, loop, checkpointed)
     )

@@ -153,10 +153,21 @@ def tiled_posterior(
     logvar: torch.Tensor | None = None
     with norm.installed() if norm else nullcontext():
         for tile in grid.tiles():
-            m, lv = _core_posterior(encoder, x[..., tile.rows, tile.cols], tile)  # (B, C, ch, cw)
+            m, lv = tile_posterior(encoder, x, grid, tile, norm)  # (B, C, ch, cw)
             mean, logvar = _stitch(mean, logvar, m, lv, tile, grid, x.shape[0])
     assert mean is not None
     return mean, logvar
+
+
+@torch.no_grad()
+def tile_posterior(
+    encoder: Encoder, x: torch.Tensor, grid: TileGrid, tile: Tile, norm: WholeImageNorm | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One tile's core posterior (B, C, ch, cw) of x (B, 3, H, W); with ``norm`` (installed by the caller) the
+    tile is placed in the image, so attention splices its core into the whole image's context."""
+    if norm:
+        norm.region = grid.region(tile)
+    return _core_posterior(encoder, x[..., tile.rows, tile.cols], tile)
 
 
 def _stitch(

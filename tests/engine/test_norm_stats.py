@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from pca_attack.attack.config import AttackConfig
@@ -169,3 +170,53 @@ def test_other_threads_run_the_plain_encoder_while_a_tiled_pass_holds_the_patch(
     assert not torch.allclose(patched, expected)
     torch.testing.assert_close(seen[0], expected)
     torch.testing.assert_close(encoder.posterior(x)[0], expected)  # removed afterwards
+
+
+CERTIFIED = ("loss_clean", "loss_protected", "kl_clean", "kl_protected", "target_kl_clean", "target_kl_protected",
+             "latent_drift", "mean_energy_clean", "mean_energy_protected")
+
+
+@pytest.mark.parametrize("kind", ["gn", "diffusers"])
+def test_tiled_certificate_equals_the_untiled_one(
+    kind: str, tiny_vae_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a memory scope too small for a whole forward, the certificate's posterior is measured in tiles
+    with the whole image's statistics (and attention context): its loss, KL, drift and energy figures equal
+    the untiled certificate's; with each tile's own statistics they would not."""
+    import numpy as np
+
+    import pca_attack.attack.memory as memory
+    from pca_attack.certify.report import certificate
+    from pca_attack.io.images import decode_image
+    from tests.conftest import to_bytes
+
+    encoder = gn_encoder() if kind == "gn" else load_encoder(str(tiny_vae_dir), device="cpu")
+    model = memory.memory_model(encoder)
+    core = 32 if kind == "gn" else 64
+    side = core + 2 * model.halo  # the tiles posterior_in_budget will cut
+    height, width = side + 2 * core, side + core
+    available = memory.HEADROOM * (model.forward.fixed + model.forward.per_pixel * side * side)
+    assert model.forward(height * width) * memory.HEADROOM > available  # the whole forward would not fit
+    x = image(height, width, batch=1)[0]  # (3, H, W)
+    noise = torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(3))) * 8 / 255
+    pixels = [np.round(t.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for t in (x, (x + noise).clamp(0, 1))]
+    clean, written = (decode_image(to_bytes(Image.fromarray(p))) for p in pixels)
+
+    def certify() -> dict[str, float]:
+        cert = certificate(encoder=encoder, config=AttackConfig(), clean=clean, written=written, fmt="png",
+                           quality=None, steps_run=1, best_step=0, elapsed_s=0.0)
+        return {name: float(getattr(cert, name)) for name in CERTIFIED}
+
+    grids: list[int] = []
+    stitch = memory.tiled_posterior
+    monkeypatch.setattr(memory, "tiled_posterior", lambda e, x, grid, norm=None: grids.append(len(grid)) or stitch(
+        e, x, grid, norm))
+    untiled = certify()
+    with memory.memory_scope(available):
+        tiled = certify()
+        assert grids and min(grids) > 1  # both posteriors were measured in tiles
+        monkeypatch.setattr(memory, "WholeImageNorm", lambda encoder: None)  # each tile's own statistics
+        local = certify()
+    for name in CERTIFIED:
+        assert tiled[name] == pytest.approx(untiled[name], rel=1e-4, abs=1e-7), name
+    assert max(abs(local[n] / untiled[n] - 1) for n in CERTIFIED if untiled[n]) > 1e-3  # not automatic
