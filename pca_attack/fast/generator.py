@@ -55,7 +55,7 @@ class PerturbationNet(nn.Module):
         if pattern:  # image-independent logits, one period (1, 3, P, P), tiled over the image
             self.pattern = nn.Parameter(torch.zeros(1, 3, pattern, pattern))
         nn.init.zeros_(self.head.weight)  # starts as the pattern alone (no random image-conditioned noise)
-        nn.init.zeros_(self.head.bias)
+        nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]  # the head has a bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self.stem(x * 2.0 - 1.0)  # (B, w, H, W)

@@ -3,7 +3,7 @@
 
 import { ApiError, call, dispositionName, formData, getJSON, jobOptionsSchema, postForm, sentence, setApiKey } from "./api.js";
 import { SpeedModel, humanSeconds } from "./estimate.js";
-import { buildOptions, el } from "./form.js";
+import { buildOptions, effectiveSteps, el } from "./form.js";
 import { resultCard } from "./results.js";
 
 const $ = (id) => document.getElementById(id);
@@ -120,15 +120,16 @@ function wirePicking() {
 function updateEstimate() {
   const out = $("estimate");
   if (!state.speed || !state.options) return;
-  const steps = Number(state.options.values().steps || 1);
+  const steps = effectiveSteps(state.options.values());
   if (!state.speed.known) {
     out.textContent = "Measuring this server's speed for a time estimate…";
     return;
   }
   const sizes = state.picked.map((f) => (f.size_px ? f.size_px[0] * f.size_px[1] : 1e6));
   const total = sizes.reduce((s, px) => s + state.speed.seconds(px, steps), 0);
-  const what = state.picked.length ? `${state.picked.length} picture(s) at ${steps} steps: ${humanSeconds(total)}` :
-    `a 1-megapixel picture at ${steps} steps: ${humanSeconds(state.speed.seconds(1e6, steps))}`;
+  const at = Number.isInteger(steps) ? `${steps} steps` : "the chosen mode";
+  const what = state.picked.length ? `${state.picked.length} picture(s) at ${at}: ${humanSeconds(total)}` :
+    `a 1-megapixel picture at ${at}: ${humanSeconds(state.speed.seconds(1e6, steps))}`;
   out.textContent = `Time for ${what} (${state.speed.describe()}).`;
 }
 
@@ -145,7 +146,7 @@ async function showResult(job, item, track) {
   const response = await call(item.download_url);
   const blob = await response.blob();
   const resultName = item.output || dispositionName(response, item.filename);  // the one naming scheme
-  state.speed.add(item.certificate);
+  if ((item.certificate.mode || "pgd") === "pgd") state.speed.add(item.certificate);  // per-step speed: pgd only
   $("results-section").hidden = false;
   const roundtrip = Boolean(state.models.model.decoder_loaded);
   $("results").append(resultCard({ original: track.file, originalUrl: track.file.previewUrl, blob, resultName,
@@ -238,7 +239,7 @@ async function protect(event) {
   }
   const files = state.picked.splice(0);
   const values = state.options.values();
-  const steps = Number(values.steps || 1);
+  const steps = effectiveSteps(values);
   state.running = true;
   renderPicked();
   $("cancel").hidden = false;

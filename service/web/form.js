@@ -1,14 +1,16 @@
 // The options form, built at run time from the OpenAPI schema of POST /v1/jobs (one options model:
 // bounds, defaults, choices and descriptions come from the server) and from GET /v1/models (presets,
-// the server's step cap). Strength (eps), steps, preset and format get friendly controls; every other
-// field of the schema appears under "More settings" with a control chosen by its type.
+// the server's step cap, whether it has a fast-mode generator). Strength (eps), steps, mode, preset and format
+// get friendly controls; every other field of the schema appears under "More settings" with a control chosen
+// by its type.
 
 export const STRENGTH_STOPS = [
   { name: "subtle", eps: 8 },
   { name: "standard", eps: 16 },
   { name: "strong", eps: 24 },
 ];
-const MAIN_FIELDS = ["eps", "steps", "preset", "format", "model"];
+const MAIN_FIELDS = ["eps", "steps", "mode", "preset", "format", "model"];
+const FAST_PASS_STEPS = 0.5; // the time estimate counts one generator pass as half a PGD step
 const STRENGTH_FIELDS = ["eps", "intensity"]; // both drawn by the strength control
 const LOSSLESS = new Set(["png"]);
 
@@ -115,6 +117,46 @@ function strengthField(prop, intensityProp) {
     el("label", { for: "opt-eps", text: "Strength" }), buttons, slider, list, out, help, intensity);
 }
 
+/** The attack mode: thorough (pgd, the default), fast (one pass of the server's trained generator) or fast
+ * followed by N PGD refinement steps. Drawn only when GET /v1/models reports a generator (`generator_id`);
+ * without one the field is left out and the server's default (pgd) applies. The composed value (pgd, fast or
+ * fast+N) travels in the hidden input named `mode`; the steps field is disabled outside pgd (not sent). */
+function modeField(prop, models, stepsInput) {
+  const cap = Math.min(Number(models.limits?.max_steps ?? 9999), 9999);
+  const hidden = el("input", { type: "hidden", id: "opt-mode", name: "mode", value: "pgd" });
+  const choice = el("select", { id: "opt-mode-choice", "aria-describedby": "opt-mode-help" },
+    el("option", { value: "pgd", text: "Thorough (full attack)", selected: true }),
+    el("option", { value: "fast", text: "Fast (one generator pass)" }),
+    el("option", { value: "fast+N", text: "Fast, then N refinement steps" }));
+  const refine = el("input", {
+    id: "opt-mode-steps", type: "number", inputmode: "numeric", min: 1, max: cap, step: 1, value: 5,
+    "data-check": true,
+  });
+  const refineBox = el("div", { class: "field refine", hidden: true },
+    el("label", { for: "opt-mode-steps", text: "Refinement steps (N)" }), refine);
+  const help = el("small", { id: "opt-mode-help", class: "help", text: "Fast uses this server's generator " +
+    `(${models.generator_id}): seconds instead of minutes, less protection; refinement steps recover part of it.` });
+  const sync = () => {
+    const fastN = choice.value === "fast+N";
+    refineBox.hidden = !fastN;
+    refine.disabled = !fastN;
+    hidden.value = fastN ? `fast+${refine.value}` : choice.value;
+    if (stepsInput) stepsInput.disabled = choice.value !== "pgd";
+    hidden.dispatchEvent(new Event("input", { bubbles: true }));
+  };
+  choice.addEventListener("change", sync);
+  refine.addEventListener("input", sync);
+  return el("div", { class: "field mode" },
+    el("label", { for: "opt-mode-choice", text: "Mode" }), choice, hidden, help, refineBox);
+}
+
+/** PGD steps a request's values amount to, for the time estimate (a fast pass counts FAST_PASS_STEPS). */
+export function effectiveSteps(values) {
+  const mode = values.mode || "pgd";
+  if (mode === "pgd") return Number(values.steps || 1);
+  return FAST_PASS_STEPS + (mode === "fast" ? 0 : Number(mode.split("+")[1]));
+}
+
 function presetHelp(models, select) {
   const note = el("small", { id: "opt-preset-summary", class: "help", "aria-live": "polite" });
   const show = () => {
@@ -147,6 +189,10 @@ export function buildOptions(properties, models, mainBox, moreBox) {
   const fields = Object.entries(properties).filter(([name, p]) => name !== "files" && p.type !== "array");
   const main = MAIN_FIELDS.filter((name) => properties[name]);
   for (const name of main) {
+    if (name === "mode") {
+      if (models.generator_id) mainBox.append(modeField(properties.mode, models, mainBox.querySelector("#opt-steps")));
+      continue; // no generator on this server: pgd only, nothing to choose
+    }
     mainBox.append(name === "eps" ? strengthField(properties.eps, properties.intensity) : genericField(name, properties[name]));
   }
   const drawn = properties.eps ? [...main, ...STRENGTH_FIELDS] : main;
@@ -168,6 +214,7 @@ export function buildOptions(properties, models, mainBox, moreBox) {
     values() {
       const out = {};
       for (const input of inputs()) {
+        if (input.disabled) continue;
         if (input.type === "checkbox") out[input.name] = input.checked ? "true" : "false";
         else if (input.value !== "") out[input.name] = input.value;
       }
@@ -175,7 +222,8 @@ export function buildOptions(properties, models, mainBox, moreBox) {
       return out;
     },
     invalid() {
-      return inputs().find((input) => !input.checkValidity()) || null;
+      const checked = [...inputs(), ...mainBox.querySelectorAll("[data-check]")].filter((input) => !input.disabled);
+      return checked.find((input) => !input.checkValidity()) || null;
     },
     onChange(fn) {
       for (const input of inputs()) input.addEventListener("input", fn);
