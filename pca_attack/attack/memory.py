@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
 MAX_HALO_LATENTS = 16  # and at most this many (the measured halo, ``pca_attack.attack.probe.tiling_halo``)
+GRADIENT_HALO_LATENTS = 8  # the gradient-mass radius, a floor of the halo, counts up to this many
 HALO_TOLERANCE = 1e-4  # the halo: the smallest whose tile posterior is within this of the untiled one
 
 class MemoryBudgetError(ImageTooLargeError):

@@ -4,8 +4,9 @@
 two-step attack and a no-grad forward, each at two sizes, and fits ``bytes = fixed + per_pixel * pixels`` to
 the measured peaks (``pca_attack.attack.sizes.measure_peak``). It also times a step, a checkpointed step, a
 forward and one streaming measurement of the whole-image statistics over four tiles
-(``pca_attack.attack.norm_stats``), and measures the tiles' halo (``tiling_halo``: the smallest context
-around a core for which a tile's posterior equals the untiled one within ``HALO_TOLERANCE``).
+(``pca_attack.attack.norm_stats``), and measures the tiles' halo: the smallest context around a core for
+which the tiled posterior equals the untiled one within ``HALO_TOLERANCE`` (``tiling_halo``), at least the
+radius holding 90% of a latent's input gradient (``receptive_radius``, at most 8 latents).
 ``pca_attack.attack.memory.memory_model`` calls it once per loaded encoder.
 """
 
@@ -19,7 +20,14 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from pca_attack.attack.memory import HALO_TOLERANCE, MAX_HALO_LATENTS, MIN_HALO_LATENTS, Line, MemoryModel
+from pca_attack.attack.memory import (
+    GRADIENT_HALO_LATENTS,
+    HALO_TOLERANCE,
+    MAX_HALO_LATENTS,
+    MIN_HALO_LATENTS,
+    Line,
+    MemoryModel,
+)
 from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import measure_peak
 from pca_attack.attack.tiling import TiledObjective, TileGrid, measure_norm, tiled_posterior
@@ -29,6 +37,29 @@ from pca_attack.models.encoder import Encoder
 def _probe_sizes(factor: int) -> tuple[int, int]:
     side = factor * max(4, math.ceil(64 / factor))
     return side, 2 * side
+
+
+def receptive_radius(encoder: Encoder, side: int, mass: float = 0.9) -> int:
+    """Pixels around a latent position that hold ``mass`` of its input gradient, a multiple of f.
+
+    Measured on a ``side`` x ``side`` probe. Convolutions give a finite radius; GroupNorm and attention make
+    every latent depend a little on every pixel (the radius then grows with the probe), so for such
+    encoders the radius grows with the probe; clamped to [MIN_HALO_LATENTS, GRADIENT_HALO_LATENTS] latents it
+    is a floor of the halo: a tile that sees more of the image gets a gradient closer to the untiled one."""
+    f = encoder.downsample_factor
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(encoder.device)
+    x.requires_grad_(True)
+    mean, _ = encoder.posterior(x)  # (1, C, side/f, side/f)
+    centre = mean.shape[-1] // 2
+    (grad,) = torch.autograd.grad(mean[..., centre, centre].float().sum(), x)
+    weight = grad.abs().sum(dim=(0, 1)).cpu()  # (side, side)
+    middle = centre * f + f // 2
+    total = float(weight.sum()) or 1.0
+    for radius in range(f, side, f):
+        lo, hi = max(0, middle - radius), middle + radius
+        if float(weight[lo:hi, lo:hi].sum()) >= mass * total:
+            return radius
+    return side // 2
 
 
 PROBE_SIDE_MAX = 512  # the halo probe's side in pixels, at most (it bounds the halo to half of it)
@@ -95,7 +126,8 @@ def probe(encoder: Encoder) -> MemoryModel:
     x_dev = torch.rand(1, 3, sides[1], sides[1], generator=generator).to(device)
     seconds = [_timed(objective, x_dev, generator, checkpoint) / sides[1] ** 2 for checkpoint in (False, True)]
     px = [s * s for s in sides]
-    halo = tiling_halo(encoder)
+    floor = min(GRADIENT_HALO_LATENTS * f, max(MIN_HALO_LATENTS * f, receptive_radius(encoder, sides[1])))
+    halo = max(floor, tiling_halo(encoder))
     step_line, forward_line, loop_line, ckpt_line = (
         Line.fit(px[0], p[0], px[1], p[1]) for p in (step, forward, loop, checkpointed)
     )
