@@ -86,8 +86,9 @@ class ProtectOptions(BaseModel):
     )
     intensity: IntensityName | None = Field(
         default=None,
-        description="subtle | standard | strong: sets eps, budget, shrink and colour neutrality together "
-        "(an eps or budget other than the default wins); measured protection and visibility in the README",
+        description="subtle (JND budget <= 12/255, less protection) | standard (the default, eps 16) | strong "
+        "(eps 24): sets eps, budget, shrink and colour neutrality together (an eps or budget other than the "
+        "default wins); measured protection and visibility in the README",
     )
     budget: Literal["linf", "jnd"] = Field(
         default=ENGINE_DEFAULTS["budget"],

@@ -5,7 +5,7 @@
 // by its type.
 
 export const STRENGTH_STOPS = [
-  { name: "subtle", eps: 8 },
+  { name: "subtle", eps: 12 }, // the eps of INTENSITIES["subtle"] (pca_attack/attack/config.py)
   { name: "standard", eps: 16 },
   { name: "strong", eps: 24 },
 ];

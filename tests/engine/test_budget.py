@@ -103,8 +103,8 @@ def test_bad_budget_settings_are_config_errors(changes: dict[str, object]) -> No
 
 def test_intensity_presets_map_to_the_documented_parameters() -> None:
     documented = {  # the README's intensity table
-        "subtle": (8.0, "jnd", 0.95, True),
-        "standard": (16.0, "linf", 0.98, True),
+        "subtle": (12.0, "jnd", 0.0, True),
+        "standard": (16.0, "linf", 0.0, True),
         "strong": (24.0, "linf", 0.0, True),
     }
     assert set(INTENSITIES) == set(documented)
