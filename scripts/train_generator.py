@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def main() -> None:
     meta = {**model_metadata(settings.model, first), "eps": f"{settings.eps:g}", "seed": str(settings.seed),
             "steps": str(settings.steps), "crop": str(settings.crop), "threads": str(args.threads)}
     generator_id = save_generator(net, args.out, meta)
-    summary = {"generator_id": generator_id, "parameters": parameter_count(net), "settings": vars(settings),
+    summary = {"command": "python scripts/train_generator.py " + " ".join(sys.argv[1:]), "generator_id": generator_id,
+               "parameters": parameter_count(net), "settings": vars(settings),
                "threads": args.threads,
                "train_seconds": round(time.perf_counter() - start, 1), "loss_ratio_curve": [round(v, 5) for v in curve]}
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")

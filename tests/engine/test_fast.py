@@ -20,8 +20,15 @@ from pca_attack.attack.budget import make_budget, quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.pgd import Protector
 from pca_attack.errors import ConfigError
-from pca_attack.fast.generator import PerturbationNet, generator_image, parameter_count, perturbation
+from pca_attack.fast.generator import (
+    PerturbationNet,
+    generator_image,
+    parameter_count,
+    perturbation,
+    training_image,
+)
 from pca_attack.fast.photos import HELD_OUT, centre_crop, load_photo
+from pca_attack.fast.train import TrainSettings, train_generator
 from pca_attack.fast.weights import load_generator, resolve_generator, save_generator
 from pca_attack.io.images import decode_image
 from pca_attack.models.encoder import load_encoder
@@ -38,7 +45,7 @@ def saturated_generator(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch.manual_seed(0)
     net = PerturbationNet(width=8, blocks=1)
     with torch.no_grad():
-        net.head.weight.mul_(200.0)
+        net.head.weight.normal_(0.0, 20.0)  # (the head starts at zero: the pattern alone)
     path = tmp_path_factory.mktemp("gen") / "g.safetensors"
     save_generator(net, path, {"model": "demo"})
     return str(path)
@@ -151,6 +158,19 @@ def test_training_script_smoke(tmp_path: Path) -> None:
     summary = json.loads(out.with_suffix(".json").read_text())
     assert len(summary["loss_ratio_curve"]) == 20 and (tmp_path / "c.png").is_file()
     assert load_generator(str(out)).generator_id == summary["generator_id"]
+
+
+def test_training_is_deterministic_from_its_seed_and_colour_neutral() -> None:
+    settings = TrainSettings(steps=2, batch=1, crop=32, width=8, blocks=1, pattern=8)
+    (first, curve1), (second, curve2) = train_generator(settings), train_generator(settings)
+    assert curve1 == curve2
+    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not torch.equal(first.pattern, torch.zeros_like(first.pattern))  # the pattern did learn
+    x, gray = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(4)), torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        delta = training_image(first, x, gray, AttackConfig()) - x  # (2, 3, 40, 48)
+    assert (delta.abs() <= 16 / 255 + 1e-6).all() and delta.mean(dim=(2, 3)).abs().max() < 0.5 / 255
 
 
 def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
