@@ -94,7 +94,8 @@ def main() -> None:
                "train_seconds": round(time.perf_counter() - start, 1), "loss_ratio_curve": [round(v, 5) for v in curve]}
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.figure:
-        plot(curve, Path(args.figure), f"generator vs {settings.model} ({generator_id})")
+        shown = ",".join(Path(part).name for part in settings.model.split(","))  # folder names, not paths
+        plot(curve, Path(args.figure), f"generator vs {shown} ({generator_id})")
     print(json.dumps({k: v for k, v in summary.items() if k != "loss_ratio_curve"}))
 
 
