@@ -193,7 +193,9 @@ class Engine:
             )
             del batch
             share = (time.perf_counter() - t0) / len(chunk)
-            with memory_scope(plan.budget_bytes):  # certificates measure large images in tiles too
+            # certificates measure large images in tiles too, within what is free in the budget at the time
+            budget = self.max_memory if self.max_memory is not None else self._default_budget
+            with memory_scope(plan.budget_bytes, limit=budget, device=self.encoder.device):
                 for row, i in enumerate(chunk):
                     t1 = time.perf_counter()
                     result = self._output(images[i], outcome, row, config, plan, name, quality, keep_exif)

@@ -290,17 +290,37 @@ def editor_pixels(height: int, width: int, long_side: int | None) -> int:
 
 
 # -- measurements outside the attack (certificates, diagnostics, red team) within the same budget ---------
-_available: ContextVar[float | None] = ContextVar("pca_memory_available", default=None)
+@dataclass(frozen=True)
+class MeasureScope:
+    """What measurements outside the attack may add: ``available`` bytes when the scope opened, and, with
+    ``limit`` (the process's whole budget) and ``device``, no more than is free in it at each measurement
+    (a certificate first holds its own copies of the image), never below a quarter of ``available`` (the
+    smallest tiles would take hours)."""
+
+    available: float
+    limit: float | None = None
+    device: torch.device | None = None
+
+    def now(self) -> float:
+        if self.limit is None or self.device is None:
+            return self.available
+        return min(self.available, max(self.available / 4, self.limit - memory_in_use(self.device)))
+
+
+_scope: ContextVar[MeasureScope | None] = ContextVar("pca_memory_scope", default=None)
 
 
 @contextmanager
-def memory_scope(available: float) -> Iterator[None]:
-    """Inside: ``posterior_in_budget`` tiles any image whose encoder pass would not fit in ``available``."""
-    token = _available.set(available)
+def memory_scope(
+    available: float, *, limit: float | None = None, device: torch.device | None = None
+) -> Iterator[None]:
+    """Inside: ``posterior_in_budget`` tiles any image whose encoder pass would not fit in what the scope
+    allows (``MeasureScope``)."""
+    token = _scope.set(MeasureScope(available, limit, device))
     try:
         yield
     finally:
-        _available.reset(token)
+        _scope.reset(token)
 
 
 @torch.no_grad()
@@ -311,9 +331,10 @@ def posterior_in_budget(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor
     image's GroupNorm statistics and attention context (``pca_attack.attack.norm_stats``, measured by one
     streaming pass per layer), so a tiled certificate reports the untiled posterior up to the halo.
     """
-    available = _available.get()
-    if available is None:
+    scope = _scope.get()
+    if scope is None:
         return encoder.posterior(x)
+    available = scope.now()
     model = memory_model(encoder)
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     if model.forward(height * width * batch) * HEADROOM <= available:

@@ -266,3 +266,31 @@ def test_the_probe_times_the_statistics_of_a_groupnorm_encoder(encoder: Encoder)
     model = memory_model(encoder)
     assert model.context_layers > 0 and model.forward_seconds_per_pixel > 0
     assert model.stream_passes > 1.0  # one partial forward per layer: more than one forward's work
+
+
+def test_measurements_are_sized_by_what_is_free_in_the_budget_at_the_time(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate holds copies of the image before it encodes it: the tiles of its posterior are sized by
+    the budget less what the process holds then, not by what was free when the scope opened."""
+    import pca_attack.attack.memory as memory
+
+    device = torch.device("cpu")
+    in_use = memory.memory_in_use(device)
+    assert memory.MeasureScope(1e9).now() == 1e9
+    assert memory.MeasureScope(1e9, limit=in_use + 5e8, device=device).now() == pytest.approx(5e8, rel=0.2)
+    assert memory.MeasureScope(1e9, limit=in_use - 1e9, device=device).now() == 2.5e8  # a quarter at least
+    assert memory.MeasureScope(1e9, limit=in_use + 1e12, device=device).now() == 1e9
+    model = memory_model(encoder)
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    whole = model.forward(256 * 256) * memory.HEADROOM
+    grids: list[int] = []
+    stitch = memory.tiled_posterior
+    monkeypatch.setattr(memory, "tiled_posterior", lambda e, x, grid, norm=None: grids.append(len(grid)) or stitch(
+        e, x, grid, norm))
+    with memory.memory_scope(2 * whole):
+        memory.posterior_in_budget(encoder, x)
+    assert grids == []  # room enough when the scope opened, and no limit: one pass
+    with memory.memory_scope(2 * whole, limit=memory.memory_in_use(device) + 0.9 * whole, device=device):
+        memory.posterior_in_budget(encoder, x)
+    assert len(grids) == 1 and grids[0] > 1  # what is free in the budget now: tiles
