@@ -16,11 +16,13 @@ Prints JSON; writes ``--out`` (JSON) and, with ``--figures``, ``<figures>/visibi
 ``<figures>/visibility_<tag>_crops.png`` (original and the ``--show`` configurations, by default today's default
 and each intensity: the full photo and its flattest 64x64 area at 2x).
 
-    nice -n 10 python benchmarks/visibility.py --model demo --out docs/visibility_demo.json --figures docs/img
-    nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 4 --crop 192x256 \\
-        --steps 20 --out docs/visibility_taef2.json --figures docs/img
-    nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 1 --steps 20 \
-        --only intensity:standard                # natural size, two configurations
+    nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 8 --crop 128x192 \
+        --only rprop-default,linf4-l2,linf8-l2,linf12-l2,linf4-sign,linf8-sign,linf12-sign,linf16-sign,\
+jnd16+neutral+shrink,l2-step1.5,intensity:subtle,intensity:standard,intensity:strong \
+        --show default,rprop-default,intensity:subtle,intensity:strong \
+        --out docs/visibility_taef2.json --figures docs/figures          # the README's table (~40 min)
+    nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 1 \
+        --only intensity:subtle,intensity:strong --out docs/visibility_taef2_natural.json   # natural size
     python benchmarks/visibility.py --quick      # 1 small crop, 2 steps, 4 configurations (used by the tests)
 """
 
