@@ -212,6 +212,28 @@ def figures(summary: dict[str, dict[str, Any]], shown: dict[str, torch.Tensor], 
     return [str(curve.relative_to(ROOT) if curve.is_relative_to(ROOT) else curve), str(crops)]
 
 
+def run_all(
+    encoder: Any, decoder: Any, photos: dict[str, torch.Tensor], configs: dict[str, AttackConfig], show: list[str]
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Every configuration on every photo: label -> photo -> row, and the first photo's images to show."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in configs}
+    shown: dict[str, torch.Tensor] = {}
+    for index, (name, x) in enumerate(photos.items()):
+        done: dict[str, tuple[dict[str, Any], torch.Tensor]] = {}  # label -> this photo's row and image
+        for label, config in configs.items():
+            twin = next((other for other in done if configs[other] == config), None)  # e.g. standard == default
+            row, p = (dict(done[twin][0]), done[twin][1]) if twin else measure(encoder, decoder, x, config)
+            done[label] = (row, p)
+            if label != REFERENCE:
+                row["vs_reference"] = verdict(row, rows[REFERENCE][name])
+            rows[label][name] = row
+            if index == 0 and label in show:
+                shown.setdefault("original", x)
+                shown[{REFERENCE: "default (eps 16)", PREVIOUS: "Rprop (old default)"}.get(label, label)] = p
+            print(f"{name} {label}: {json.dumps({k: row[k] for k in ('reduction', 'psnr_db')})}", file=sys.stderr)
+    return rows, shown
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
@@ -242,22 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - encoder-only model: no round-trip damage
         decoder = None
     show = args.show.split(",") if args.show else [REFERENCE, *(k for k in configs if k.startswith("intensity:"))]
-    rows: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in configs}
-    shown: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
-    for index, (name, x) in enumerate(photos.items()):
-        done: dict[str, tuple[dict[str, Any], torch.Tensor]] = {}  # label -> this photo's row and image
-        for label, config in configs.items():
-            twin = next((other for other in done if configs[other] == config), None)  # e.g. standard == default
-            row, p = (dict(done[twin][0]), done[twin][1]) if twin else measure(encoder, decoder, x, config)
-            done[label] = (row, p)
-            if label != REFERENCE:
-                row["vs_reference"] = verdict(row, rows[REFERENCE][name])
-            rows[label][name] = row
-            if index == 0 and label in show:
-                shown.setdefault("original", x)
-                shown[{REFERENCE: "default (eps 16)", PREVIOUS: "Rprop (old default)"}.get(label, label)] = p
-            print(f"{name} {label}: {json.dumps({k: row[k] for k in ('reduction', 'psnr_db')})}", file=sys.stderr)
+    rows, shown = run_all(encoder, decoder, photos, configs, show)
     summary = summarise(rows)
     report: dict[str, Any] = {
         "model": args.model, "photos": {n: list(x.shape[1:]) for n, x in photos.items()}, "steps": steps,
