@@ -199,3 +199,17 @@ def test_centred_generator_cannot_answer_with_a_constant_shift() -> None:
     x, gray = torch.rand(1, 3, 24, 24), torch.zeros(1, dtype=torch.bool)
     assert torch.allclose(perturbation(plain, x, gray, EPS), torch.full_like(x, -EPS / 255))
     assert perturbation(centred, x, gray, EPS).mean(dim=(2, 3)).abs().max() < EPS / 255 / 4
+
+
+def test_fast_mode_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/fast_mode.py on one held-out photo cropped to 32 px: every method's budget holds on the
+    integers and fast+5 starts exactly at the fast image."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "fast_mode.py"), "--photos", "1", "--side", "32",
+               "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    result = json.loads(out.read_text())
+    row = result["photos"][HELD_OUT[0]]
+    assert row["size"] == [32, 32] and row["fast5_first_loss_rel_gap"] == 0.0
+    assert result["targets"]["budget_on_every_output"] and set(result["mean_collapse"]) == {
+        "fast", "random", "pgd40", "pgd20", "fast+5"}
