@@ -156,6 +156,8 @@ class Engine:
                 plan = plan_attack(model, height, width, steps=config.steps, available=available, extra_pixels=extra,
                                    evaluations=loss_evaluations(config))
             chunks += [(indices[i : i + size], plan) for i in range(0, len(indices), size)]
+            if (plan.grid is not None or plan.checkpoint) and self.encoder.device.type == "cpu":
+                bound_heap()  # the budget binds (default one too): RSS must follow the live tensors (issue 12)
         return chunks
 
     # -- protecting ------------------------------------------------------------------------------------

@@ -219,6 +219,28 @@ def test_an_explicit_cpu_budget_bounds_the_heap(tiny_vae_dir: Path, monkeypatch:
     assert isinstance(bound_heap(), bool)  # glibc: True; elsewhere a no-op
 
 
+def test_a_tiled_plan_under_the_default_budget_bounds_the_heap(
+    tiny_vae_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: without a --max-memory the heap was left unbounded, so a tiled run's RSS grew past the default
+    budget (demo, 1200x900 under 500 MB: 1.72 GB peak). Once a plan needs tiles the budget binds: bound it."""
+    import pca_attack.pipeline as pipeline
+    from pca_attack.io.images import decode_image
+    from tests.service.conftest import png_bytes
+
+    calls: list[bool] = []
+    monkeypatch.setattr(pipeline, "bound_heap", lambda: calls.append(True) or True)
+    engine = pipeline.Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False)
+    engine._default_budget = engine.baseline_memory + parse_size("50MB")  # the default budget, small
+    small = decode_image(png_bytes(32, 24), max_pixels=10**6)
+    assert all(plan.grid is None and not plan.checkpoint for _, plan in engine.plan([small], AttackConfig()))
+    assert calls == []  # an untiled plan keeps the faster, unbounded heap
+    large = decode_image(png_bytes(512, 512), max_pixels=10**6)
+    [(_, plan)] = engine.plan([large], AttackConfig(steps=1))
+    assert plan.grid is not None or plan.checkpoint
+    assert calls and all(calls)
+
+
 TIMED = replace(MODEL, forward_seconds_per_pixel=4e-7, context_layers=15, stream_passes=9.0)
 
 
