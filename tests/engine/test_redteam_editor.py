@@ -70,22 +70,27 @@ def test_editor_retention_reports_both_attacks(tiny_vae_dir: Path) -> None:
     assert ratio == pytest.approx(data["modes"]["editor"]["latent_drift"] / data["modes"]["plain"]["latent_drift"])
 
 
-def test_redteam_cli_compares_plain_and_editor_resolution_attacks(
-    tiny_vae_dir: Path, tmp_path: Path, photo: Callable[..., np.ndarray]
-) -> None:
+def _redteam_cli(model_dir: Path, out: Path, pixels: np.ndarray, *options: str) -> dict:
+    """Run ``pca-protect redteam`` on one picture (jpeg-75 only, no round trip); return its redteam.json."""
     from typer.testing import CliRunner
 
     from pca_cli import app
 
-    src = tmp_path / "big.png"
-    Image.fromarray(photo(96, 144)).save(src)
-    out = tmp_path / "out"
+    src = out.parent / "source.png"
+    Image.fromarray(pixels).save(src)
     result = CliRunner().invoke(app, [
-        "redteam", str(src), "-o", str(out), "--model", str(tiny_vae_dir), "--device", "cpu", "--steps", "2",
-        "--transforms", "jpeg-75", "--no-roundtrip", "--editor-resolution", "72", "--max-memory", "4GB",
+        "redteam", str(src), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
+        "--transforms", "jpeg-75", "--no-roundtrip", "--max-memory", "4GB", *options,
     ], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    data = json.loads((out / "redteam.json").read_text())
+    return dict(json.loads((out / "redteam.json").read_text()))
+
+
+def test_redteam_cli_compares_plain_and_editor_resolution_attacks(
+    tiny_vae_dir: Path, tmp_path: Path, photo: Callable[..., np.ndarray]
+) -> None:
+    out = tmp_path / "out"
+    data = _redteam_cli(tiny_vae_dir, out, photo(96, 144), "--steps", "2", "--editor-resolution", "72")
     assert [r["transform"] for r in data["rows"]] == ["none", "jpeg-75", "editor-72"]  # the editor attack's row
     comparison = data["editor_resolution"]
     assert comparison["transform"] == "editor-72" and comparison["images"] == 1
@@ -102,17 +107,5 @@ def test_redteam_cli_compares_plain_and_editor_resolution_attacks(
 def test_redteam_cli_without_editor_resolution_has_no_comparison(
     tiny_vae_dir: Path, tmp_path: Path, photo: Callable[..., np.ndarray]
 ) -> None:
-    from typer.testing import CliRunner
-
-    from pca_cli import app
-
-    src = tmp_path / "img.png"
-    Image.fromarray(photo(48, 64)).save(src)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "redteam", str(src), "-o", str(out), "--model", str(tiny_vae_dir), "--device", "cpu", "--steps", "1",
-        "--transforms", "jpeg-75", "--no-roundtrip", "--max-memory", "4GB",
-    ], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    data = json.loads((out / "redteam.json").read_text())
+    data = _redteam_cli(tiny_vae_dir, tmp_path / "out", photo(48, 64), "--steps", "1")
     assert "editor_resolution" not in data and [r["transform"] for r in data["rows"]] == ["none", "jpeg-75"]
