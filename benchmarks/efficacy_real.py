@@ -36,7 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from efficacy import PHOTOS, damage, load_photos, mean_dicts, photoguard  # noqa: E402
+from efficacy_reuse import load_reused, pool_channels, reused_eot_tables  # noqa: E402
 from public_paths import public  # noqa: E402
+
+REUSE_NOTE = ("rows, red-team retention per channel and EoT entries of these photos are copied from the earlier run "
+              "named in 'from' (same sizes, attack configuration and steps); '--extra' rows were run on them here")
 
 CODEC_CHANNELS = "jpeg-95,jpeg-75,jpeg-50,webp-80"
 
@@ -115,7 +119,27 @@ def attack_rows(name: str, x: torch.Tensor, models: tuple[Any, Any], opts: dict[
             pg = photoguard(encoder, x[None], 16.0, 2.0, steps)[0]
             rows[f"photoguard@{steps}"] = metrics(encoder, decoder, x, pg, time.perf_counter() - t0, ref)
         log(f"{name} {tuple(x.shape[1:])} steps={steps} done")
+    rows |= extra_rows(name, x, models, opts, ref)
     return {"rows": rows, "protected": protected, "ref": ref}
+
+
+def extra_rows(name: str, x: torch.Tensor, models: tuple[Any, Any], opts: dict[str, Any],
+               ref: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``--extra`` candidates (``efficacy_candidates.CANDIDATES``: overrides of the strongest setting) at the
+    main step count, as rows ``<candidate>@<steps>``."""
+    from efficacy_candidates import CANDIDATES
+
+    from pca_attack import AttackConfig, Protector
+
+    encoder, decoder = models
+    steps, rows = opts["steps"][0], {}
+    for extra in opts["extra"] if opts["extra_photos"] is None or name in opts["extra_photos"] else []:
+        ref = ref or jpeg_reference(encoder, decoder, x)
+        cfg = AttackConfig(steps=steps, shrink=opts["shrink"], **CANDIDATES[extra])
+        res = Protector(encoder, cfg).protect(x[None])
+        rows[f"{extra}@{steps}"] = metrics(encoder, decoder, x, res.images[0], res.elapsed_s, ref)
+        log(f"{name} {tuple(x.shape[1:])} {extra}@{steps} done")
+    return rows
 
 
 def default_rows(name: str, x: torch.Tensor, models: tuple[Any, Any], opts: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +225,9 @@ def summarise(per_photo: dict[str, dict[str, Any]], eot: dict[str, Any], main_st
         summary["targets"][f"beats_photoguard_on@{steps}"] = f"{sum(wins)}/{len(wins)}"
         if ours == main and theirs == base:
             summary["targets"]["beats_photoguard_met"] = bool(wins) and all(wins)
+    for extra in [m for m in methods if not m.startswith(("pca-@", "photoguard@")) and m.endswith(f"@{main_steps}")]:
+        wins = [r[extra]["psnr_damage_db"] >= r[base]["psnr_damage_db"] for r in per_photo.values() if base in r]
+        summary["targets"][f"{extra}_beats_photoguard_on"] = f"{sum(wins)}/{len(wins)}"
     summary["targets"] |= summarise_eot(eot, presets)
     return summary
 
@@ -233,7 +260,7 @@ def redteam_tables(done: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"redteam_per_photo": {n: per_channel(d["report"]) for n, d in done.items()}}
     merged = merge_reports([d["report"] for d in done.values()])
     out["redteam_plain"] = merged.to_dict() | {"markdown": merged.to_markdown()}
-    eot = [d["eot"]["reports"] for d in done.values() if "eot" in d]
+    eot = [d["eot"]["reports"] for d in done.values() if d.get("eot")]
     if eot:
         out["redteam_eot"] = {}
         for preset in eot[0]:
@@ -253,7 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     opts = {"steps": args.steps, "baseline_steps": args.baseline_steps or args.steps, "eot": args.eot,
             "eot_samples": args.eot_samples, "shrink": args.shrink, "purify_steps": args.purify_steps,
             "channels": [t for t in transform_names() if t != "purify" or args.purify_steps > 0],
-            "eot_channels": args.eot_channels}
+            "eot_channels": args.eot_channels, "extra": args.extra, "extra_photos": args.extra_photos}
     result: dict[str, Any] = {
         "model": encoder.name, "posterior": encoder.posterior_type, "latent_channels": encoder.latent_channels,
         "downsample_factor": encoder.downsample_factor, "eps": 16, "steps": args.steps,
@@ -266,16 +293,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return result | {"attack_config": cfg, "per_photo": per_photo} | summarise(per_photo, {}, args.steps[0], [])
     result["attack_config"] = asdict(AttackConfig(steps=args.steps[0], shrink=args.shrink))
     result["baseline"] = "PhotoGuard-style encoder attack: sign-PGD step 2/255 pulling mu toward mu(gray), last iterate"
+    reused = load_reused(args.reuse, args.reuse_photos, result["photos"], result["attack_config"], args.steps) \
+        if args.reuse and args.reuse_photos else {}
     done: dict[str, dict[str, Any]] = {}
     for n, x in photos.items():
-        done[n] = run_photo(n, x, models, args, opts)
+        if n in reused:
+            done[n] = reused[n] | {"rows": reused[n]["rows"] | extra_rows(n, x, models, opts)}
+        else:
+            done[n] = run_photo(n, x, models, args, opts)
+            done[n]["redteam"] = per_channel(done[n]["report"])
         if args.partial:  # what is done so far, in case the run is cut short
-            rows = {k: {"rows": d["rows"], "redteam": per_channel(d["report"])} for k, d in done.items()}
-            args.partial.write_text(json.dumps(rows, indent=1))
+            args.partial.write_text(json.dumps({k: {"rows": d["rows"], "redteam": d["redteam"]}
+                                                for k, d in done.items()}, indent=1))
+    return result | collect(done, args, reused)
+
+
+def collect(done: dict[str, dict[str, Any]], args: argparse.Namespace, reused: dict[str, Any]) -> dict[str, Any]:
+    """Rows, targets, red-team tables and EoT of every photo, fresh or reused (``efficacy_reuse``)."""
     per_photo = {n: d["rows"] for n, d in done.items()}
-    eot = {n: {k: v for k, v in d["eot"].items() if k != "reports"} for n, d in done.items() if "eot" in d}
-    result |= {"per_photo": per_photo, "figures": [d["figure"] for d in done.values() if "figure" in d]}
-    result |= summarise(per_photo, eot, args.steps[0], args.eot) | redteam_tables(done)
+    eot = {n: {k: v for k, v in d["eot"].items() if k != "reports"} for n, d in done.items() if d.get("eot")}
+    result: dict[str, Any] = {"per_photo": per_photo,
+                              "figures": [d["figure"] for d in done.values() if "figure" in d]}
+    result |= summarise(per_photo, eot, args.steps[0], args.eot)
+    if reused:
+        result |= {"reused": {"from": str(args.reuse.name), "photos": list(reused), "note": REUSE_NOTE}}
+        result["redteam_per_photo"] = {n: d["redteam"] for n, d in done.items()}
+        result["redteam_plain"] = pool_channels(result["redteam_per_photo"])
+        fresh_eot = {n: d for n, d in done.items() if d.get("eot") and "reports" in d["eot"]}
+        tables = redteam_tables(fresh_eot) if fresh_eot else reused_eot_tables(args.reuse)
+        result |= {k: v for k, v in tables.items() if k == "redteam_eot"}
+    else:
+        result |= redteam_tables(done)
     if eot:
         result["eot_vs_plain"] = {"eot_preset": args.eot, "eot_samples": args.eot_samples, "steps": args.steps[0],
                                   "channels": args.eot_channels, "per_photo": eot}
@@ -307,6 +355,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--purify-steps", type=int, default=0, help="0 leaves the purification channel out")
     parser.add_argument("--figures", type=names, default=["chelsea", "coffee"])
     parser.add_argument("--only-default", action="store_true", help="only the default intensity's rows")
+    parser.add_argument("--extra", type=names, default=[],
+                        help="candidate rows at the main step count (names in efficacy_candidates.CANDIDATES)")
+    parser.add_argument("--extra-photos", type=names, default=None, help="photos of the --extra rows (default all)")
+    parser.add_argument("--reuse", type=Path, default=None, help="an earlier efficacy JSON of the same model")
+    parser.add_argument("--reuse-photos", type=names, default=[],
+                        help="photos copied from --reuse instead of rerun (same size, config and steps)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--partial", type=Path, default=None, help="rewrite the rows done so far here per photo")
     parser.add_argument("--out-json", type=Path, default=None)

@@ -112,3 +112,37 @@ def test_only_default_rows_use_the_engine_default(bench: ModuleType, tiny_vae_di
     assert set(res["per_photo"]["chelsea"]) == {"default@2"}
     assert res["attack_config"]["shrink"] == AttackConfig().shrink
     assert (tmp_path / "d.json").is_file()
+
+
+def test_reuse_copies_photos_and_runs_only_extras_on_them(
+    bench: ModuleType, result: dict[str, Any], tiny_vae_dir: Path, tmp_path: Path
+) -> None:
+    earlier = result["_out"] / "r.json"
+    res = bench.main([
+        "--model", str(tiny_vae_dir), "--photos", "chelsea,coffee", "--crop", "32x48", "--steps", "2,1",
+        "--eot-images", "chelsea", "--figures", "", "--reuse", str(earlier), "--reuse-photos", "chelsea",
+        "--extra", "no-neutral", "--out-json", str(tmp_path / "m.json"),
+    ])
+    old = json.loads(earlier.read_text())
+    chelsea = res["per_photo"]["chelsea"]
+    assert {k: v for k, v in chelsea.items() if k != "no-neutral@2"} == old["per_photo"]["chelsea"]
+    assert "no-neutral@2" in chelsea and "no-neutral@2" in res["per_photo"]["coffee"]
+    assert res["redteam_per_photo"]["chelsea"] == old["redteam_per_photo"]["chelsea"]
+    assert res["eot_vs_plain"]["per_photo"]["chelsea"] == old["eot_vs_plain"]["per_photo"]["chelsea"]
+    assert res["reused"]["photos"] == ["chelsea"]
+    pooled = {r["transform"]: r for r in res["redteam_plain"]["rows"]}
+    drift = [res["redteam_per_photo"][n]["jpeg-75"]["latent_drift"] for n in ("chelsea", "coffee")]
+    assert pooled["jpeg-75"]["latent_drift"] == pytest.approx(sum(drift) / 2)
+    assert pooled["none"]["retention"] == pytest.approx(1.0)
+    assert res["targets"]["no-neutral@2_beats_photoguard_on"].endswith("/2")
+
+
+def test_reuse_refuses_a_photo_measured_at_another_size(
+    bench: ModuleType, result: dict[str, Any], tiny_vae_dir: Path, tmp_path: Path
+) -> None:
+    from efficacy_reuse import ReuseError
+
+    with pytest.raises(ReuseError, match="chelsea was measured at"):
+        bench.main(["--model", str(tiny_vae_dir), "--photos", "chelsea", "--crop", "40x48", "--steps", "2,1",
+                    "--reuse", str(result["_out"] / "r.json"), "--reuse-photos", "chelsea",
+                    "--out-json", str(tmp_path / "x.json")])
