@@ -83,6 +83,7 @@ def candidates(base: AttackConfig) -> dict[str, AttackConfig]:
         **{f"linf{eps:g}-l2": base.with_(eps=eps) for eps in (14.0, 20.0, 24.0)},  # beside the eps grid
         "l2-step1.5": base.with_(step=1.5),  # the l2 rule's schedule: smaller moves (cosine 4.5 -> 0.75)
         "l2-steps80-step1": base.with_(steps=2 * base.steps, step=1.0),  # twice the steps, half the moves
+        **{f"psnr{db:g}": base.with_(budget="psnr", target_psnr=db) for db in (29.5, 30.0, 30.5, 31.0)},
     }
 
 

@@ -34,7 +34,7 @@ else:  # the choices are the engine's own tables
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
 ATTACK_FIELDS = (
     "preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation", "budget",
-    "editor_resolution", "mode",
+    "editor_resolution", "mode", "target_psnr",
 )
 INTENSITY_FIELDS = ("eps", "budget")  # set by an intensity unless given explicitly
 
@@ -90,9 +90,14 @@ class ProtectOptions(BaseModel):
         "(eps 24): sets eps, budget, shrink and colour neutrality together (an eps or budget other than the "
         "default wins); measured protection and visibility in the README",
     )
-    budget: Literal["linf", "jnd"] = Field(
+    budget: Literal["linf", "jnd", "psnr"] = Field(
         default=ENGINE_DEFAULTS["budget"],
-        description="linf: eps for every pixel; jnd: a per-pixel perceptual bound <= eps (texture, dark areas)",
+        description="linf: eps for every pixel; jnd: a per-pixel perceptual bound <= eps (texture, dark areas); "
+        "psnr: the eps box and an L2 ball, the change's pixel PSNR >= target_psnr",
+    )
+    target_psnr: float = Field(
+        default=ENGINE_DEFAULTS["target_psnr"], ge=20, le=60,
+        description="budget psnr: the smallest pixel PSNR (dB) of the protected image against the original",
     )
     mode: str = Field(
         default=ENGINE_DEFAULTS["mode"], pattern=r"^(pgd|fast|fast\+[1-9][0-9]{0,3})$",
@@ -155,6 +160,8 @@ class ProtectOptions(BaseModel):
             del values["aggregation"], values["model_weights"]
         if values["mode"] == "pgd":  # the default before issue 18: fingerprints stay valid
             del values["mode"]
+        if values["budget"] != "psnr" and values["target_psnr"] == ENGINE_DEFAULTS["target_psnr"]:  # no effect
+            del values["target_psnr"]  # fingerprints from before the psnr budget stay valid
         if values["intensity"] is None and values["budget"] == "linf":  # the defaults before issue 13
             del values["intensity"], values["budget"]
         elif values["intensity"] is not None:  # what the intensity resolved to

@@ -7,11 +7,14 @@ that interface:
 * ``LinfBudget``: |x_adv - x| <= eps per pixel and channel (a scalar, or a per-pixel map), x_adv in [0, 1];
 * ``JndBudget``: the same box with a per-pixel bound from a just-noticeable-difference (JND) model of the
   image itself (``jnd_map``), never above eps, so the L-inf certificate still holds;
-* ``ColourNeutral``: wraps either and also keeps the perturbation's mean per channel near zero, globally and
+* ``PsnrBudget``: the eps box intersected with an L2 ball whose radius is a target pixel PSNR (an RMS bound):
+  the energy goes where the encoder is sensitive instead of to every pixel (PSNR is an L2 measure). Its
+  projection is exact (``project_box_ball``) and its rounding (``fit_ball_on_grid``) keeps the ball on the bytes;
+* ``ColourNeutral``: wraps any of them and also keeps the perturbation's mean per channel near zero, globally and
   over large windows (alternating projections), so the output gets no colour cast.
 
 ``quantize`` rounds to the image grid and re-enforces the (scalar or per-pixel) bound on the integers, so the
-budget holds on the returned bytes.
+budget holds on the returned bytes; ``Budget.to_grid`` is that rounding plus, for ``PsnrBudget``, the ball.
 
 The JND model is the classic pixel-domain one: background-luminance adaptation and texture (spatial) masking of
 Chou & Li, "A perceptually tuned subband image coder based on the measure of just-noticeable-distortion
@@ -115,6 +118,8 @@ class Budget(Protocol):
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor: ...
 
+    def to_grid(self, x_adv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor: ...
+
 
 class LinfBudget:
     """|x_adv - x| <= eps (per pixel, per channel) and x_adv in [0, 1]; grayscale images move channel-tied.
@@ -153,12 +158,104 @@ class LinfBudget:
         eta = torch.minimum(torch.maximum(x_adv - self.x, -eps), eps)
         return torch.clamp(self.x + eta, min=0.0, max=1.0).detach()
 
+    def to_grid(self, x_adv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """x_adv (B, 3, H, W) rounded to each image's grid (levels (B,)) with the bound re-enforced: the bytes."""
+        return quantize(x_adv, self.x, self.bound_255, levels)
+
 
 class JndBudget(LinfBudget):
     """The L-inf box with a per-pixel bound from the image's JND map (``jnd_map``), never above eps."""
 
     def __init__(self, x: torch.Tensor, eps_255: float, grayscale: torch.Tensor) -> None:
         super().__init__(x, jnd_map(x, eps_255), grayscale)
+
+
+def _norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-image L2 norm of (B, ...) in float64 -> (B,)."""
+    return t.double().pow(2).flatten(1).sum(dim=1).sqrt()
+
+
+def project_box_ball(
+    v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, radius: torch.Tensor, iterations: int = 48
+) -> torch.Tensor:
+    """Euclidean projection of each image's v (B, 3, H, W) onto {low <= e <= high} ∩ {||e||_2 <= radius}.
+
+    ``low <= 0 <= high`` (broadcastable to v), radius (B,). The KKT conditions give the solution
+    ``clip(t v, low, high)`` with t = 1 / (1 + mu) in (0, 1]: t = 1 when the clipped v is inside the ball, else
+    the largest t whose clipped image has norm <= radius (the norm grows with t), found by bisection; the result
+    is always feasible and within ``2**-iterations`` of the exact t."""
+    inside = torch.minimum(torch.maximum(v, low), high)  # (B, 3, H, W) the box projection (t = 1)
+    over = _norms(inside) > radius.double()  # (B,)
+    if not bool(over.any()):
+        return inside
+    shape = (-1,) + (1,) * (v.dim() - 1)
+    t_low = torch.zeros_like(radius, dtype=torch.float64)  # feasible: clip(0) = 0
+    t_high = torch.ones_like(t_low)  # infeasible where over
+    for _ in range(iterations):
+        mid = (t_low + t_high) / 2
+        fits = _norms(torch.minimum(torch.maximum(v * mid.view(shape).to(v.dtype), low), high)) <= radius.double()
+        t_low, t_high = torch.where(fits, mid, t_low), torch.where(fits, t_high, mid)
+    shrunk = torch.minimum(torch.maximum(v * t_low.view(shape).to(v.dtype), low), high)
+    return torch.where(over.view(shape), shrunk, inside)
+
+
+def fit_ball_on_grid(
+    q: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, radius: torch.Tensor, levels: torch.Tensor,
+    grayscale: torch.Tensor,
+) -> torch.Tensor:
+    """Keep the rounded images q (B, 3, H, W, on the grid) inside the L2 ball of ``radius`` (B,) on [0, 1].
+
+    Rounding to nearest adds about 1/12 grid step squared per value, so an iterate on the ball's surface lands
+    just outside. Where it does, values that rounding moved away from x are moved one grid step back toward it,
+    those whose rounding was closest to a tie first (the least extra error), until the norm fits: truncating
+    every one of them would give a norm <= ||x_adv - x||. Moves toward x keep the box and [0, 1]; grayscale
+    images move all three channels together. Returns (B, 3, H, W) on the grid."""
+    out = []
+    for b in range(q.shape[0]):
+        lv = float(levels[b])
+        d = torch.round((q[b] - x[b]) * lv)  # (3, H, W) integer perturbation
+        cont = (x_adv[b] - x[b]) * lv  # (3, H, W) before rounding, grid units
+        limit = (float(radius[b]) * lv) ** 2
+        if bool(grayscale[b]):
+            d, cont = d[:1], cont[:1]
+        weight = 3.0 if bool(grayscale[b]) else 1.0  # a gray value stands for three
+        excess = weight * float(d.double().pow(2).sum()) - limit
+        if excess > 0:
+            grown = d.abs() - cont.abs()  # > 0 where rounding moved away from x
+            candidate = (grown > 0) & (d != 0)
+            saving = torch.where(candidate, weight * (2 * d.abs() - 1), 0.0).flatten().double()  # norm^2 saved
+            order = torch.argsort(torch.where(candidate, grown, -1.0).flatten(), descending=True)
+            needed = torch.cumsum(saving[order], 0) < excess  # (N,) prefix still short of the excess
+            count = min(int(needed.sum()) + 1, int(candidate.sum()))
+            flat = d.flatten().clone()
+            chosen = order[:count]
+            flat[chosen] -= torch.sign(flat[chosen])
+            d = flat.view_as(d)
+        out.append((torch.round(x[b] * lv) + d.expand(3, -1, -1)) / lv)  # exactly on the grid, as quantize
+    return torch.stack(out)
+
+
+class PsnrBudget(LinfBudget):
+    """The eps box (and [0, 1]) intersected with an L2 ball: the perturbation's pixel PSNR stays >= ``psnr_db``
+    (its root-mean-square on [0, 1] <= 10^(-psnr_db / 20)), measured over all 3 x H x W values of each image."""
+
+    def __init__(self, x: torch.Tensor, eps_255: float, grayscale: torch.Tensor, psnr_db: float) -> None:
+        super().__init__(x, eps_255, grayscale)
+        self.psnr_db = psnr_db
+        rms = 10.0 ** (-psnr_db / 20.0)
+        self.radius = torch.full((x.shape[0],), rms * math.sqrt(x[0].numel()), device=x.device)  # (B,) on [0, 1]
+
+    def project(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """Exact projection onto box ∩ [0, 1] ∩ ball (``project_box_ball``); detached."""
+        eps = torch.as_tensor(self.eps, dtype=x_adv.dtype, device=x_adv.device)
+        low, high = torch.maximum(-eps, -self.x), torch.minimum(eps, 1.0 - self.x)  # (B, 3, H, W), 0 inside
+        eta = project_box_ball(x_adv.detach() - self.x, low, high, self.radius)
+        return (self.x + eta).clamp(0.0, 1.0)
+
+    def to_grid(self, x_adv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """Rounded with the box re-enforced, then held inside the ball on the grid (``fit_ball_on_grid``)."""
+        q = quantize(x_adv, self.x, self.bound_255, levels)
+        return fit_ball_on_grid(q, self.x, x_adv, self.radius, levels, self.gray.view(-1))
 
 
 class ColourNeutral:
@@ -182,6 +279,9 @@ class ColourNeutral:
     def tie_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         return self.inner.tie_gradient(grad)
 
+    def to_grid(self, x_adv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        return self.inner.to_grid(x_adv, levels)
+
     def neutralise(self, eta: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) perturbation minus its local (tile) means and its global mean per channel."""
         h, w = eta.shape[-2:]
@@ -198,8 +298,15 @@ class ColourNeutral:
 
 
 def make_budget(config: AttackConfig, x: torch.Tensor, grayscale: torch.Tensor) -> LinfBudget | ColourNeutral:
-    """The budget named by ``config.budget`` ('linf' or 'jnd'), colour-neutral when ``config.colour_neutral``."""
-    inner = JndBudget(x, config.eps, grayscale) if config.budget == "jnd" else LinfBudget(x, config.eps, grayscale)
+    """The budget named by ``config.budget`` ('linf', 'jnd' or 'psnr'), colour-neutral when
+    ``config.colour_neutral``."""
+    inner: LinfBudget
+    if config.budget == "jnd":
+        inner = JndBudget(x, config.eps, grayscale)
+    elif config.budget == "psnr":
+        inner = PsnrBudget(x, config.eps, grayscale, config.target_psnr)
+    else:
+        inner = LinfBudget(x, config.eps, grayscale)
     return ColourNeutral(inner, config.neutral_window) if config.colour_neutral else inner
 
 

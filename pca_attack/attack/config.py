@@ -91,7 +91,8 @@ class AttackConfig:
     aggregation: Literal["mean", "worst"] = "mean"  # ensembles: mean of normalised member losses, or the worst
     model_weights: tuple[float, ...] | None = None  # ensembles: one weight per model for "mean" (None = equal)
     editor_resolution: int | None = None  # also collapse the image downscaled to this long side (editors' ~1 MP)
-    budget: Literal["linf", "jnd"] = "linf"  # per-pixel bound: eps everywhere, or a JND map <= eps (budget.py)
+    budget: Literal["linf", "jnd", "psnr"] = "linf"  # eps everywhere; a JND map <= eps; the eps box ∩ an L2 ball
+    target_psnr: float = 30.0  # budget "psnr": the perturbation's pixel PSNR is kept >= this (dB), an RMS bound
     colour_neutral: bool = True  # remove the perturbation's mean per channel, globally and per window
     neutral_window: int = 128  # colour_neutral: side of the windows whose mean shift is removed, in pixels
     shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
@@ -121,8 +122,13 @@ class AttackConfig:
             raise ConfigError(
                 f"rprop_range={self.rprop_range} with rprop_init={self.rprop_init}; need 0 < low <= init <= high"
             )
-        if self.budget not in ("linf", "jnd"):
-            raise ConfigError(f"budget={self.budget!r}; use 'linf' (eps everywhere) or 'jnd' (perceptual map)")
+        if self.budget not in ("linf", "jnd", "psnr"):
+            raise ConfigError(
+                f"budget={self.budget!r}; use 'linf' (eps everywhere), 'jnd' (perceptual map) or 'psnr' (an L2 ball "
+                "of target_psnr dB inside the eps box)"
+            )
+        if not 20 <= self.target_psnr <= 60:
+            raise ConfigError(f"target_psnr={self.target_psnr}; use a pixel PSNR in [20, 60] dB, e.g. 30")
         if not 4 <= self.neutral_window <= 4096:
             raise ConfigError(f"neutral_window={self.neutral_window}; use a window side in [4, 4096] pixels")
         if not (self.shrink == 0 or 0.5 <= self.shrink <= 1):

@@ -209,7 +209,7 @@ class Protector:
         # keep_best: the last iterate's loss (never evaluated in the loop), with the same estimator as the others
         last_obj = sign * self.loss(x_adv, target, generator) if cfg.keep_best else None
         x = budget.x  # (B, 3, H, W)
-        images = quantize(tracker.choose(x_adv, last_obj), x, budget.bound_255, lv)  # (B, 3, H, W)
+        images = budget.to_grid(tracker.choose(x_adv, last_obj), lv)  # (B, 3, H, W) on the grid, budget held
         if cfg.shrink:  # the smallest perturbation keeping cfg.shrink of the collapse (attack/shrink.py)
             shrinker = Shrinker(budget, lv, lambda im: sign * self.loss(im, target))
             images = shrinker(images, lambda im: self.loss_and_grad(im, target, generator, sign)[1], cfg.shrink)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from pca_attack.attack.budget import Budget, quantize
+from pca_attack.attack.budget import Budget
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) images -> (B,) objective, lower is better
 Gradient = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) images -> (B, 3, H, W) objective gradient
@@ -41,7 +41,7 @@ class Shrinker:
 
     def realise(self, eta: torch.Tensor) -> torch.Tensor:
         """A perturbation (B, 3, H, W) made feasible: projected onto the budget and rounded to the grid."""
-        return quantize(self.budget.project(self.x + eta), self.x, self.budget.bound_255, self.levels)
+        return self.budget.to_grid(self.budget.project(self.x + eta), self.levels)
 
     def __call__(self, x_adv: torch.Tensor, gradient: Gradient, share: float) -> torch.Tensor:
         """The shrunk images (B, 3, H, W) on the grid; ``x_adv`` (B, 3, H, W) is PGD's (quantised) result."""
