@@ -26,6 +26,11 @@ untiled term where the upstream gradient is spread evenly over the image. The lo
 ones wherever the halo covers the receptive field of the convolutions; attention layers (the demo VAE's
 mid-block) stay tile-local. ``Encoder.checkpointing`` recomputes forwards in backward: recording is off
 then (``recording`` is cleared before the backward).
+
+Self-attention in a pass without gradient (loss-only evaluations, the streaming passes after the
+attention layer, tiled certificates): every tile crops its positions from ONE evaluation of the layer over
+the whole image's context (``pca_attack.attack.context_attention.whole_term``, computed once per context),
+not one attention of its queries against every key of the image per tile and per pass.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pca_attack.attack.context_attention import Processor, attend, finish, whole_term
 from pca_attack.models.encoder import Encoder
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # mean (B, G), var (B, G), fp32
@@ -148,6 +154,7 @@ class WholeImageNorm:
         self.layers = context_layers(encoder)
         self.frozen: dict[int, Stats] = {}  # GroupNorm index -> statistics used by the patched layer
         self.context: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) whole-image keys' input
+        self.terms: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) its term at every position
         self.recording: frozenset[int] = frozenset()
         self.stop_after: int | None = None
         self.region: Region | None = None
@@ -161,7 +168,7 @@ class WholeImageNorm:
         return bool(self.layers)
 
     def reset(self) -> None:
-        self.frozen, self.context, self._sums, self._maps = {}, {}, {}, {}
+        self.frozen, self.context, self.terms, self._sums, self._maps = {}, {}, {}, {}, {}
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -178,7 +185,7 @@ class WholeImageNorm:
                     layer.forward = partial(self._norm_forward, index, layer)  # type: ignore[method-assign]
                 else:
                     saved[index] = getattr(layer, "processor")  # noqa: B009 (a diffusers Attention)
-                    setattr(layer, "processor", _Processor(partial(self._attention, index, saved[index])))  # noqa: B010
+                    setattr(layer, "processor", Processor(partial(self._attention, index, saved[index])))  # noqa: B010
         try:
             yield
         finally:
@@ -258,14 +265,26 @@ class WholeImageNorm:
             raise StopForward
         if context is None:
             return native(attn, hidden, *args, **kwargs)
+        if not hidden.requires_grad and not self._records(index):  # a loss-only pass: crop the whole image's
+            return finish(attn, self._whole_term(index, attn, d, hidden), hidden)
         with torch.no_grad():  # the value: keys from the whole image (this tile's core spliced in)
             keys_in = context.to(normed.dtype).clone()  # (B, C, H/d, W/d)
             keys_in[(..., *self.region.in_image(d))] = normed[..., rows, cols]
-            whole = _attend(attn, hidden, normed, keys_in)  # (B, C, h, w)
+            whole = attend(attn, hidden, normed, keys_in)  # (B, C, h, w)
         if not hidden.requires_grad:
             return whole
-        local = _attend(attn, hidden, normed, normed)  # the gradient: the tile's own keys (straight through)
+        local = attend(attn, hidden, normed, normed)  # the gradient: the tile's own keys (straight through)
         return local + (whole - local).detach()
+
+    def _whole_term(self, index: int, attn: Any, d: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The tile's part (B, C, h, w) of the attention term over the whole image, computed once per context
+        (``context_attention.whole_term``): exactly what the untiled layer computes at these positions."""
+        assert self.region is not None
+        term = self.terms.get(index)
+        if term is None:
+            term = self.terms[index] = whole_term(attn, self.context[index])  # (B, C, H/d, W/d)
+        top, left = self.region.top // d, self.region.left // d
+        return term[..., top : top + hidden.shape[-2], left : left + hidden.shape[-1]].to(hidden.dtype)
 
     def _record_map(self, index: int, core: torch.Tensor, d: int) -> None:
         assert self.region is not None
@@ -286,39 +305,9 @@ class WholeImageNorm:
             var = (squares / count - mean.square()).clamp(min=0.0)
             self.frozen[index] = (mean.float(), var.float())
         self.context.update(self._maps)
+        for index in self._maps:
+            self.terms.pop(index, None)  # a new context: its whole-image attention is computed again when needed
         self._sums, self._maps, self.recording = {}, {}, frozenset()
-
-
-class _Processor:
-    """A diffusers attention processor calling ``fn(attn, hidden_states, ...)`` (explicit parameters: diffusers
-    drops keyword arguments a processor's signature does not name)."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
-        self.fn = fn
-
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fn(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-
-def _attend(attn: Any, hidden: torch.Tensor, normed: torch.Tensor, keys_in: torch.Tensor) -> torch.Tensor:
-    """diffusers' AttnProcessor2_0 on (B, C, h, w) with queries from ``normed`` and keys/values from
-    ``keys_in`` (B, C, H', W'), plus the residual and output rescaling."""
-    batch, channels, h, w = hidden.shape
-    heads = attn.heads
-    tokens = normed.reshape(batch, channels, h * w).transpose(1, 2)  # (B, hw, C)
-    context = keys_in.reshape(batch, channels, -1).transpose(1, 2)  # (B, N, C)
-    query, key, value = attn.to_q(tokens), attn.to_k(context), attn.to_v(context)
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.view(batch, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # (B, heads, n, C/heads)
-
-    out = F.scaled_dot_product_attention(split(query), split(key), split(value))  # (B, heads, hw, C/heads)
-    out = out.transpose(1, 2).reshape(batch, h * w, -1).to(query.dtype)
-    out = attn.to_out[1](attn.to_out[0](out)).transpose(1, 2).reshape(hidden.shape)  # (B, C, h, w)
-    if attn.residual_connection:
-        out = out + hidden
-    return out / attn.rescale_output_factor
 
 
 @torch.no_grad()

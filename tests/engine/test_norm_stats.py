@@ -104,6 +104,30 @@ def test_diffusers_vae_tiles_see_whole_image_statistics_and_attention(tiny_vae_d
     assert abs(local / whole - 1) > 10 * abs(tiled / whole - 1)
 
 
+def test_loss_only_tiled_passes_evaluate_the_whole_image_attention_once(
+    tiny_vae_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss-only tiled pass (statistics streamed layer by layer, then the loss) evaluates the mid-block
+    attention over the whole image ONCE and crops every tile's part from it: the same posterior as the untiled
+    encoder, where attention per tile and per streaming pass would re-run the image's keys each time."""
+    import pca_attack.attack.norm_stats as norm_stats
+
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    x = image(192, 160, batch=1)
+    grid = TileGrid(192, 160, factor=8, core=64, halo=96)  # the halo covers this encoder's convolutions
+    calls: list[tuple[int, ...]] = []
+    whole = norm_stats.whole_term
+    monkeypatch.setattr(norm_stats, "whole_term", lambda attn, ctx: calls.append(tuple(ctx.shape)) or whole(attn, ctx))
+    norm = WholeImageNorm(encoder)
+    measure_norm(norm, encoder, x, grid)  # the layers after the attention stream with the whole-image term
+    assert [shape[-2:] for shape in calls] == [(24, 20)]  # once, over the whole (192/8 x 160/8) latent grid
+    mean, _ = tiled_posterior(encoder, x, grid, norm)
+    assert len(calls) == 1  # the same context: reused by all 9 tiles of the loss pass
+    torch.testing.assert_close(mean, encoder.posterior(x)[0], rtol=1e-4, atol=1e-5)
+    measure_norm(norm, encoder, (x * 0.5).clamp(0, 1), grid)  # a new image: a new context, a new term
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("stats", ["exact", "lagged"])
 def test_tiled_attack_with_norm_layers_tracks_the_untiled_attack(stats: str) -> None:
     """Exact statistics: the traced losses are the untiled objective's (the gradient differs only through
