@@ -302,9 +302,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             done[n] = run_photo(n, x, models, args, opts)
             done[n]["redteam"] = per_channel(done[n]["report"])
-        if args.partial:  # what is done so far, in case the run is cut short
-            args.partial.write_text(json.dumps({k: {"rows": d["rows"], "redteam": d["redteam"]}
-                                                for k, d in done.items()}, indent=1))
+        if args.partial:  # what is done so far, as --reuse reads it, in case the run is cut short
+            args.partial.write_text(json.dumps(result | {
+                "per_photo": {k: d["rows"] for k, d in done.items()},
+                "redteam_per_photo": {k: d["redteam"] for k, d in done.items()},
+                "eot_vs_plain": {"per_photo": {k: {m: v for m, v in d["eot"].items() if m != "reports"}
+                                               for k, d in done.items() if d.get("eot")}}}
+                | (reused_eot_tables(args.reuse) if args.reuse else {}), indent=1))
     return result | collect(done, args, reused)
 
 

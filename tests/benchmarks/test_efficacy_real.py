@@ -121,7 +121,7 @@ def test_reuse_copies_photos_and_runs_only_extras_on_them(
     res = bench.main([
         "--model", str(tiny_vae_dir), "--photos", "chelsea,coffee", "--crop", "32x48", "--steps", "2,1",
         "--eot-images", "chelsea", "--figures", "", "--reuse", str(earlier), "--reuse-photos", "chelsea",
-        "--extra", "no-neutral", "--out-json", str(tmp_path / "m.json"),
+        "--extra", "no-neutral", "--out-json", str(tmp_path / "m.json"), "--partial", str(tmp_path / "p.json"),
     ])
     old = json.loads(earlier.read_text())
     chelsea = res["per_photo"]["chelsea"]
@@ -135,6 +135,13 @@ def test_reuse_copies_photos_and_runs_only_extras_on_them(
     assert pooled["jpeg-75"]["latent_drift"] == pytest.approx(sum(drift) / 2)
     assert pooled["none"]["retention"] == pytest.approx(1.0)
     assert res["targets"]["no-neutral@2_beats_photoguard_on"].endswith("/2")
+    again = bench.main([  # a run cut short is finished from its partial file, nothing rerun
+        "--model", str(tiny_vae_dir), "--photos", "chelsea,coffee", "--crop", "32x48", "--steps", "2,1",
+        "--eot-images", "chelsea", "--figures", "", "--reuse", str(tmp_path / "p.json"),
+        "--reuse-photos", "chelsea,coffee", "--out-json", str(tmp_path / "a.json"),
+    ])
+    assert again["per_photo"] == res["per_photo"] and again["redteam_plain"] == res["redteam_plain"]
+    assert again["targets"] == res["targets"]
 
 
 def test_reuse_refuses_a_photo_measured_at_another_size(
