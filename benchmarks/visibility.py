@@ -23,7 +23,7 @@ jnd16+neutral+shrink,l2-step1.5,intensity:subtle,intensity:standard,intensity:st
         --out docs/visibility_taef2.json --figures docs/figures          # the README's table (~40 min)
     nice -n 10 python benchmarks/visibility.py --model ../shared/models/taef2 --photos 1 \
         --only intensity:subtle,intensity:strong --out docs/visibility_taef2_natural.json   # natural size
-    python benchmarks/visibility.py --quick      # 1 small crop, 2 steps, 4 configurations (used by the tests)
+    python benchmarks/visibility.py --quick      # 1 small crop, 2 steps, 5 configurations (used by the tests)
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def candidates(base: AttackConfig) -> dict[str, AttackConfig]:
         "l2-step1.5": base.with_(step=1.5),  # the l2 rule's schedule: smaller moves (cosine 4.5 -> 0.75)
         "l2-steps80-step1": base.with_(steps=2 * base.steps, step=1.0),  # twice the steps, half the moves
         **{f"psnr{db:g}": base.with_(budget="psnr", target_psnr=db) for db in (29.5, 30.0, 30.5, 31.0)},
+        **{f"psnr{db:g}-steps80": base.with_(budget="psnr", target_psnr=db, steps=2 * base.steps, step=1.0)
+           for db in (29.5, 30.0)},  # the L2 ball converges slower: twice the steps, half the moves
     }
 
 
@@ -94,7 +96,8 @@ def configurations(steps: int, eps_grid: list[float], quick: bool) -> dict[str, 
     previous = base.with_(update="rprop", colour_neutral=False)
     if quick:
         return {REFERENCE: base, PREVIOUS: previous, "intensity:subtle": intensity_config("subtle", steps=steps),
-                "jnd16+neutral+shrink": base.with_(budget="jnd", shrink=0.95)}
+                "jnd16+neutral+shrink": base.with_(budget="jnd", shrink=0.95),
+                "psnr30": base.with_(budget="psnr", target_psnr=30.0)}
     out = {REFERENCE: base, PREVIOUS: previous}
     for update in UPDATES:
         for eps in eps_grid:
@@ -128,7 +131,16 @@ def measure(encoder: Any, decoder: Any, x: torch.Tensor, config: AttackConfig) -
     if decoder is not None:
         rt_x, rt_p = roundtrip(encoder, decoder, x[None])[0], roundtrip(encoder, decoder, p[None])[0]
         row["damage_db"] = (psnr(rt_x, x) or 99.0) - (psnr(rt_p, x) or 99.0)
+        rt_noise = roundtrip(encoder, decoder, sign_flipped(x, p)[None])[0]  # the same change, random signs
+        row["noise_damage_db"] = (psnr(rt_x, x) or 99.0) - (psnr(rt_noise, x) or 99.0)
     return row, p
+
+
+def sign_flipped(x: torch.Tensor, p: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """x (3, H, W) plus the change p - x with each value's sign drawn at random, on the grid: noise of the
+    perturbation's own size, whose round-trip damage is the part any change of that energy causes."""
+    flips = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) < 0.5, -1.0, 1.0)
+    return torch.round((x + (p - x) * flips).clamp(0, 1) * 255) / 255
 
 
 def verdict(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

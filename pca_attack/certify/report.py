@@ -44,7 +44,7 @@ class Certificate(BaseModel):
     format: str = Field(description="output file format")
     quality: int | None = Field(default=None, description="lossy quality, null for PNG")
     linf_255: float = Field(description="max |output - input| over pixels and channels, 0-255 scale")
-    budget_ok: bool = Field(description="linf_255 <= eps, checked on the written file")
+    budget_ok: bool = Field(description="linf_255 <= eps (and psnr_db >= target_psnr), checked on the written file")
     l2: float = Field(description="Euclidean norm of (output - input) in [0, 1] pixel units")
     psnr_db: float | None = Field(description="PSNR of output vs input; null if identical")
     ssim: float = Field(description="SSIM of output vs input (1 = identical)")
@@ -52,7 +52,12 @@ class Certificate(BaseModel):
     vif: float | None = Field(
         default=None, description="VIF-P of output vs input (perceptual index, 1 = identical); null under 41 px"
     )
-    budget: str = Field(default="linf", description="linf (eps everywhere) or jnd (a per-pixel map <= eps)")
+    budget: str = Field(
+        default="linf", description="linf (eps everywhere), jnd (a per-pixel map <= eps) or psnr (eps box ∩ L2 ball)"
+    )
+    target_psnr: float | None = Field(
+        default=None, description="budget psnr: the PSNR floor (dB); budget_ok also needs psnr_db >= it"
+    )
     budget_map_255: list[float] = Field(
         default_factory=list, description="min, mean, max of the per-pixel bound (0-255 scale; all eps for linf)"
     )
@@ -119,21 +124,26 @@ def _visibility_fields(config: AttackConfig, x_clean: torch.Tensor, x_out: torch
     shift = colour_shift(x_clean, x_out)
     return {
         "ms_ssim": tiled_mean(ms_ssim, x_clean, x_out), "vif": tiled_mean(vif, x_clean, x_out),
-        "budget": config.budget,
+        "budget": config.budget, "target_psnr": config.target_psnr if config.budget == "psnr" else None,
         "budget_map_255": [round(float(v), 3) for v in (bound.min(), bound.mean(), bound.max())],
         "colour_neutral": config.colour_neutral, "shrink": config.shrink,
         "mean_shift_255": shift["global"], "mean_shift_window_max_255": shift["window_max"],
     }
 
 
-def _pixel_fields(a: np.ndarray, b: np.ndarray, levels: float, eps: float) -> dict[str, Any]:
-    """Distances of the written output b from the input a, (H, W, 3) on the input's grid of ``levels``."""
+def _pixel_fields(
+    a: np.ndarray, b: np.ndarray, levels: float, eps: float, floor_db: float | None = None
+) -> dict[str, Any]:
+    """Distances of the written output b from the input a, (H, W, 3) on the input's grid of ``levels``;
+    the budget holds when linf <= eps and (budget psnr) the PSNR >= ``floor_db``."""
     diff01 = (b - a) / levels
     mse = float(np.mean(diff01**2))
     linf = float(np.abs(b - a).max() * 255.0 / levels)
+    psnr_out = None if mse == 0 else float(10 * np.log10(1.0 / mse))
+    in_ball = floor_db is None or psnr_out is None or psnr_out >= floor_db - 1e-6
     return {
-        "linf_255": linf, "budget_ok": linf <= eps + 1e-9, "l2": float(np.sqrt(np.sum(diff01**2))),
-        "psnr_db": None if mse == 0 else float(10 * np.log10(1.0 / mse)),
+        "linf_255": linf, "budget_ok": linf <= eps + 1e-9 and in_ball, "l2": float(np.sqrt(np.sum(diff01**2))),
+        "psnr_db": psnr_out,
         "ssim": tiled_mean(lambda r, t: _ssim(r, t, levels), a, b, axes=(0, 1)),
     }
 
@@ -218,7 +228,7 @@ def certificate(
         bit_depth=16 if clean.levels > 255 else 8,
         format=fmt,
         quality=quality,
-        **_pixel_fields(a, b, levels, config.eps),
+        **_pixel_fields(a, b, levels, config.eps, extra["target_psnr"]),
         alpha_preserved=alpha_ok,
         notes=list(clean.notes),
         elapsed_s=elapsed_s,

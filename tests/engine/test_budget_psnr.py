@@ -154,3 +154,29 @@ def test_attack_with_the_psnr_budget_collapses_within_the_target(demo_available:
     assert torch.equal(p, torch.round(p * 255) / 255)
     assert float((p - x[0]).abs().max()) * 255 <= 16 + 1e-4
     assert psnr_db(x[0], p) >= 32.0  # type: ignore[operator]
+
+
+def test_psnr_budget_holds_on_the_written_file_and_in_the_certificate(demo_available: bool, photo) -> None:  # type: ignore[no-untyped-def]
+    if not demo_available:
+        pytest.skip("bundled demo VAE not present")
+    import io
+
+    from PIL import Image
+
+    from pca_attack import Engine
+    from pca_attack.io.images import decode_image
+
+    rgb = photo(40, 56)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    engine = Engine(load_encoder("demo", device="cpu"), None)
+    out = engine.protect_bytes(buffer.getvalue(), AttackConfig(budget="psnr", target_psnr=33.0, steps=3))
+    written = decode_image(out.data).rgb.astype(np.float64)  # (H, W, 3)
+    mse = float(np.mean(((written - rgb) / 255.0) ** 2))
+    assert mse > 0 and 10 * math.log10(1 / mse) >= 33.0
+    assert np.abs(written - rgb).max() <= 16
+    cert = out.certificate
+    assert cert.budget == "psnr" and cert.target_psnr == 33.0 and cert.budget_ok
+    assert cert.psnr_db is not None and cert.psnr_db >= 33.0
+    assert Engine(load_encoder("demo", device="cpu"), None).protect_bytes(
+        buffer.getvalue(), AttackConfig(steps=1)).certificate.target_psnr is None  # other budgets: no floor
