@@ -40,8 +40,8 @@ def parse() -> argparse.Namespace:
     defaults = TrainSettings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=defaults.model, help="model spec, or a comma list for the ensemble objective")
-    for name in ("steps", "batch", "crop", "seed", "width", "blocks", "pattern"):
-        p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+    for name in ("steps", "batch", "crop", "seed", "width", "blocks", "pattern", "neutral_window"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate of the network")
     p.add_argument("--pattern-lr", type=float, default=defaults.pattern_lr, help="Adam learning rate of the pattern")
     p.add_argument("--centred", action=argparse.BooleanOptionalAction, default=defaults.centred,
@@ -77,7 +77,8 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     settings = TrainSettings(args.model, args.steps, args.batch, args.crop, args.lr, args.pattern_lr, args.eps,
-                             args.seed, args.width, args.blocks, args.centred, args.pattern)
+                             args.seed, args.width, args.blocks, args.centred, args.pattern,
+                             args.neutral_window)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss ratio {task.fields[ratio]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())

@@ -2,7 +2,10 @@
 
 Each step: augmented crops x, the generator's perturbation delta(x), x_adv = the default attack's feasible
 image (``training_image``: colour-neutral, so a constant darkening or colour cast, the trivial universal answer,
-is no longer available); the attack's objective (``Protector.loss_and_grad``: the single-model objective, or
+is no longer available) with windows of half a crop: the attack removes the mean over 128-pixel windows of
+images >= 256 pixels, which erased most of a generator trained on 96-pixel crops (global mean only) at natural
+size (china: collapse 0.095 with global removal, 0.010 with the windows), so the generator must learn locally
+mean-free perturbations; the attack's objective (``Protector.loss_and_grad``: the single-model objective, or
 the ensemble's when several models are given) gives d(sign * loss)/d(x_adv), which is back-propagated through
 the generator (chain rule), each image weighted by 1 / its current loss: the generator minimises the mean
 log-loss, so every crop counts alike whatever its clean loss. Deterministic from the seed on the CPU.
@@ -37,6 +40,7 @@ class TrainSettings:
     blocks: int = 3
     centred: bool = True  # mean-free logits per channel (see PerturbationNet)
     pattern: int = 32  # period of the learnt image-independent pattern, pixels (0 = none)
+    neutral_window: int = 48  # colour-neutral windows of the training image (see the module docstring)
 
 
 def train_generator(
@@ -47,6 +51,7 @@ def train_generator(
     draws = torch.Generator().manual_seed(settings.seed)
     net = PerturbationNet(settings.width, settings.blocks, settings.centred, settings.pattern)
     protector = Protector(load_model(settings.model, device="cpu", dtype="float32"), AttackConfig(eps=settings.eps))
+    feasible = protector.config.with_(neutral_window=settings.neutral_window)  # the training image's budget
     sign = objective_sign(protector.config.loss_preset.direction)
     pattern = [p for name, p in net.named_parameters() if name == "pattern"]
     groups = [{"params": [p for name, p in net.named_parameters() if name != "pattern"], "lr": settings.lr}]
@@ -60,7 +65,7 @@ def train_generator(
         target = protector.target_variance(x)
         protector.tiled.prepare(x, target)
         clean = protector.loss(x, target).clamp(min=1e-12)  # (B,)
-        x_adv = training_image(net, x, gray, protector.config)  # (B, 3, c, c)
+        x_adv = training_image(net, x, gray, feasible)  # (B, 3, c, c)
         loss, grad = protector.loss_and_grad(x_adv.detach(), target, draws, sign)  # (B,), (B, 3, c, c)
         optimiser.zero_grad()
         x_adv.backward(grad / loss.detach().clamp(min=1e-12).view(-1, 1, 1, 1) / settings.batch)  # d mean log-loss

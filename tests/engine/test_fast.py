@@ -19,6 +19,7 @@ from PIL import Image
 from pca_attack.attack.budget import make_budget, quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.pgd import Protector
+from pca_attack.attack.updates import step_size
 from pca_attack.errors import ConfigError
 from pca_attack.fast.generator import (
     PerturbationNet,
@@ -27,6 +28,7 @@ from pca_attack.fast.generator import (
     perturbation,
     training_image,
 )
+from pca_attack.fast.modes import run_config
 from pca_attack.fast.photos import HELD_OUT, centre_crop, load_photo
 from pca_attack.fast.train import TrainSettings, train_generator
 from pca_attack.fast.weights import load_generator, resolve_generator, save_generator
@@ -119,6 +121,21 @@ def test_fast_plus_n_starts_from_the_fast_image(
     assert refined.certificate.loss_protected < fast.certificate.loss_protected  # PGD went on from there
     for config in (AttackConfig(eps=EPS), AttackConfig(eps=EPS, budget="jnd")):  # projected as PGD's iterates
         _assert_projected_like_pgd(saturated_generator, config)
+
+
+def test_fast_plus_n_refines_on_its_own_schedule() -> None:
+    """fast+N starts with a bigger step than the cold-start attack (the generator's image is moved on, not
+    polished), decays to the same last step; pgd is untouched and fast runs no step."""
+    default = AttackConfig()
+    assert run_config(default) == default
+    assert run_config(AttackConfig(mode="fast")).steps == 0
+    refine = run_config(AttackConfig(mode="fast+5"))
+    cold = default.with_(steps=5)
+    assert refine.steps == 5 and refine.mode == "fast+5"
+    assert step_size(refine, 0) == pytest.approx(2 * step_size(cold, 0))
+    assert step_size(refine, 4) == pytest.approx(step_size(cold, 4))  # same fine last step
+    assert all(step_size(refine, i) > step_size(refine, i + 1) for i in range(4))
+    assert run_config(AttackConfig(mode="fast+2", step_peak=12.0)).step_peak == 16.0  # within the config's bound
 
 
 def _assert_projected_like_pgd(generator: str, config: AttackConfig) -> None:
