@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pca_attack.attack.budget import make_budget, quantize
@@ -188,6 +189,22 @@ def test_training_is_deterministic_from_its_seed_and_colour_neutral() -> None:
     with torch.no_grad():
         delta = training_image(first, x, gray, AttackConfig()) - x  # (2, 3, 40, 48)
     assert (delta.abs() <= 16 / 255 + 1e-6).all() and delta.mean(dim=(2, 3)).abs().max() < 0.5 / 255
+
+
+def test_training_image_is_colour_neutral_over_its_windows() -> None:
+    """The training image removes the perturbation's mean over the settings' windows (not only globally), as the
+    attack's projection does on images >= 2 windows: what the generator learns survives that projection."""
+    torch.manual_seed(0)
+    net = PerturbationNet(8, 1)
+    with torch.no_grad():
+        net.head.weight.normal_(0.0, 20.0)  # saturated, image-dependent: local means far from 0
+    blocks = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))  # 16-px flat blocks of colour
+    x, gray = F.interpolate(blocks, scale_factor=16.0, mode="nearest"), torch.zeros(1, dtype=torch.bool)
+    with torch.no_grad():
+        local = {w: F.avg_pool2d(training_image(net, x, gray, AttackConfig(neutral_window=w)) - x, 16).abs().mean()
+                 for w in (128, 8)}  # 16x16 tile means of the perturbation
+    assert local[8] < 0.5 * local[128]
+    assert TrainSettings().neutral_window < TrainSettings().crop // 2 + 1  # the default crop has >= 2 windows
 
 
 def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
