@@ -73,9 +73,15 @@ def child(args: argparse.Namespace) -> None:
     plans: list[Any] = []
     ends: list[float] = []
     t0 = time.perf_counter()
+    def on_step(event: Any) -> None:  # also to stderr as it happens: a run stopped early still has its steps
+        ends.append(event.elapsed_s)
+        print(json.dumps({"step": event.step, "elapsed_s": round(event.elapsed_s, 1), "peak_rss_bytes": _peak_rss()}),
+              file=sys.stderr, flush=True)
+
     out = engine.protect(
-        [image], AttackConfig(steps=args.steps), on_plan=lambda i, p: plans.append(p),
-        progress=lambda i, e: ends.append(e.elapsed_s) if e.end_of_step else None,
+        [image], AttackConfig(steps=args.steps), on_plan=lambda i, p: plans.append(p) or print(
+            json.dumps({"plan": p.describe()}), file=sys.stderr, flush=True),
+        progress=lambda i, e: on_step(e) if e.end_of_step else None,
     )
     total = time.perf_counter() - t0
     steps = np.diff([0.0, *ends]).tolist()
@@ -86,9 +92,13 @@ def child(args: argparse.Namespace) -> None:
         "budget_bytes_for_attack": plan.budget_bytes, "plan": plan.describe(), "tiles": plan.tiles,
         "tile_side": plan.tile_side, "estimated_attack_bytes": plan.estimated_bytes,
         "baseline_rss_bytes": engine.baseline_memory,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": _peak_rss(),
         "seconds_per_step": steps, "seconds_total": total, "budget_ok": out[0].certificate.budget_ok,
     }))
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_child(model: str, size: tuple[int, int], steps: int, budget: str | None, threads: int = 1) -> dict[str, Any]:

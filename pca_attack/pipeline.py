@@ -147,15 +147,16 @@ class Engine:
             groups.setdefault((image.height, image.width), []).append(index)
         chunks: list[tuple[list[int], AttackPlan]] = []
         evaluations = loss_evaluations(config)  # loss-only passes besides the steps (the plan's time estimate)
+        tiled_evaluations = loss_evaluations(config, tiled=True)
         for (height, width), indices in groups.items():
             size = min(self.max_batch, len(indices))
             extra = editor_pixels(height, width, config.editor_resolution)
             plan = plan_attack(model, height, width, batch=size, steps=config.steps, available=available,
-                               extra_pixels=extra, evaluations=evaluations)
+                               extra_pixels=extra, evaluations=evaluations, tiled_evaluations=tiled_evaluations)
             if plan.grid is not None and size > 1:  # tiles run one image at a time
                 size = 1
                 plan = plan_attack(model, height, width, steps=config.steps, available=available, extra_pixels=extra,
-                                   evaluations=evaluations)
+                                   evaluations=evaluations, tiled_evaluations=tiled_evaluations)
             chunks += [(indices[i : i + size], plan) for i in range(0, len(indices), size)]
             if (plan.grid is not None or plan.checkpoint) and self.encoder.device.type == "cpu":
                 bound_heap()  # the budget binds (default one too): RSS must follow the live tensors (issue 12)

@@ -13,7 +13,7 @@ when it fits, else the largest tiles that fit, else refuses with ``MemoryBudgetE
 
 A budget counts the whole process (``budget - memory in use now`` is what the attack may take), so
 ``--max-memory 1.5GB`` bounds the resident size; the default is ``DEFAULT_FRACTION`` of the memory free
-now (RAM on the CPU, VRAM on CUDA) plus what the process already uses.
+now (RAM on the CPU, VRAM on CUDA), on the CPU at most ``DEFAULT_CPU_CAP``, plus what the process already uses.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's units and measurements)
+    DEFAULT_CPU_CAP,
     DEFAULT_FRACTION,
     LiveTensorBytes,
     default_budget,
@@ -142,11 +143,15 @@ class MemoryModel:
         return seconds + stats_passes * self.statistics_seconds(grid, batch)
 
 
-def loss_evaluations(config: AttackConfig) -> int:
+def loss_evaluations(config: AttackConfig, tiled: bool = False) -> int:
     """Loss-only passes of the whole image an attack runs besides its steps: the final loss, the last iterate
-    (``keep_best``), the clean loss (unless the first step traced it) and the adaptive target's posterior."""
+    (``keep_best``), the clean loss (unless the first step traced it) and the adaptive target's posterior.
+    ``tiled``: one pass serves the last iterate and the final loss, without EoT and shrink
+    (``Protector._one_final_pass``; a second one only where an earlier iterate is returned)."""
     clean_traced = not config.random_start and config.eot is None
-    return 1 + int(config.keep_best) + int(not clean_traced) + int(config.loss_preset.target_variance is None)
+    shared = tiled and config.keep_best and config.eot is None and not config.shrink
+    return (1 + int(config.keep_best) - int(shared) + int(not clean_traced)
+            + int(config.loss_preset.target_variance is None))
 
 
 _models: weakref.WeakKeyDictionary[Encoder, MemoryModel] = weakref.WeakKeyDictionary()
@@ -229,14 +234,16 @@ def plan_attack(
     available: float,
     extra_pixels: int = 0,
     evaluations: int = 2,
+    tiled_evaluations: int | None = None,
 ) -> AttackPlan:
     """Untiled when the whole batch fits in ``available`` bytes, else untiled with gradient checkpointing when
     that fits (exact, no tiles), else the faster of the largest square tiles that fit, plain or
     checkpointed (time: pixels read x the measured cost of checkpointing; checkpointed tiles are bigger).
 
     ``extra_pixels``: pixels of a further whole-image encoder pass per step (the editor-resolution term);
-    ``evaluations``: loss-only passes besides the steps (``loss_evaluations``), each with its statistics pass
-    when tiled (``MemoryModel.attack_seconds``). Raises ``MemoryBudgetError`` when not even the smallest tiles fit.
+    ``evaluations``: loss-only passes besides the steps (``loss_evaluations``), ``tiled_evaluations`` those of a
+    tiled attack (default: the same), each with its statistics pass (``MemoryModel.attack_seconds``).
+    Raises ``MemoryBudgetError`` when not even the smallest tiles fit.
     """
     extra = model.step.per_pixel * extra_pixels * batch
     extra_s = model.seconds_per_pixel * steps * batch * extra_pixels
@@ -244,7 +251,8 @@ def plan_attack(
     def plan(grid: TileGrid | None, checkpoint: bool) -> AttackPlan:
         estimate = (model.estimate(height, width, batch, None, checkpoint) if grid is None
                     else model.estimate_grid(grid, batch)) + extra
-        seconds = model.attack_seconds(grid, height, width, batch=batch, steps=steps, evaluations=evaluations,
+        passes = evaluations if grid is None or tiled_evaluations is None else tiled_evaluations
+        seconds = model.attack_seconds(grid, height, width, batch=batch, steps=steps, evaluations=passes,
                                        checkpoint=checkpoint) + extra_s
         return AttackPlan(height, width, batch, grid, int(estimate), int(available), seconds, checkpoint,
                           model.factor)

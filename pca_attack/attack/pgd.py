@@ -206,8 +206,12 @@ class Protector:
     ) -> ProtectResult:
         """Pick the iterate to return, round it to the image grid (budget re-enforced) and measure it."""
         cfg = self.config
-        # keep_best: the last iterate's loss (never evaluated in the loop), with the same estimator as the others
-        last_obj = sign * self.loss(x_adv, target, generator) if cfg.keep_best else None
+        # keep_best: the last iterate's loss (never evaluated in the loop), with the same estimator as the others;
+        # tiled, it is measured on the image grid, so that it is also the final loss when the last is returned
+        shared = cfg.keep_best and self._one_final_pass()
+        q_last = budget.to_grid(x_adv, lv) if shared else x_adv  # (B, 3, H, W)
+        last_loss = self.loss(q_last, target, generator) if cfg.keep_best else None  # (B,)
+        last_obj = None if last_loss is None else sign * last_loss
         x = budget.x  # (B, 3, H, W)
         images = budget.to_grid(tracker.choose(x_adv, last_obj), lv)  # (B, 3, H, W) on the grid, budget held
         if cfg.shrink:  # the smallest perturbation keeping cfg.shrink of the collapse (attack/shrink.py)
@@ -219,8 +223,25 @@ class Protector:
             images=images.detach(),
             loss_trace=tracker.loss_trace(x.shape[0]),
             clean_loss=clean_loss,
-            final_loss=self.loss(images, target).float().cpu(),
+            final_loss=self._final_loss(images, target, q_last if shared else None, last_loss),
             best_step=tracker.best_step.cpu(),
             steps_run=tracker.steps_run,
             elapsed_s=time.perf_counter() - start,
         )
+
+    def _one_final_pass(self) -> bool:
+        """Tiled (each loss-only pass streams the whole-image statistics), without EoT (whose loss is an average
+        the final loss is not) and without shrink: one exact evaluation serves keep_best and the final loss."""
+        grid = self.tiled.grid
+        return grid is not None and len(grid) > 1 and self._transform is None and not self.config.shrink
+
+    @torch.no_grad()
+    def _final_loss(
+        self, images: torch.Tensor, target: float | torch.Tensor, q_last: torch.Tensor | None,
+        last_loss: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B,) loss of the returned images: the measured loss of the last iterate on the grid when those are
+        exactly the returned images, else measured now."""
+        if q_last is not None and last_loss is not None and torch.equal(images, q_last):
+            return last_loss.float().cpu()
+        return self.loss(images, target).float().cpu()

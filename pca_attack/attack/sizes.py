@@ -18,6 +18,10 @@ from torch.utils._pytree import tree_leaves
 from pca_attack.errors import ConfigError
 
 DEFAULT_FRACTION = 0.15  # of the memory free at start-up, when no budget is given
+# ... and on the CPU at most this much beyond what the process holds: a 12 MP phone photo then runs in tiles
+# within ~2.5 GB resident (demo model) while a ~1 MP photo (needs ~2.06 GB with the planner's headroom) stays
+# untiled. Larger images simply take more tiles; an explicit --max-memory / PCA_MAX_MEMORY overrides it.
+DEFAULT_CPU_CAP = 2_100_000_000
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -60,8 +64,10 @@ def memory_free(device: torch.device) -> int:
 
 
 def default_budget(device: torch.device) -> int:
-    """What the process may hold in all when no budget is given: now + a safe fraction of what is free."""
-    return memory_in_use(device) + int(DEFAULT_FRACTION * memory_free(device))
+    """What the process may hold in all when no budget is given: now + a safe fraction of what is free,
+    on the CPU at most ``DEFAULT_CPU_CAP`` more (VRAM is the device's own: its fraction is not capped)."""
+    share = int(DEFAULT_FRACTION * memory_free(device))
+    return memory_in_use(device) + (share if device.type == "cuda" else min(share, DEFAULT_CPU_CAP))
 
 
 class LiveTensorBytes(TorchDispatchMode):

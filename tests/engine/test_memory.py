@@ -257,6 +257,9 @@ def test_the_time_estimate_counts_the_statistics_passes_of_the_tiled_path() -> N
     stream = TIMED.statistics_seconds(grid)
     assert stream == pytest.approx(9.0 * 4e-7 * grid.pixels_read())
     assert plan.estimated_s == pytest.approx(work + (1 + 2) * stream)  # once, then before 2 loss-only passes
+    shared = plan_attack(TIMED, height, width, steps=2, available=small, tiled_evaluations=1)  # keep_best + final
+    assert shared.estimated_s == pytest.approx(bare.attack_seconds(grid, height, width, steps=2, evaluations=1)
+                                               + (1 + 1) * stream)
     exact = replace(grid, stats="exact")
     whole = replace(grid, stats="exact", whole_pass=True)
     seconds = {name: TIMED.attack_seconds(g, height, width, steps=5)
@@ -282,6 +285,9 @@ def test_loss_evaluations_follow_the_config() -> None:
     assert loss_evaluations(AttackConfig(keep_best=False)) == 1
     assert loss_evaluations(AttackConfig(random_start=True)) == 3  # the clean loss is not traced by step 1
     assert loss_evaluations(AttackConfig(preset="adaptive")) == 3  # the clean posterior sets the target
+    assert loss_evaluations(AttackConfig(), tiled=True) == 1  # one pass: the last iterate is the final image
+    assert loss_evaluations(AttackConfig(keep_best=False), tiled=True) == 1
+    assert loss_evaluations(AttackConfig(eot="jpeg"), tiled=True) == 3  # EoT: its last-iterate loss is an average
 
 
 def test_the_probe_times_the_statistics_of_a_groupnorm_encoder(encoder: Encoder) -> None:
@@ -316,3 +322,31 @@ def test_measurements_are_sized_by_what_is_free_in_the_budget_at_the_time(
     with memory.memory_scope(2 * whole, limit=memory.memory_in_use(device) + 0.9 * whole, device=device):
         memory.posterior_in_budget(encoder, x)
     assert len(grids) == 1 and grids[0] > 1  # what is free in the budget now: tiles
+
+
+# the bundled demo model's measured memory model (``memory_model(load_encoder("demo"))``, this machine)
+DEMO = MemoryModel(step=Line(297608.0, 1680.06), forward=Line(11050.7, 665.33), loop=Line(297637.0, 1716.06),
+                   seconds_per_pixel=4.66e-6, factor=8, halo=48, checkpointed=Line(273466.7, 1338.08),
+                   checkpoint_time=1.395, forward_seconds_per_pixel=1.75e-6, context_layers=15, stream_passes=11.76)
+
+
+def test_the_default_cpu_budget_is_capped_so_a_phone_photo_stays_within_2_5_gb(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Default budget: DEFAULT_FRACTION of the free memory beyond what the process holds, capped on the CPU
+    (not on CUDA). Under the cap a 12 MP photo runs in tiles planned within it (the demo model's memory model:
+    with its ~0.44 GB baseline, <= 2.5 GB), while a ~1 MP photo still runs untiled."""
+    import pca_attack.attack.sizes as sizes
+
+    free = {"value": 24e9}
+    monkeypatch.setattr(sizes, "memory_in_use", lambda device: 440_000_000)
+    monkeypatch.setattr(sizes, "memory_free", lambda device: int(free["value"]))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert sizes.default_budget(cpu) == 440_000_000 + sizes.DEFAULT_CPU_CAP  # 24 GB free: the cap binds
+    assert sizes.default_budget(cuda) == 440_000_000 + int(sizes.DEFAULT_FRACTION * 24e9)  # VRAM: uncapped
+    free["value"] = 8e9
+    assert sizes.default_budget(cpu) == 440_000_000 + int(sizes.DEFAULT_FRACTION * 8e9)  # below the cap
+    available = sizes.DEFAULT_CPU_CAP  # what an attack may add under the default budget on a 24 GB machine
+    photo = plan_attack(DEMO, 3000, 4000, steps=2, available=available)
+    assert photo.grid is not None and 440_000_000 + photo.estimated_bytes <= 2.5e9
+    assert plan_attack(DEMO, 866, 1155, steps=2, available=available).grid is None

@@ -100,6 +100,28 @@ def test_tiled_attack_matches_untiled_attack() -> None:
     assert float((tiled.images - plain.images).abs().max()) <= 1 / 255 + 1e-6  # rounding ties at most
 
 
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_a_tiled_attack_ends_with_one_loss_evaluation_the_final_loss_of_the_returned_image(
+    keep_best: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tiled loss-only pass streams the whole-image statistics: the last iterate's loss (keep_best) is
+    measured on the image grid and is then the final loss of the returned bytes, not a second pass."""
+    encoder, x = conv_encoder(), image()
+    calls: list[int] = []
+    loss = TiledObjective.loss
+    monkeypatch.setattr(TiledObjective, "loss", lambda self, *args: calls.append(1) or loss(self, *args))
+    cfg = AttackConfig(steps=3, keep_best=keep_best)
+    untiled = Protector(encoder, cfg).protect(x)
+    assert len(calls) == 1 + int(keep_best)  # untiled: unchanged (the raw last iterate, then the bytes)
+    calls.clear()
+    tiled = Protector(encoder, cfg).protect(x, tiles=four_tiles(x))
+    assert len(calls) == 1 and torch.equal(tiled.best_step, torch.full((2,), 3))  # the last iterate, measured once
+    judge = Protector(encoder, cfg)
+    exact = judge.loss(tiled.images, judge.target_variance(x))
+    torch.testing.assert_close(tiled.final_loss, exact, rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(tiled.final_loss, untiled.final_loss, rtol=1e-3, atol=0.0)
+
+
 @pytest.mark.parametrize("tiled", [False, True])
 def test_progress_fires_once_per_step_and_once_per_tile(tiled: bool) -> None:
     encoder, x = conv_encoder(), image(batch=1)
