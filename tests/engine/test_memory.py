@@ -350,3 +350,27 @@ def test_the_default_cpu_budget_is_capped_so_a_phone_photo_stays_within_2_5_gb(
     photo = plan_attack(DEMO, 3000, 4000, steps=2, available=available)
     assert photo.grid is not None and 440_000_000 + photo.estimated_bytes <= 2.5e9
     assert plan_attack(DEMO, 866, 1155, steps=2, available=available).grid is None
+
+
+def test_the_certificate_measures_pixel_distances_without_whole_image_float64_copies() -> None:
+    """The certificate's pixel fields (linf, L2, PSNR, SSIM) are summed in row bands and SSIM tiles: the numpy
+    scratch of a 2048x1024 pair stays below ONE whole-image float64 copy (the old path held four), with the
+    same values as the whole-image formulas."""
+    import tracemalloc
+
+    import numpy as np
+
+    from pca_attack.certify.report import _pixel_fields
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
+    b = np.clip(a.astype(np.int16) + rng.integers(-4, 5, a.shape), 0, 255).astype(np.uint8)
+    tracemalloc.start()
+    fields = _pixel_fields(a, b, 255.0, 16.0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < a.size * 8  # one float64 copy of the image: 50 MB
+    diff = (b.astype(np.float64) - a) / 255.0
+    assert fields["l2"] == pytest.approx(float(np.sqrt(np.sum(diff**2))), rel=1e-12)
+    assert fields["psnr_db"] == pytest.approx(float(10 * np.log10(1.0 / np.mean(diff**2))), rel=1e-12)
+    assert fields["linf_255"] == pytest.approx(4.0) and fields["budget_ok"]
