@@ -40,13 +40,23 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "peak5": {"step_peak": 5.0},
     "step3": {"step": 3.0},
     "pca+": {"preset": "pca+"},
+    "gray-centre": {},  # the default attack on centred_encoder(encoder, gray_centre(encoder)): see attacker()
+    "half-gray-centre": {},  # the same toward half of that centre (between 0 and the gray image's latent)
 }
+CENTRED = {"gray-centre": 1.0, "half-gray-centre": 0.5}  # candidate -> share of the gray latent as the centre
+
+
+def attacker(encoder: Any, name: str, steps: int, shrink: float = 0.0) -> Any:
+    """The Protector of candidate ``name``: its AttackConfig overrides, on the centred encoder where named."""
+    from pca_attack import AttackConfig, Protector
+    from pca_attack.attack.losses import centred_encoder, gray_centre
+
+    model = centred_encoder(encoder, CENTRED[name] * gray_centre(encoder)) if name in CENTRED else encoder
+    return Protector(model, AttackConfig(steps=steps, shrink=shrink, **CANDIDATES[name]))
 
 
 def candidate_rows(x: torch.Tensor, models: tuple[Any, Any], names: list[str], steps: int) -> dict[str, Any]:
     """Rows of each candidate and of the baseline on one photo x (3, H, W)."""
-    from pca_attack import AttackConfig, Protector
-
     encoder, decoder = models
     ref = jpeg_reference(encoder, decoder, x)
     rows: dict[str, Any] = {}
@@ -54,7 +64,7 @@ def candidate_rows(x: torch.Tensor, models: tuple[Any, Any], names: list[str], s
     pg = photoguard(encoder, x[None], 16.0, 2.0, steps)[0]
     rows["photoguard"] = metrics(encoder, decoder, x, pg, time.perf_counter() - t0, ref)
     for name in names:
-        res = Protector(encoder, AttackConfig(steps=steps, **CANDIDATES[name])).protect(x[None])
+        res = attacker(encoder, name, steps).protect(x[None])
         rows[name] = metrics(encoder, decoder, x, res.images[0], res.elapsed_s, ref)
     return rows
 

@@ -127,16 +127,13 @@ def extra_rows(name: str, x: torch.Tensor, models: tuple[Any, Any], opts: dict[s
                ref: dict[str, Any] | None = None) -> dict[str, Any]:
     """``--extra`` candidates (``efficacy_candidates.CANDIDATES``: overrides of the strongest setting) at the
     main step count, as rows ``<candidate>@<steps>``."""
-    from efficacy_candidates import CANDIDATES
-
-    from pca_attack import AttackConfig, Protector
+    from efficacy_candidates import attacker
 
     encoder, decoder = models
     steps, rows = opts["steps"][0], {}
     for extra in opts["extra"] if opts["extra_photos"] is None or name in opts["extra_photos"] else []:
         ref = ref or jpeg_reference(encoder, decoder, x)
-        cfg = AttackConfig(steps=steps, shrink=opts["shrink"], **CANDIDATES[extra])
-        res = Protector(encoder, cfg).protect(x[None])
+        res = attacker(encoder, extra, steps, opts["shrink"]).protect(x[None])
         rows[f"{extra}@{steps}"] = metrics(encoder, decoder, x, res.images[0], res.elapsed_s, ref)
         log(f"{name} {tuple(x.shape[1:])} {extra}@{steps} done")
     return rows

@@ -19,11 +19,15 @@ encoders (``check_preset``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+from torch import nn
 
 from pca_attack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pca_attack.models.encoder import Encoder
 
 PRESETS_NEEDING_VARIANCE = ("adaptive", "pca-var")
 
@@ -119,3 +123,46 @@ def objective_sign(direction: str) -> float:
     if direction == "maximize":
         return -1.0
     raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+
+
+# -- a centred latent for deterministic encoders ------------------------------------------------------------
+
+
+class _SubtractCentre(nn.Module):
+    """latent (B, C, h, w) -> latent - centre, centre (1, C, 1, 1) (a buffer: moves with the encoder)."""
+
+    centre: torch.Tensor
+
+    def __init__(self, centre: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("centre", centre)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent - self.centre.to(latent.dtype)
+
+
+@torch.no_grad()
+def gray_centre(encoder: Encoder, side: int = 64) -> torch.Tensor:
+    """The encoder's latent of a flat mid-gray image, averaged per channel: (1, C, 1, 1) fp32.
+
+    For TAEF2 it is far from 0 (its mean energy is 0.20, a photo's about 0.5-0.7), and both it and the zero
+    latent decode to a nearly flat gray image."""
+    side = -(-side // encoder.downsample_factor) * encoder.downsample_factor
+    mean, _ = encoder.posterior(torch.full((1, 3, side, side), 0.5, device=encoder.device))  # (1, C, h, w)
+    return mean.float().mean(dim=(2, 3), keepdim=True)
+
+
+def centred_encoder(encoder: Encoder, centre: torch.Tensor) -> Encoder:
+    """The same deterministic encoder returning ``latent - centre``: the collapse loss (mean energy) then pulls
+    the latent toward ``centre`` (e.g. ``gray_centre``) instead of toward 0. Shares the body's weights."""
+    from pca_attack.models.encoder import Encoder
+
+    if not encoder.deterministic:
+        raise ConfigError(f"{encoder.name} has a Gaussian posterior: a latent centre applies to deterministic "
+                          "encoders only (the KL's prior is N(0, v I) there)")
+    return Encoder(
+        nn.Sequential(encoder.encoder, _SubtractCentre(centre.detach().to(encoder.device))), None,
+        name=f"{encoder.name}-centred", config=encoder.config, device=encoder.device, dtype=encoder.dtype,
+        posterior_type=encoder.posterior_type, signed_input=encoder.signed_input,
+        latent_channels=encoder.latent_channels, downsample_factor=encoder.downsample_factor, family=encoder.family,
+    )
