@@ -5,6 +5,11 @@ the oldest task and, when it is a protect task, every other waiting task with th
 the same settings (up to ``max_batch``), and runs them as one micro-batch. A full queue refuses new tasks
 (the route answers 429 with Retry-After) instead of growing memory; a cancelled future leaves the queue
 at once, freeing its slot. No exception from one task ever stops the thread.
+
+Memory (``PCA_MAX_MEMORY``): the budget counts the whole process, so before each micro-batch the engine's
+baseline is what the process holds then (the model, and what warm-up, imports, earlier certificates and
+waiting uploads added since the model was loaded: 0.1-0.2 GB measured), not what it held at load; and the
+heap is bounded (``bound_heap``) from the start, as an explicit CPU budget does in the CLI.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from pca_attack import AttackConfig, DecodedImage, Engine, ProtectedImage
 from pca_attack.attack.progress import StepProgress
+from pca_attack.attack.sizes import bound_heap, memory_in_use
 from service.errors import QueueFullError
 from service.metrics import Metrics
 
@@ -85,6 +91,8 @@ class EngineWorker:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.engine.max_memory is not None and self.engine.encoder.device.type == "cpu":
+            bound_heap()  # PCA_MAX_MEMORY is set after the engine is built: RSS must follow the live tensors
         self._thread = threading.Thread(target=self._run, name="pca-engine-worker", daemon=True)
         self._thread.start()
 
@@ -256,6 +264,8 @@ class EngineWorker:
     def _protect(self, requests: list[ProtectRequest]) -> list[ProtectedImage]:
         head = requests[0]
         t0 = time.perf_counter()
+        if self.engine.max_memory is not None:  # the budget counts the whole process as it is NOW (issue 12)
+            self.engine.baseline_memory = memory_in_use(self.engine.encoder.device)
         config = head.config if self.generator is None else head.config.with_(generator=self.generator)
         results = self.engine.protect(
             [r.image for r in requests],
