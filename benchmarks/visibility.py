@@ -85,7 +85,7 @@ def candidates(base: AttackConfig) -> dict[str, AttackConfig]:
         "l2-steps80-step1": base.with_(steps=2 * base.steps, step=1.0),  # twice the steps, half the moves
         **{f"psnr{db:g}": base.with_(budget="psnr", target_psnr=db) for db in (29.5, 30.0, 30.5, 31.0)},
         **{f"psnr{db:g}-steps80": base.with_(budget="psnr", target_psnr=db, steps=2 * base.steps, step=1.0)
-           for db in (29.5, 30.0)},  # the L2 ball converges slower: twice the steps, half the moves
+           for db in (27.5, 28.0, 29.5, 30.0)},  # the L2 ball converges slower: twice the steps, half the moves
     }
 
 
