@@ -89,6 +89,7 @@ class MemoryModel:
     forward_seconds_per_pixel: float = 0.0  # one no-grad forward's wall time per input pixel
     context_layers: int = 0  # GroupNorm and self-attention layers (0: tiles need no whole-image statistics)
     stream_passes: float = 0.0  # one streaming measurement of those statistics, in forwards of the pixels it reads
+    attention_seconds: float = 0.0  # self-attention: seconds per (query, key) pair of latent tokens, all layers
 
     @property
     def state_per_pixel(self) -> float:
@@ -137,10 +138,28 @@ class MemoryModel:
         read = (height * width if grid is None else grid.pixels_read()) * batch
         slower = self.checkpoint_time if checkpoint else 1.0
         seconds = steps * self.seconds_per_pixel * read * slower + evaluations * self.forward_seconds_per_pixel * read
+        seconds += batch * self.quadratic_seconds(grid, height, width, steps=steps, evaluations=evaluations)
         if grid is None:
             return seconds
         stats_passes = evaluations + (steps if grid.stats == "exact" else 1)
         return seconds + stats_passes * self.statistics_seconds(grid, batch)
+
+    def quadratic_seconds(self, grid: TileGrid | None, height: int, width: int, *, steps: int,
+                          evaluations: int) -> float:
+        """The self-attention's time over T latent tokens of one image, which per-pixel costs do not grow
+        with: untiled, 3 T^2 per step (forward and backward) and T^2 per loss-only pass; tiled, per step each
+        tile's tokens against the T keys plus 3 x its own tokens squared (the straight-through local part), and
+        T^2 per statistics measurement (the layer evaluated once over the whole image; loss-only passes crop)."""
+        if self.attention_seconds == 0.0:
+            return 0.0
+        f2 = self.factor**2
+        tokens = math.ceil(height / self.factor) * math.ceil(width / self.factor)
+        if grid is None:
+            return self.attention_seconds * tokens**2 * (3 * steps + evaluations)
+        local = sum(((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) / f2) ** 2 for t in grid.tiles())
+        measurements = evaluations + (steps if grid.stats == "exact" else 1)
+        pairs = steps * (grid.pixels_read() / f2 * tokens + 3 * local) + measurements * tokens**2
+        return self.attention_seconds * pairs
 
 
 def loss_evaluations(config: AttackConfig, tiled: bool = False) -> int:

@@ -20,6 +20,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from pca_attack.attack.context_attention import whole_term
 from pca_attack.attack.memory import (
     GRADIENT_HALO_LATENTS,
     HALO_TOLERANCE,
@@ -28,7 +29,7 @@ from pca_attack.attack.memory import (
     Line,
     MemoryModel,
 )
-from pca_attack.attack.norm_stats import WholeImageNorm
+from pca_attack.attack.norm_stats import WholeImageNorm, context_layers
 from pca_attack.attack.sizes import measure_peak
 from pca_attack.attack.tiling import TiledObjective, TileGrid, measure_norm, tiled_posterior
 from pca_attack.models.encoder import Encoder
@@ -134,7 +135,27 @@ def probe(encoder: Encoder) -> MemoryModel:
     forward_s, layers, stream = _timed_statistics(encoder, x_dev, halo)
     return MemoryModel(step_line, forward_line, loop_line, seconds_per_pixel=seconds[0], factor=f, halo=halo,
                        checkpointed=ckpt_line, checkpoint_time=max(1.0, seconds[1] / max(seconds[0], 1e-12)),
-                       forward_seconds_per_pixel=forward_s, context_layers=layers, stream_passes=stream)
+                       forward_seconds_per_pixel=forward_s, context_layers=layers, stream_passes=stream,
+                       attention_seconds=_timed_attention(encoder))
+
+
+ATTENTION_PROBE_TOKENS = 1024  # tokens of the context the self-attention's quadratic cost is timed on
+
+
+@torch.no_grad()
+def _timed_attention(encoder: Encoder) -> float:
+    """Seconds per (query, key) token pair of one pass through all the encoder's self-attention layers
+    (0 without any): each timed on a random context of ``ATTENTION_PROBE_TOKENS`` tokens (the faster of two).
+    The per-pixel probes above, at 64-128 px, cannot see this quadratic term."""
+    side = math.isqrt(ATTENTION_PROBE_TOKENS)
+    total = 0.0
+    for layer in context_layers(encoder):
+        if isinstance(layer, torch.nn.GroupNorm):
+            continue
+        weight: torch.Tensor = getattr(layer, "to_q").weight  # noqa: B009 (a diffusers Attention)
+        context = torch.randn(1, weight.shape[1], side, side, device=weight.device, dtype=weight.dtype)
+        total += min(_seconds(partial(whole_term, layer, context)) for _ in range(2)) / (side * side) ** 2
+    return total
 
 
 def _timed_statistics(encoder: Encoder, x: torch.Tensor, halo: int) -> tuple[float, int, float]:

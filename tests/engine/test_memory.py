@@ -294,6 +294,26 @@ def test_the_probe_times_the_statistics_of_a_groupnorm_encoder(encoder: Encoder)
     model = memory_model(encoder)
     assert model.context_layers > 0 and model.forward_seconds_per_pixel > 0
     assert model.stream_passes > 1.0  # one partial forward per layer: more than one forward's work
+    assert model.attention_seconds > 0  # its mid-block self-attention, timed per (query, key) pair
+
+
+def test_the_time_estimate_counts_the_self_attention_quadratically() -> None:
+    """A whole-image self-attention costs T^2 over T latent tokens (untiled: 3 T^2 per step, T^2 per loss-only
+    pass; tiled: each tile's tokens against all T keys per step, plus T^2 per statistics measurement): at
+    12 MP (T = 187,500 at f8) it dominates a per-pixel estimate."""
+    pair = 7e-9  # seconds per (query, key) pair: the demo's mid-block on one unloaded thread, ~250 s at 12 MP
+    quadratic = replace(TIMED, attention_seconds=pair)
+    tokens = 125 * 100  # 1000x800 at f8
+    untiled = quadratic.attack_seconds(None, 1000, 800, steps=2) - TIMED.attack_seconds(None, 1000, 800, steps=2)
+    assert untiled == pytest.approx(pair * tokens**2 * (3 * 2 + 2))
+    grid = TileGrid(1000, 800, 8, 304, 48, stats="lagged")
+    tiled = quadratic.attack_seconds(grid, 1000, 800, steps=2) - TIMED.attack_seconds(grid, 1000, 800, steps=2)
+    local = sum(((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) / 64) ** 2 for t in grid.tiles())
+    assert tiled == pytest.approx(pair * (2 * (grid.pixels_read() / 64 * tokens + 3 * local) + (2 + 1) * tokens**2))
+    big = replace(DEMO, attention_seconds=pair)
+    photo = plan_attack(big, 3000, 4000, steps=2, available=2.1e9, tiled_evaluations=1)
+    assert photo.estimated_s > 2 * plan_attack(DEMO, 3000, 4000, steps=2, available=2.1e9,
+                                                tiled_evaluations=1).estimated_s
 
 
 def test_measurements_are_sized_by_what_is_free_in_the_budget_at_the_time(
