@@ -145,7 +145,8 @@ ATTENTION_PROBE_TOKENS = 1024  # tokens of the context the self-attention's quad
 @torch.no_grad()
 def _timed_attention(encoder: Encoder) -> float:
     """Seconds per (query, key) token pair of one pass through all the encoder's self-attention layers
-    (0 without any): each timed on a random context of ``ATTENTION_PROBE_TOKENS`` tokens (the faster of two).
+    (0 without any): each timed (the faster of two) on random contexts of N and 2N tokens
+    (N = ``ATTENTION_PROBE_TOKENS``): t(2N) - 2 t(N) = 2 c N^2 leaves out the projections' linear cost.
     The per-pixel probes above, at 64-128 px, cannot see this quadratic term."""
     side = math.isqrt(ATTENTION_PROBE_TOKENS)
     total = 0.0
@@ -153,8 +154,11 @@ def _timed_attention(encoder: Encoder) -> float:
         if isinstance(layer, torch.nn.GroupNorm):
             continue
         weight: torch.Tensor = getattr(layer, "to_q").weight  # noqa: B009 (a diffusers Attention)
-        context = torch.randn(1, weight.shape[1], side, side, device=weight.device, dtype=weight.dtype)
-        total += min(_seconds(partial(whole_term, layer, context)) for _ in range(2)) / (side * side) ** 2
+        times = []
+        for rows in (side, 2 * side):  # (1, C, rows, side): N and 2N tokens
+            context = torch.randn(1, weight.shape[1], rows, side, device=weight.device, dtype=weight.dtype)
+            times.append(min(_seconds(partial(whole_term, layer, context)) for _ in range(2)))
+        total += max(times[1] - 2 * times[0], times[1] / 8) / (2 * (side * side) ** 2)  # noise: at least 1/2 of t/N^2
     return total
 
 
