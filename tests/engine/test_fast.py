@@ -125,18 +125,19 @@ def test_fast_plus_n_starts_from_the_fast_image(
 
 
 def test_fast_plus_n_refines_on_its_own_schedule() -> None:
-    """fast+N starts with a bigger step than the cold-start attack (the generator's image is moved on, not
-    polished), decays to the same last step; pgd is untouched and fast runs no step."""
+    """fast+N starts with a bigger step than the cold-start attack (2 eps: the generator's image is moved on,
+    not polished), decays to the same last step; pgd is untouched and fast runs no step."""
     default = AttackConfig()
     assert run_config(default) == default
     assert run_config(AttackConfig(mode="fast")).steps == 0
     refine = run_config(AttackConfig(mode="fast+5"))
     cold = default.with_(steps=5)
     assert refine.steps == 5 and refine.mode == "fast+5"
-    assert step_size(refine, 0) == pytest.approx(2 * step_size(cold, 0))
+    assert step_size(refine, 0) == pytest.approx(2 * default.eps) and step_size(cold, 0) < 2 * default.eps
     assert step_size(refine, 4) == pytest.approx(step_size(cold, 4))  # same fine last step
     assert all(step_size(refine, i) > step_size(refine, i + 1) for i in range(4))
-    assert run_config(AttackConfig(mode="fast+2", step_peak=12.0)).step_peak == 16.0  # within the config's bound
+    assert step_size(run_config(AttackConfig(mode="fast+3", eps=4.0)), 0) == pytest.approx(8.0)
+    assert run_config(AttackConfig(mode="fast+2", eps=64.0)).step_peak == 16.0  # within the config's bound
 
 
 def _assert_projected_like_pgd(generator: str, config: AttackConfig) -> None:
