@@ -90,6 +90,7 @@ class MemoryModel:
     context_layers: int = 0  # GroupNorm and self-attention layers (0: tiles need no whole-image statistics)
     stream_passes: float = 0.0  # one streaming measurement of those statistics, in forwards of the pixels it reads
     attention_seconds: float = 0.0  # self-attention: seconds per (query, key) pair of latent tokens, all layers
+    tile_overhead: float = 1.0  # a tile's step with the whole-image statistics patched in / the plain step, bytes
 
     @property
     def state_per_pixel(self) -> float:
@@ -108,7 +109,8 @@ class MemoryModel:
         pixels = height * width * batch
         if tile_pixels is None and not checkpoint:
             return self.loop(pixels)
-        per_step = (pixels if tile_pixels is None else tile_pixels * batch) * self.step_per_pixel(checkpoint)
+        tiled = 1.0 if tile_pixels is None else self.tile_overhead  # tiles normalise with frozen statistics
+        per_step = (pixels if tile_pixels is None else tile_pixels * batch) * self.step_per_pixel(checkpoint) * tiled
         return self.loop.fixed + self.state_per_pixel * pixels + per_step
 
     def estimate_grid(self, grid: TileGrid, batch: int = 1) -> float:
@@ -233,7 +235,8 @@ def _refusal(model: MemoryModel, height: int, width: int, batch: int, available:
     f, halo = model.factor, model.halo
     smallest = model.estimate(height, width, batch, (f + 2 * halo) ** 2) * HEADROOM
     per_pixel = model.state_per_pixel * batch * HEADROOM
-    room = available / HEADROOM - model.loop.fixed - model.step.per_pixel * batch * (f + 2 * halo) ** 2
+    room = available / HEADROOM - model.loop.fixed - model.step.per_pixel * model.tile_overhead * batch * (
+        f + 2 * halo) ** 2
     scale = math.sqrt(max(0.0, room) / (per_pixel * height * width)) if per_pixel > 0 else 0.0
     hint = f" or downscale it to about {int(max(height, width) * scale)} px on the long side" if scale > 0.05 else ""
     return MemoryBudgetError(
@@ -298,7 +301,7 @@ def _largest_tiles(
     f, halo = model.factor, model.halo
     state = model.estimate(height, width, batch, 0) + extra
     room = available / HEADROOM - state
-    per_pixel = model.step_per_pixel(checkpoint) * batch
+    per_pixel = model.step_per_pixel(checkpoint) * batch * model.tile_overhead
     side = math.sqrt(room / per_pixel) if room > 0 and per_pixel > 0 else 0.0
     core = int((side - 2 * halo) // f) * f
     if core < f:

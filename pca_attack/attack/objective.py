@@ -92,6 +92,7 @@ def ensemble_memory_model(ensemble: Ensemble) -> MemoryModel:
         context_layers=sum(m.context_layers for m in models),
         stream_passes=sum(m.stream_passes * m.forward_seconds_per_pixel for m in models) / max(forward_s, 1e-30),
         attention_seconds=sum(m.attention_seconds for m in models),
+        tile_overhead=max(m.tile_overhead for m in models),
     )
 
 

@@ -295,6 +295,13 @@ def test_the_probe_times_the_statistics_of_a_groupnorm_encoder(encoder: Encoder)
     assert model.context_layers > 0 and model.forward_seconds_per_pixel > 0
     assert model.stream_passes > 1.0  # one partial forward per layer: more than one forward's work
     assert model.attention_seconds > 0  # its mid-block self-attention, timed per (query, key) pair
+    assert model.tile_overhead > 1.05  # a tile's step with the whole-image statistics costs more than a plain one
+    plain = replace(model, tile_overhead=1.0)
+    height = width = 2048
+    room = plain.estimate(height, width, 1, 0) * 1.2 + 1.2 * model.step.per_pixel * 400**2
+    tiled, naive = (plan_attack(m, height, width, available=room) for m in (model, plain))
+    assert tiled.grid is not None and naive.grid is not None and tiled.grid.core < naive.grid.core
+    assert tiled.estimated_bytes == pytest.approx(naive.estimated_bytes, rel=0.05)  # the same room, filled
 
 
 def test_the_time_estimate_counts_the_self_attention_quadratically() -> None:
