@@ -175,28 +175,47 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
     return t.double().pow(2).flatten(1).sum(dim=1).sqrt()
 
 
-def project_box_ball(
-    v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, radius: torch.Tensor, iterations: int = 48
-) -> torch.Tensor:
+def _ball_scale(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, radius: float) -> float:
+    """The exact t in [0, 1) with ||clip(t v, low, high)||_2 = radius, for one image whose clipped v is outside.
+
+    Value i is clipped once t |v_i| >= c_i (c_i the bound on its side). For a set A of clipped values the
+    squared norm is C_A + t^2 V_A (C_A: their c^2; V_A: the free values' v^2), so t_A = sqrt((r^2 - C_A) / V_A).
+    Starting from the values clipped at t = 1, each t_A is <= the answer (the model over-counts the values that
+    are not yet clipped) and the next clipped set is that of t_A: t grows monotonically, always feasible, and
+    stops, exact, when the clipped set no longer changes (a few passes over the image, no sort)."""
+    a = v.abs()  # (3, H, W)
+    c = torch.where(v >= 0, high, -low)  # (3, H, W) the bound in v's direction, >= 0
+    a_sq, c_sq = a.double().pow(2), c.double().pow(2)  # (3, H, W) float64, computed once
+    total_sq = float(a_sq.sum())
+    clipped = a >= c  # (3, H, W) clipped at t = 1
+    t = 0.0
+    for _ in range(64):
+        clipped_sq = float(torch.where(clipped, c_sq, 0.0).sum())
+        free_sq = total_sq - float(torch.where(clipped, a_sq, 0.0).sum())
+        t = min(math.sqrt(max(radius**2 - clipped_sq, 0.0) / free_sq), 1.0) if free_sq > 0 else 0.0
+        now = t * a >= c
+        if torch.equal(now, clipped):
+            break
+        clipped = now
+    return t * (1.0 - 4 * torch.finfo(v.dtype).eps)  # a hair inside: float rounding never lands outside
+
+
+def project_box_ball(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Euclidean projection of each image's v (B, 3, H, W) onto {low <= e <= high} ∩ {||e||_2 <= radius}.
 
     ``low <= 0 <= high`` (broadcastable to v), radius (B,). The KKT conditions give the solution
     ``clip(t v, low, high)`` with t = 1 / (1 + mu) in (0, 1]: t = 1 when the clipped v is inside the ball, else
-    the largest t whose clipped image has norm <= radius (the norm grows with t), found by bisection; the result
-    is always feasible and within ``2**-iterations`` of the exact t."""
+    the t where the clipped image's norm reaches the radius (``_ball_scale``: exact, by active-set updates)."""
     inside = torch.minimum(torch.maximum(v, low), high)  # (B, 3, H, W) the box projection (t = 1)
     over = _norms(inside) > radius.double()  # (B,)
     if not bool(over.any()):
         return inside
-    shape = (-1,) + (1,) * (v.dim() - 1)
-    t_low = torch.zeros_like(radius, dtype=torch.float64)  # feasible: clip(0) = 0
-    t_high = torch.ones_like(t_low)  # infeasible where over
-    for _ in range(iterations):
-        mid = (t_low + t_high) / 2
-        fits = _norms(torch.minimum(torch.maximum(v * mid.view(shape).to(v.dtype), low), high)) <= radius.double()
-        t_low, t_high = torch.where(fits, mid, t_low), torch.where(fits, t_high, mid)
-    shrunk = torch.minimum(torch.maximum(v * t_low.view(shape).to(v.dtype), low), high)
-    return torch.where(over.view(shape), shrunk, inside)
+    low, high = low.expand_as(v), high.expand_as(v)
+    out = []
+    for b in range(v.shape[0]):
+        t = _ball_scale(v[b], low[b], high[b], float(radius[b])) if bool(over[b]) else 1.0
+        out.append(torch.minimum(torch.maximum(v[b] * t, low[b]), high[b]))
+    return torch.stack(out)
 
 
 def fit_ball_on_grid(
