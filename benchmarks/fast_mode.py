@@ -13,11 +13,11 @@ Collapse = 1 - loss(output) / loss(clean) (reduction of the pca- loss). Targets:
 collapse(fast) >= 0.7 collapse(pgd40) and > collapse(random), collapse(fast+5) >= collapse(pgd20), and the budget
 holds on every output's integers. ``--side S`` centre-crops each photo to at most S x S (recorded in the JSON).
 
-    OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py --side 256 \
-        --out docs/bench_fast_mode_demo.json
-    OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py --side 192 \
+    OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py \
+        --out docs/bench_fast_mode_demo_natural.json
+    OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py \
         --model ../shared/models/taef2 --generator .cache/generators/taef2.safetensors \
-        --out docs/bench_fast_mode_taef2.json
+        --out docs/bench_fast_mode_taef2_natural.json
 """
 
 from __future__ import annotations
