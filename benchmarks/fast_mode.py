@@ -6,8 +6,8 @@ eps 16, same process, same CPU threads, for each photo:
 * ``fast``: the generator's one forward pass, projected by the default budget (colour-neutral) as PGD's iterates
   are, quantised on the 8-bit grid (budget re-enforced); timed after one untimed warm-up call, best of 3;
 * ``random``: random signs at the same budget, projected and quantised the same way (the baseline to beat);
-* ``pgd40`` / ``pgd20``: the default attack with 40 / 20 steps; ``fast+5``: 5 PGD steps from ``fast`` with the
-  engine's fast+N schedule (``pca_attack.fast.modes.run_config``; its time includes the fast pass).
+* ``pgd40`` / ``pgd20``: the default attack with 40 / 20 steps; ``fast+5``: 5 PGD steps from ``fast`` as the engine
+  runs them (``pca_attack.fast.modes.run_config``; its time includes the fast pass).
 
 Collapse = 1 - loss(output) / loss(clean) (reduction of the pca- loss). Targets: time(fast) <= time(pgd40)/100,
 collapse(fast) >= 0.7 collapse(pgd40) and > collapse(random), collapse(fast+5) >= collapse(pgd20), and the budget
@@ -72,7 +72,7 @@ def measure(protector: Protector, net: Any, x: torch.Tensor) -> dict[str, Any]:
     gray, levels = torch.zeros(1, dtype=torch.bool), torch.full((1,), 255.0)
     cfg = protector.config
     pgd = {n: Protector(protector.encoder, cfg.with_(steps=n)) for n in (40, 20)}
-    refine = Protector(protector.encoder, run_config(cfg.with_(mode="fast+5")))  # the engine's fast+5 schedule
+    refine = Protector(protector.encoder, run_config(cfg.with_(mode="fast+5")))  # what the engine runs
     fast, t_fast = _fast_timed(net, x, cfg)
     signs = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
     budget = make_budget(cfg, x, gray)

@@ -8,12 +8,11 @@ unchanged, so ``fast+N``'s first loss is the ``fast`` image's loss.
 ``run_config`` is the configuration the PGD loop runs (its ``steps`` become 0 or N in fast modes, so the
 certificate's ``steps`` says what ran); ``fast_start`` is the start image handed to ``Protector.protect``.
 
-``fast+N`` has its own step schedule: the cosine decay over N steps starts at ``REFINE_FIRST_STEP`` x eps
-(32/255 at eps 16, the largest ``step_peak`` allows with step 2) instead of the cold start's 6/255, and ends
-at the same step / 2. Measured on the 4 held-out photos as 192-pixel crops, fast+5 mean collapse (demo model,
-generator f6be0fc73549; the 20-step default reaches 0.392): first step 6/255 0.335, 12/255 0.356, 18/255
-0.367, 24/255 0.375, 32/255 0.381. A 5-step run from the clean image with the same schedule reached 0.385:
-on the demo model the big first steps, not the generator's start, make that gain.
+``fast+N`` runs the configured (cold-start) schedule over N steps. A schedule of its own, starting at 2 eps
+(32/255) instead of 6/255, was measured and not kept: on the demo model it raised fast+5 on the 192-pixel
+held-out crops from 0.335 to 0.381 (but a 5-step run from the clean image with it reached 0.385), while on
+TAEF2 it lowered it (chelsea at natural size: 0.798 with the cold-start schedule, 0.776 at 12/255, 0.713 at
+32/255).
 """
 
 from __future__ import annotations
@@ -24,18 +23,11 @@ from pca_attack.attack.config import AttackConfig
 from pca_attack.fast.generator import generator_image
 from pca_attack.fast.weights import resolve_generator
 
-REFINE_FIRST_STEP = 2.0  # fast+N: first step = this x eps (every pixel can cross the whole box)
-MAX_STEP_PEAK = 16.0  # AttackConfig's upper bound on step_peak
-
 
 def run_config(config: AttackConfig) -> AttackConfig:
-    """The configuration the PGD loop runs: unchanged for pgd, steps = 0 (fast) or N (fast+N) otherwise, and
-    for fast+N the refinement's schedule (see the module docstring)."""
+    """The configuration the PGD loop runs: unchanged for pgd, steps = 0 (fast) or N (fast+N) otherwise."""
     steps = config.refine_steps
-    if steps is None:
-        return config
-    peak = min(MAX_STEP_PEAK, REFINE_FIRST_STEP * config.eps / config.step) if steps else config.step_peak
-    return config.with_(steps=steps, step_peak=max(peak, config.step_peak))
+    return config if steps is None else config.with_(steps=steps)
 
 
 def fast_start(
