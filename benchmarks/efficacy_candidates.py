@@ -42,8 +42,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "pca+": {"preset": "pca+"},
     "gray-centre": {},  # the default attack on centred_encoder(encoder, gray_centre(encoder)): see attacker()
     "half-gray-centre": {},  # the same toward half of that centre (between 0 and the gray image's latent)
+    "global-neutral": {"neutral_window": 4096},  # only the global mean colour shift removed, no 128-px windows
+    "gray-centre-free": {"colour_neutral": False},  # gray-centre without the colour-neutral projection
+    "gray-centre-global": {"neutral_window": 4096},  # gray-centre, only the global mean colour shift removed
 }
-CENTRED = {"gray-centre": 1.0, "half-gray-centre": 0.5}  # candidate -> share of the gray latent as the centre
+# candidate -> share of the gray latent as the centre
+CENTRED = {"gray-centre": 1.0, "half-gray-centre": 0.5, "gray-centre-free": 1.0, "gray-centre-global": 1.0}
 
 
 def attacker(encoder: Any, name: str, steps: int, shrink: float = 0.0) -> Any:

@@ -236,7 +236,7 @@ def summarise_eot(eot: dict[str, Any], presets: list[str]) -> dict[str, Any]:
         return {}
     after = {lab: [e[lab]["damage_after_jpeg75_db"] for e in eot.values()] for lab in ("plain", *presets)}
     plain = float(np.mean(after["plain"]))
-    variants = {}
+    variants: dict[str, dict[str, Any]] = {}
     for preset in presets:
         with_eot = float(np.mean(after[preset]))
         wins = sum(a > b for a, b in zip(after[preset], after["plain"], strict=True))

@@ -50,7 +50,7 @@ def pool_channels(per_photo: dict[str, dict[str, dict[str, float | None]]]) -> d
     channels = list(dict.fromkeys(c for table in per_photo.values() for c in table))
 
     def mean(channel: str, key: str) -> float | None:
-        values = [t[channel][key] for t in per_photo.values() if channel in t and t[channel][key] is not None]
+        values = [float(v) for t in per_photo.values() if channel in t and (v := t[channel][key]) is not None]
         return float(np.mean(values)) if values else None
 
     base = {k: mean("none", k) for k in POOLED}
