@@ -95,6 +95,7 @@ def protect_files(
     from pca_attack.io.files import atomic_write
     from pca_attack.io.names import certificate_name
     from pca_cli.progress import CountColumn, ImageProgress
+    from pca_cli.summary import result_line
 
     config = options.to_attack_config().with_(generator=generator)
     failures: list[tuple[Path, str]] = []
@@ -114,6 +115,8 @@ def protect_files(
                 atomic_write(dest.with_name(certificate_name(dest.name)), json.dumps(report, indent=2).encode())
                 if save_budget_map:
                     write_budget_map(source, dest, config.eps)
+                line = result_line(source, dest, result.certificate)
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
             except MemoryBudgetError as exc:
                 failures.append((source, MEMORY_REFUSAL + str(exc)))
             except (PCAError, OSError) as exc:
