@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+REGISTRY_ROW = "{:<12}{:<10}{:<15}{:<10}{}"  # name, latent, posterior, run here, cached
+
 models_app = typer.Typer(help="List known VAEs and pre-fetch their weights into the Hugging Face cache.")
 
 
@@ -33,25 +35,20 @@ def list_command(
     if model or server:
         _print_loaded(_loaded_here(model or [], device) if model else _loaded_on(str(server)))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
 
-    table = Table("name", "source", "latent ch.", "factor", "posterior", "hub weights run here", "available",
-                  "description")
+    typer.echo(REGISTRY_ROW.format("name", "latent", "posterior", "run here", "cached"))
     for entry in REGISTRY.values():
         if entry.repo_id is None:
             source, ok = str(DEMO_MODEL_DIR), (DEMO_MODEL_DIR / "config.json").is_file()
         else:
             source = entry.repo_id + (f" ({entry.subfolder})" if entry.subfolder else "")
             ok = _cached(entry.repo_id, entry.subfolder)
-        table.add_row(
-            entry.name, source, str(entry.latent_channels), f"f{entry.spatial_factor}", entry.posterior,
-            "bundled" if entry.repo_id is None else ("yes" if entry.ran_here else "no"),
-            "yes" if ok else "no", entry.description,
-        )
-    Console().print(table)
+        run_here = "bundled" if entry.repo_id is None else ("yes" if entry.ran_here else "no")
+        latent = f"{entry.latent_channels}ch f{entry.spatial_factor}"
+        typer.echo(REGISTRY_ROW.format(entry.name, latent, entry.posterior, run_here, "yes" if ok else "no"))
+        typer.echo(f"{'':12}{entry.description}\n{'':12}weights: {source}")
+    typer.echo("run here: whether this project ever ran the hub weights; cached: in the Hugging Face cache here.")
     typer.echo(
         "Local weights work too: --model PATH takes a diffusers folder (AutoencoderKL, AutoencoderKLFlux2, "
         "AutoencoderKLQwenImage, AutoencoderDC, AutoencoderTiny), a .safetensors file, or a tiny "

@@ -19,12 +19,16 @@ def test_registry_states_factor_posterior_and_that_no_hub_weights_ran_here() -> 
 
 
 def test_models_list_shows_channels_factor_posterior_and_run_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COLUMNS", "80")  # an ordinary terminal: nothing the table must show is cut
     result = CliRunner().invoke(app, ["models", "list"])
     assert result.exit_code == 0, result.output
-    assert "hub weights run here" in result.output
-    sana_line = next(line for line in result.output.splitlines() if "│ sana" in line)
-    assert "32" in sana_line and "f32" in sana_line and "deterministic" in sana_line and "│ no" in sana_line
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["name", "latent", "posterior", "run", "here", "cached"]
+    rows = [line for line in lines if line.split(" ")[0] in REGISTRY]
+    assert len(rows) == len(REGISTRY) and all(len(row) <= 80 for row in rows)  # the rows fit; only prose wraps
+    at = next(i for i, line in enumerate(lines) if line.startswith("sana "))
+    assert lines[at].split() == ["sana", "32ch", "f32", "deterministic", "no", "no"]
+    assert lines[at + 2].split() == ["weights:", "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers"]
 
 
 def test_missing_hub_model_fails_after_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
