@@ -62,6 +62,16 @@ class ProtectedImage:
         return FORMATS[self.format].suffix
 
 
+def _measured(outcome: ProtectResult, row: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]] | None:
+    """Row ``row``'s returned image (3, H, W) and the posterior the attack's final evaluation measured on it (the
+    certificate reuses it when the written file decodes to exactly that image); None where none was kept."""
+    if outcome.posterior is None:
+        return None
+    mean, logvar = outcome.posterior
+    part = slice(row, row + 1)
+    return outcome.images[row], (mean[part], None if logvar is None else logvar[part])
+
+
 class Engine:
     """Protect decoded images with one model; the unit the CLI, the batch client and the service share.
 
@@ -227,6 +237,7 @@ class Engine:
             best_step=int(outcome.best_step[row]),
             elapsed_s=0.0,
             decoder=self.decoder if plan.grid is None else None,  # a full-size decode would not fit
+            measured=_measured(outcome, row),
         )
         cert.tiles, cert.tile_size = plan.tiles, plan.tile_side
         if self.ensemble is not None:  # one entry per attacked model, plus the aggregate

@@ -45,6 +45,9 @@ class ProtectResult:
     best_step: torch.Tensor  # (B,) int64: index of the iterate returned (steps = the last one)
     steps_run: int  # PGD steps actually run (fewer than configured after an early stop)
     elapsed_s: float
+    # fp32 (mean, logvar) of ``images`` as the final loss measured them, each (B, C, h, w): what the certificate
+    # of a lossless output reuses instead of encoding the same pixels again (None: ensembles)
+    posterior: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
 class Protector:
@@ -92,11 +95,18 @@ class Protector:
 
     # -- loss ----------------------------------------------------------------------------------------
     def loss(
-        self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None = None
+        self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None = None,
+        keep: bool = False,
     ) -> torch.Tensor:
         """Per-image collapse loss (B,) fp32, averaged over EoT samples when EoT is on (no gradient);
-        tiled when ``protect`` runs tiled, plus the editor-resolution term when configured."""
+        tiled when ``protect`` runs tiled, plus the editor-resolution term when configured. ``keep``: one model
+        also keeps the posterior of x_adv (``TiledObjective.kept``)."""
+        if keep and isinstance(self.tiled, TiledObjective):
+            return self.tiled.loss(x_adv, target, generator, keep=True)
         return self.tiled.loss(x_adv, target, generator)
+
+    def _kept(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        return self.tiled.kept if isinstance(self.tiled, TiledObjective) else None
 
     def target_variance(self, x: torch.Tensor) -> float | torch.Tensor:
         """The preset's v; for 'adaptive', the clean posterior variance (detached), (B, C, h, w)."""
@@ -210,7 +220,8 @@ class Protector:
         # tiled, it is measured on the image grid, so that it is also the final loss when the last is returned
         shared = cfg.keep_best and self._one_final_pass()
         q_last = budget.to_grid(x_adv, lv) if shared else x_adv  # (B, 3, H, W)
-        last_loss = self.loss(q_last, target, generator) if cfg.keep_best else None  # (B,)
+        last_loss = self.loss(q_last, target, generator, keep=shared) if cfg.keep_best else None  # (B,)
+        last_kept = self._kept() if shared else None
         last_obj = None if last_loss is None else sign * last_loss
         x = budget.x  # (B, 3, H, W)
         images = budget.to_grid(tracker.choose(x_adv, last_obj), lv)  # (B, 3, H, W) on the grid, budget held
@@ -219,14 +230,18 @@ class Protector:
             images = shrinker(images, lambda im: self.loss_and_grad(im, target, generator, sign)[1], cfg.shrink)
         first_is_clean = bool(tracker.trace) and self._clean_start and self._transform is None
         clean_loss = tracker.trace[0] if first_is_clean else self.loss(x, target).float().cpu()
+        final_loss, kept = self._final_loss(images, target, q_last if shared else None, last_loss, last_kept)
+        if isinstance(self.tiled, TiledObjective):
+            self.tiled.kept = None  # the result holds it; the protector does not
         return ProtectResult(
             images=images.detach(),
             loss_trace=tracker.loss_trace(x.shape[0]),
             clean_loss=clean_loss,
-            final_loss=self._final_loss(images, target, q_last if shared else None, last_loss),
+            final_loss=final_loss,
             best_step=tracker.best_step.cpu(),
             steps_run=tracker.steps_run,
             elapsed_s=time.perf_counter() - start,
+            posterior=kept,
         )
 
     def _one_final_pass(self) -> bool:
@@ -238,10 +253,10 @@ class Protector:
     @torch.no_grad()
     def _final_loss(
         self, images: torch.Tensor, target: float | torch.Tensor, q_last: torch.Tensor | None,
-        last_loss: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """(B,) loss of the returned images: the measured loss of the last iterate on the grid when those are
-        exactly the returned images, else measured now."""
+        last_loss: torch.Tensor | None, last_kept: tuple[torch.Tensor, torch.Tensor | None] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None] | None]:
+        """(B,) loss of the returned images and their posterior (None: ensembles): those measured on the last
+        iterate on the grid when it is exactly the returned images, else measured now."""
         if q_last is not None and last_loss is not None and torch.equal(images, q_last):
-            return last_loss.float().cpu()
-        return self.loss(images, target).float().cpu()
+            return last_loss.float().cpu(), last_kept
+        return self.loss(images, target, keep=True).float().cpu(), self._kept()

@@ -210,6 +210,8 @@ class TiledObjective:
         self.editor_target: float | torch.Tensor | None = None
         self.on_tile: TileCallback | None = None
         self.checkpoint = False  # recompute the encoder's blocks in backward (Encoder.checkpointing)
+        self.kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # posterior of the last kept loss pass
+        self._keep = False
 
     @property
     def grid(self) -> TileGrid | None:
@@ -278,10 +280,19 @@ class TiledObjective:
         v = self.editor_target if self.editor_target is not None else target
         return editor_weight(x.shape[-2], x.shape[-1], small) * pca_loss(mean, logvar, v)
 
-    def loss(self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Per-image objective (B,) fp32 (no gradient)."""
-        with torch.no_grad():
-            return self._evaluate(x, target, generator, None)[0]
+    def loss(
+        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None, keep: bool = False
+    ) -> torch.Tensor:
+        """Per-image objective (B,) fp32 (no gradient). ``keep``: also keep the fp32 posterior of x itself in
+        ``kept`` ((mean, logvar), each (B, C, h, w), stitched from the tiles' cores as the loss saw them) for the
+        certificate, when the pass encodes x itself (no EoT draw); else ``kept`` is None."""
+        self.kept = None
+        self._keep = keep and (self.transform is None or generator is None)
+        try:
+            with torch.no_grad():
+                return self._evaluate(x, target, generator, None)[0]
+        finally:
+            self._keep = False
 
     def loss_and_grad(
         self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator, sign: float
@@ -340,11 +351,22 @@ class TiledObjective:
                 loss = loss + pca_loss(mean, logvar, target if tile is None else _crop_target(target, tile))
             loss = loss / self._samples(generator)
             if sign is None:
+                self._keep_posterior(mean, logvar, tile, x.shape[0])
                 return loss, None
             scale = half_safe_scale(self.encoder.dtype, target)
             with self.norm.paused() if self.norm is not None else nullcontext():  # checkpointing re-runs forwards
                 (g,) = torch.autograd.grad((sign * scale * loss).sum(), part)  # (B, 3, h, w)
         return loss, g / scale
+
+    def _keep_posterior(self, mean: torch.Tensor, logvar: torch.Tensor | None, tile: Tile | None, batch: int) -> None:
+        """Keep a loss-only pass's posterior (B, C, h, w) of the whole image, or stitch in a tile's core."""
+        if not self._keep:
+            return
+        if tile is None or self.grid is None:
+            self.kept = mean.float(), None if logvar is None else logvar.float()
+            return
+        previous = (None, None) if self.kept is None else self.kept
+        self.kept = _stitch(previous[0], previous[1], mean, logvar, tile, self.grid, batch)
 
     def _add_editor(
         self, x: torch.Tensor, target: float | torch.Tensor, total: torch.Tensor,

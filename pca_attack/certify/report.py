@@ -186,6 +186,20 @@ def _collapse_fields(
     }
 
 
+Measured = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]  # image (3, H, W), posterior (1, C, h, w)
+
+
+def _protected_posterior(
+    encoder: Encoder, x_out: torch.Tensor, measured: Measured | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The posterior of the written image (3, H, W): the attack's when it measured exactly these pixels (a
+    lossless output: no second, possibly tiled, encoder pass), else encoded now."""
+    if measured is not None and torch.equal(measured[0].detach().cpu(), x_out):
+        mean, logvar = measured[1]
+        return mean.float(), None if logvar is None else logvar.float()
+    return posterior(encoder, x_out[None])
+
+
 def certificate(
     *,
     encoder: Encoder,
@@ -198,8 +212,13 @@ def certificate(
     best_step: int,
     elapsed_s: float,
     decoder: Decoder | None = None,
+    measured: Measured | None = None,
 ) -> Certificate:
-    """Measure one protected image (``written`` = the output file decoded again)."""
+    """Measure one protected image (``written`` = the output file decoded again).
+
+    ``measured``: an image (3, H, W) and its posterior (mean, logvar), each (1, C, h, w), that the attack's final
+    evaluation computed; used instead of encoding the output again when the written file decodes to exactly
+    that image (lossless output), so the certificate's fields are the same either way."""
     levels = float(clean.levels)
     a = clean.rgb  # (H, W, 3) integers on the grid (measured in float64 bands / tiles, never copied whole)
     b = written.rgb if written.levels == clean.levels else written.rgb.astype(np.float64) * (levels / written.levels)
@@ -208,7 +227,7 @@ def certificate(
         2, 0, 1)  # (3, H, W), as x_clean
     preset = config.loss_preset
     mu_c, lv_c = posterior(encoder, x_clean[None])
-    mu_p, lv_p = posterior(encoder, x_out[None])
+    mu_p, lv_p = _protected_posterior(encoder, x_out, measured)
     extra = _collapse_fields(mu_c, lv_c, mu_p, lv_p, preset.target_variance)
     extra |= _visibility_fields(config, x_clean, x_out)
     if decoder is not None:

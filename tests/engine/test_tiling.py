@@ -3,6 +3,8 @@ every latent position is counted once; progress fires once per step (and per til
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -109,7 +111,11 @@ def test_a_tiled_attack_ends_with_one_loss_evaluation_the_final_loss_of_the_retu
     encoder, x = conv_encoder(), image()
     calls: list[int] = []
     loss = TiledObjective.loss
-    monkeypatch.setattr(TiledObjective, "loss", lambda self, *args: calls.append(1) or loss(self, *args))
+    def counted(self: TiledObjective, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(TiledObjective, "loss", counted)
     cfg = AttackConfig(steps=3, keep_best=keep_best)
     untiled = Protector(encoder, cfg).protect(x)
     assert len(calls) == 1 + int(keep_best)  # untiled: unchanged (the raw last iterate, then the bytes)
