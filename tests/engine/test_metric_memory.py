@@ -1,0 +1,51 @@
+"""The certificate's MS-SSIM and VIF-P: torchmetrics' values, with the memory of separable filters (issue 12)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    visual_information_fidelity,
+)
+
+from pca_attack.attack.sizes import measure_peak
+from pca_attack.certify.metrics import METRIC_TILE, MS_SSIM_BETAS, _luma_255, ms_ssim, vif
+
+
+def _pair(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(height * 1000 + width)
+    a = torch.rand(3, height, width, generator=g)
+    return a, (a + 0.03 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (100, 161), (41, 300), (64, 90)])
+def test_separable_metrics_equal_torchmetrics(size: tuple[int, int]) -> None:
+    a, b = _pair(*size)
+    side = min(size)
+    scales = sum(1 for n in range(1, 6) if side >= 2**n and side // max(1, n - 1) ** 2 > 10)
+    kept = MS_SSIM_BETAS[:scales]
+    betas = kept if scales == 5 else tuple(x / sum(kept) for x in kept)
+    expected = multiscale_structural_similarity_index_measure(b[None].double(), a[None].double(), data_range=1.0,
+                                                              betas=betas)
+    ours_ms, ours_vif = ms_ssim(a, b), vif(a, b)
+    assert ours_ms is not None and ours_vif is not None
+    assert math.isclose(ours_ms, float(expected), rel_tol=1e-12)
+    assert math.isclose(ours_vif, float(visual_information_fidelity(_luma_255(b), _luma_255(a))), rel_tol=1e-12)
+
+
+def test_a_metric_tile_takes_a_few_maps_and_no_unfolding_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchmetrics' float64 conv2d unfolds 121 (MS-SSIM) or 289 (VIF-P) copies of its input, outside any
+    tensor the process can count (~290 MB and ~120 MB of resident memory per 256-px tile, measured)."""
+    a, b = _pair(METRIC_TILE, METRIC_TILE)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a 2-D convolution unfolds the image")
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", refuse)
+    monkeypatch.setattr(torch, "conv2d", refuse)
+    tile_f64 = 3 * METRIC_TILE**2 * 8  # one (3, 256, 256) float64 map: 1.5 MB
+    assert measure_peak(lambda: ms_ssim(a, b), torch.device("cpu")) < 32 * tile_f64
+    assert measure_peak(lambda: vif(a, b), torch.device("cpu")) < 8 * tile_f64
