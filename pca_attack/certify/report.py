@@ -214,11 +214,8 @@ def certificate(
     decoder: Decoder | None = None,
     measured: Measured | None = None,
 ) -> Certificate:
-    """Measure one protected image (``written`` = the output file decoded again).
-
-    ``measured``: an image (3, H, W) and its posterior (mean, logvar), each (1, C, h, w), that the attack's final
-    evaluation computed; used instead of encoding the output again when the written file decodes to exactly
-    that image (lossless output), so the certificate's fields are the same either way."""
+    """Measure one protected image (``written`` = the output file decoded again); ``measured``: the attack's
+    posterior of its returned image, reused when ``written`` is exactly that image (``_protected_posterior``)."""
     levels = float(clean.levels)
     a = clean.rgb  # (H, W, 3) integers on the grid (measured in float64 bands / tiles, never copied whole)
     b = written.rgb if written.levels == clean.levels else written.rgb.astype(np.float64) * (levels / written.levels)
