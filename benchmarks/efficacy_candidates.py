@@ -45,17 +45,21 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "global-neutral": {"neutral_window": 4096},  # only the global mean colour shift removed, no 128-px windows
     "gray-centre-free": {"colour_neutral": False},  # gray-centre without the colour-neutral projection
     "gray-centre-global": {"neutral_window": 4096},  # gray-centre, only the global mean colour shift removed
+    "gray-interior": {},  # the default attack toward the gray image's interior latent (gray_interior_centre)
+    "gray-interior-free": {"colour_neutral": False},  # the same without the colour-neutral projection
 }
 # candidate -> share of the gray latent as the centre
 CENTRED = {"gray-centre": 1.0, "half-gray-centre": 0.5, "gray-centre-free": 1.0, "gray-centre-global": 1.0}
+INTERIOR = ("gray-interior", "gray-interior-free")  # centred on gray_interior_centre instead
 
 
 def attacker(encoder: Any, name: str, steps: int, shrink: float = 0.0) -> Any:
     """The Protector of candidate ``name``: its AttackConfig overrides, on the centred encoder where named."""
     from pca_attack import AttackConfig, Protector
-    from pca_attack.attack.losses import centred_encoder, gray_centre
+    from pca_attack.attack.losses import centred_encoder, gray_centre, gray_interior_centre
 
     model = centred_encoder(encoder, CENTRED[name] * gray_centre(encoder)) if name in CENTRED else encoder
+    model = centred_encoder(encoder, gray_interior_centre(encoder)) if name in INTERIOR else model
     return Protector(model, AttackConfig(steps=steps, shrink=shrink, **CANDIDATES[name]))
 
 

@@ -152,6 +152,21 @@ def gray_centre(encoder: Encoder, side: int = 64) -> torch.Tensor:
     return mean.float().mean(dim=(2, 3), keepdim=True)
 
 
+@torch.no_grad()
+def gray_interior_centre(encoder: Encoder, latent_side: int = 40) -> torch.Tensor:
+    """The latent of a flat mid-gray image *away from its borders*: (1, C, 1, 1) fp32, the centre latent pixel
+    of a ``latent_side`` x ``latent_side``-latent gray image.
+
+    A flat image's latent is uniform in the interior, but the encoder's zero padding reaches about 16 latent
+    pixels in from each border on TAEF2, so ``gray_centre``'s 64-px average (8x8 latents, all border) is 51%
+    away from it (mean energy 0.18 vs 0.37); this is the target a PhotoGuard-style attack pulls a large photo's
+    interior toward."""
+    side = latent_side * encoder.downsample_factor
+    mean, _ = encoder.posterior(torch.full((1, 3, side, side), 0.5, device=encoder.device))  # (1, C, h, w)
+    h, w = mean.shape[-2:]
+    return mean[:, :, h // 2 : h // 2 + 1, w // 2 : w // 2 + 1].float().clone()
+
+
 def centred_encoder(encoder: Encoder, centre: torch.Tensor) -> Encoder:
     """The same deterministic encoder returning ``latent - centre``: the collapse loss (mean energy) then pulls
     the latent toward ``centre`` (e.g. ``gray_centre``) instead of toward 0. Shares the body's weights."""

@@ -53,3 +53,15 @@ def test_a_gaussian_encoder_refuses_a_centre() -> None:
     encoder = tiny_deterministic("gaussian")
     with pytest.raises(ConfigError, match="deterministic encoders only"):
         centred_encoder(encoder, torch.zeros(1, 4, 1, 1))
+
+
+def test_gray_interior_centre_is_the_flat_latent_away_from_the_borders() -> None:
+    from pca_attack.attack.losses import gray_interior_centre
+
+    encoder = tiny_deterministic()
+    centre = gray_interior_centre(encoder, latent_side=12)  # (1, 4, 1, 1)
+    with torch.no_grad():
+        big, _ = encoder.posterior(torch.full((1, 3, 256, 256), 0.5))  # (1, 4, 32, 32)
+    assert centre.shape == (1, 4, 1, 1)
+    assert torch.allclose(big[:, :, 4:-4, 4:-4], centre.expand(1, 4, 24, 24), atol=1e-6)  # uniform inside
+    assert not torch.allclose(big[:, :, :1, :1], centre, atol=1e-4)  # the zero padding shifts the border
