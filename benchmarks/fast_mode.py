@@ -12,6 +12,8 @@ eps 16, same process, same CPU threads, for each photo:
 Collapse = 1 - loss(output) / loss(clean) (reduction of the pca- loss). Targets: time(fast) <= time(pgd40)/100,
 collapse(fast) >= 0.7 collapse(pgd40) and > collapse(random), collapse(fast+5) >= collapse(pgd20), and the budget
 holds on every output's integers. ``--side S`` centre-crops each photo to at most S x S (recorded in the JSON).
+``--reuse-pgd OLD.json`` copies pgd40/pgd20 from an earlier run (marked ``reused``) to measure a new generator or
+fast+N schedule in minutes instead of ~20 (TAEF2, natural size); the clean loss must match.
 
     OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py \
         --out docs/bench_fast_mode_demo_natural.json
@@ -50,6 +52,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eps", type=float, default=16.0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", default="", help="also write the JSON here")
+    p.add_argument("--reuse-pgd", default="", help="take pgd40/pgd20 rows from this earlier JSON (same model, photos, "
+                   "eps; the default attack is frozen) instead of running them; the clean loss is checked")
     return p.parse_args()
 
 
@@ -67,8 +71,9 @@ def _fast_timed(net: Any, x: torch.Tensor, config: AttackConfig) -> tuple[torch.
     return image, min(times)
 
 
-def measure(protector: Protector, net: Any, x: torch.Tensor) -> dict[str, Any]:
-    """One photo x (1, 3, H, W): loss, collapse, seconds and budget of each method."""
+def measure(protector: Protector, net: Any, x: torch.Tensor, reused: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One photo x (1, 3, H, W): loss, collapse, seconds and budget of each method (pgd40/pgd20 copied from
+    ``reused``, an earlier run's row for this photo, when given)."""
     gray, levels = torch.zeros(1, dtype=torch.bool), torch.full((1,), 255.0)
     cfg = protector.config
     pgd = {n: Protector(protector.encoder, cfg.with_(steps=n)) for n in (40, 20)}
@@ -78,7 +83,7 @@ def measure(protector: Protector, net: Any, x: torch.Tensor) -> dict[str, Any]:
     budget = make_budget(cfg, x, gray)
     random = quantize(budget.project(x + signs * cfg.eps / 255), x, budget.bound_255, levels)
     outputs = {"fast": (fast, t_fast), "random": (random, 0.0)}
-    for name, steps in (("pgd40", 40), ("pgd20", 20)):
+    for name, steps in (("pgd40", 40), ("pgd20", 20)) if reused is None else ():
         result, seconds = _timed(lambda s=steps: pgd[s].protect(x))  # type: ignore[misc]
         outputs[name] = (result.images, seconds)
     refined, t_refine = _timed(lambda: refine.protect(x, start=fast))
@@ -93,6 +98,11 @@ def measure(protector: Protector, net: Any, x: torch.Tensor) -> dict[str, Any]:
         linf = float((torch.round(image * 255) - torch.round(x * 255)).abs().max())
         row[name] = {"loss": loss, "collapse": round(1 - loss / clean, 5), "seconds": round(seconds, 4),
                      "linf_255": linf, "budget_ok": linf <= cfg.eps}
+    if reused is not None:
+        if abs(reused["loss_clean"] - clean) > 1e-4 * clean:
+            raise SystemExit(f"--reuse-pgd: clean loss {reused['loss_clean']} there, {clean} here: "
+                             "not the same setting")
+        row.update({name: {**reused[name], "reused": True} for name in ("pgd40", "pgd20")})
     return row
 
 
@@ -127,13 +137,15 @@ def main() -> None:
     loaded = resolve_generator(args.generator, encoder.name)
     protector = Protector(encoder, AttackConfig(eps=args.eps))
     rows: dict[str, dict[str, Any]] = {}
+    reused = json.loads(Path(args.reuse_pgd).read_text())["photos"] if args.reuse_pgd else {}
     for name in HELD_OUT[: args.photos]:
         photo = load_photo(name)
         x = (centre_crop(photo, args.side, args.side) if args.side else photo)[None]  # (1, 3, H, W)
-        rows[name] = measure(protector, loaded.net, x)
+        rows[name] = measure(protector, loaded.net, x, reused.get(name) if args.reuse_pgd else None)
     result = {
         "command": "python benchmarks/fast_mode.py " + " ".join(sys.argv[1:]),
-        "model": encoder.name, "generator_id": loaded.generator_id, "eps": args.eps, "threads": torch.get_num_threads(),
+        "model": encoder.name, "generator_id": loaded.generator_id, "pgd_reused_from": args.reuse_pgd or None,
+        "eps": args.eps, "threads": torch.get_num_threads(),
         "crop": f"centre {args.side}x{args.side} at most" if args.side else "natural size", "photos": rows,
         **summarise(rows),
     }

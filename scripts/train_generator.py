@@ -46,6 +46,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--pattern-lr", type=float, default=defaults.pattern_lr, help="Adam learning rate of the pattern")
     p.add_argument("--centred", action=argparse.BooleanOptionalAction, default=defaults.centred,
                    help="mean-free logits per channel (the training image is colour-neutral either way)")
+    p.add_argument("--exact-projection", action=argparse.BooleanOptionalAction, default=defaults.exact_projection,
+                   help="train through the attack's own budget projection (box + 3 alternating mean removals)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (results are bit-exact for one count)")
     p.add_argument("--eps", type=float, default=defaults.eps, help="L-inf budget, 0-255 scale")
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
@@ -78,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = TrainSettings(args.model, args.steps, args.batch, args.crop, args.lr, args.pattern_lr, args.eps,
                              args.seed, args.width, args.blocks, args.centred, args.pattern,
-                             args.neutral_window)
+                             args.neutral_window, args.exact_projection)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss ratio {task.fields[ratio]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())

@@ -88,15 +88,22 @@ def perturbation(net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor,
 
 
 def training_image(
-    net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor, config: AttackConfig
+    net: PerturbationNet, x: torch.Tensor, grayscale: torch.Tensor, config: AttackConfig, exact: bool = False
 ) -> torch.Tensor:
     """Differentiable x_adv (B, 3, H, W) for training: the perturbation, made colour-neutral (its mean per
     channel removed, globally and per window, as ``ColourNeutral`` does) when the configuration is, clipped to
-    the box and to [0, 1]."""
+    the box and to [0, 1]. ``exact``: the configuration's own budget projection instead (``make_budget``: the
+    box and three alternating mean removals, what ``generator_image`` applies at use)."""
     delta = perturbation(net, x, grayscale, config.eps)  # (B, 3, H, W)
+    bound = config.eps / 255.0
+    if exact and config.colour_neutral:  # LinfBudget.project detaches: its steps, differentiable
+        neutral = ColourNeutral(LinfBudget(x, config.eps, grayscale), config.neutral_window)
+        delta = (x + delta.clamp(-bound, bound)).clamp(0.0, 1.0) - x  # (B, 3, H, W) inside the box
+        for _ in range(neutral.rounds):
+            delta = (x + neutral.neutralise(delta).clamp(-bound, bound)).clamp(0.0, 1.0) - x
+        return x + delta
     if config.colour_neutral:
         delta = ColourNeutral(LinfBudget(x, config.eps, grayscale), config.neutral_window).neutralise(delta)
-    bound = config.eps / 255.0
     return (x + delta.clamp(-bound, bound)).clamp(0.0, 1.0)
 
 

@@ -42,6 +42,7 @@ class TrainSettings:
     centred: bool = True  # mean-free logits per channel (see PerturbationNet)
     pattern: int = 32  # period of the learnt image-independent pattern, pixels (0 = none)
     neutral_window: int = 32  # colour-neutral windows of the training image (see the module docstring)
+    exact_projection: bool = False  # train through the attack's own budget projection (``training_image``)
 
 
 def train_generator(
@@ -66,7 +67,7 @@ def train_generator(
         target = protector.target_variance(x)
         protector.tiled.prepare(x, target)
         clean = protector.loss(x, target).clamp(min=1e-12)  # (B,)
-        x_adv = training_image(net, x, gray, feasible)  # (B, 3, c, c)
+        x_adv = training_image(net, x, gray, feasible, settings.exact_projection)  # (B, 3, c, c)
         loss, grad = protector.loss_and_grad(x_adv.detach(), target, draws, sign)  # (B,), (B, 3, c, c)
         optimiser.zero_grad()
         x_adv.backward(grad / loss.detach().clamp(min=1e-12).view(-1, 1, 1, 1) / settings.batch)  # d mean log-loss

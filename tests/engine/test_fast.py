@@ -202,6 +202,23 @@ def test_training_image_is_colour_neutral_over_its_windows() -> None:
     assert TrainSettings().neutral_window < TrainSettings().crop // 2 + 1  # the default crop has >= 2 windows
 
 
+def test_exact_training_image_is_the_attacks_projection_and_differentiable() -> None:
+    """``exact``: the training image equals the budget's own projection of x + delta (the image the attack
+    would use, before rounding) on a size with several windows, and gradients reach the network."""
+    torch.manual_seed(0)
+    net = PerturbationNet(8, 1, centred=True, pattern=8)
+    with torch.no_grad():
+        net.head.weight.normal_(0.0, 3.0)
+    x, gray = torch.rand(1, 3, 70, 52), torch.zeros(1, dtype=torch.bool)
+    config = AttackConfig(neutral_window=16)
+    image = training_image(net, x, gray, config, exact=True)  # (1, 3, 70, 52)
+    with torch.no_grad():
+        projected = make_budget(config, x, gray).project(x + perturbation(net, x, gray, config.eps))
+    assert torch.allclose(image, projected, atol=1e-6)
+    image.sum().backward()
+    assert net.head.weight.grad is not None and net.head.weight.grad.abs().sum() > 0
+
+
 def test_shipped_demo_generator_beats_random_signs_on_a_held_out_crop() -> None:
     encoder = load_encoder("demo", device="cpu", dtype="float32")
     protector = Protector(encoder, AttackConfig())
@@ -242,3 +259,16 @@ def test_fast_mode_benchmark_smoke(tmp_path: Path) -> None:
     assert row["size"] == [32, 32] and row["fast5_first_loss_rel_gap"] == 0.0
     assert result["targets"]["budget_on_every_output"] and set(result["mean_collapse"]) == {
         "fast", "random", "pgd40", "pgd20", "fast+5"}
+
+
+def test_fast_mode_benchmark_reuses_earlier_pgd_rows(tmp_path: Path) -> None:
+    """--reuse-pgd copies pgd40/pgd20 from an earlier JSON of the same setting (marked) and refuses another."""
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    base = [sys.executable, str(ROOT / "benchmarks" / "fast_mode.py"), "--photos", "1", "--side", "32"]
+    subprocess.run([*base, "--out", str(first)], check=True, capture_output=True, timeout=300, cwd=ROOT)
+    subprocess.run([*base, "--reuse-pgd", str(first), "--out", str(second)], check=True, capture_output=True,
+                   timeout=300, cwd=ROOT)
+    old, new = (json.loads(p.read_text())["photos"][HELD_OUT[0]] for p in (first, second))
+    assert new["pgd40"] == {**old["pgd40"], "reused": True} and new["pgd20"]["reused"]
+    other = subprocess.run([*base[:-1], "40", "--reuse-pgd", str(first)], capture_output=True, timeout=300, cwd=ROOT)
+    assert other.returncode != 0 and b"not the same setting" in other.stderr
