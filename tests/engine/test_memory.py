@@ -165,25 +165,47 @@ BIG_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def tiny_ae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny autoencoder (diffusers ``AutoencoderTiny``, TAESD's layout, 8 channels): convolutions only,
+    so its tiles need no whole-image statistics (the GroupNorm VAE streams them: ~15x the time of this test)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_ae")
+    AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,  # type: ignore[attr-defined]
+                    latent_channels=4).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize(
-    ("side", "budget"),
-    [pytest.param(512, "50MB", id="512px"), pytest.param(2500, "600MB", id="2500px", marks=pytest.mark.slow)],
+    ("side", "budget", "model"),
+    [pytest.param(512, "30MB", "tiny_ae_dir", id="512px"),
+     pytest.param(2500, "600MB", "tiny_vae_dir", id="2500px", marks=pytest.mark.slow)],
 )
 def test_large_image_under_a_small_budget_in_a_memory_capped_process(
-    tiny_vae_dir: Path, side: int, budget: str
+    request: pytest.FixtureRequest, side: int, budget: str, model: str
 ) -> None:
-    """Untiled, the attack would need several times the work budget: it runs in tiles, and the process,
-    capped in address space, finishes (2500x2500 takes minutes on two shared cores: marked slow)."""
-    model = memory_model(load_encoder(str(tiny_vae_dir), device="cpu"))
-    assert model.estimate(side, side) > 2 * parse_size(budget)
+    """Untiled, the attack would need more than twice the work budget: it runs in tiles, and the process,
+    capped in address space, finishes and perturbs the image within eps (512 px: a convolution-only tiny
+    autoencoder, ~12 s; 2500x2500 with the GroupNorm + attention VAE takes minutes on two shared cores: slow)."""
+    folder = request.getfixturevalue(model)
+    assert model_estimate(folder, side) > 2 * parse_size(budget)
     cap = ["prlimit", f"--as={8 * 2**30}"]
-    command = [*cap, sys.executable, "-c", BIG_SCRIPT, str(side), str(tiny_vae_dir), budget]
+    command = [*cap, sys.executable, "-c", BIG_SCRIPT, str(side), str(folder), budget]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["tiles"] > 1 and report["tile_size"] < side
     assert report["budget_ok"] and report["linf"] <= 16
+    # the tiny autoencoder's attack moves the pixels; the random GroupNorm VAE's best iterate can be the clean image
+    assert report["linf"] > 0 or model == "tiny_vae_dir"
     assert report["steps"] == 2
+
+
+def model_estimate(folder: Path, side: int) -> float:
+    """The untiled attack's estimated peak for a side x side image with the model in ``folder``."""
+    return memory_model(load_encoder(str(folder), device="cpu")).estimate(side, side)
 
 
 def test_service_answers_413_with_the_limit_when_an_image_cannot_fit(tiny_vae_dir: Path, tmp_path: Path) -> None:
