@@ -11,6 +11,9 @@ Prints one JSON object (and writes it with --out). Parts (``--parts``, comma-sep
 * ``agreement``: one step at ``--agree-size`` in tiles of ``--agree-core``: loss / untiled loss and the cosine
   (and sign agreement) of the input gradient with the untiled one, with whole-image statistics and with
   each tile's own (the diffusers tiled-VAE approximation).
+* ``metrics``: the certificate's MS-SSIM and VIF-P on one ``METRIC_TILE`` tile (a random pair), each in a fresh
+  child process after a warm-up call: growth of the peak RSS and seconds, for the engine's separable filters and
+  for torchmetrics' functions (float64 ``conv2d``), with the values of both.
 * ``editor``: ``--editor-size`` protected plainly and with ``editor_resolution=--editor-long``; both outputs
   (and the clean photo) downscaled to that long side with PIL's Lanczos, as an editor would
   (``pca_attack.redteam.editor``); collapse kept = 1 - KL_target(protected small) / KL_target(clean small);
@@ -110,6 +113,39 @@ def run_child(model: str, size: tuple[int, int], steps: int, budget: str | None,
     if done.returncode != 0:
         return {"size": f"{size[0]}x{size[1]}", "budget": budget or "default", "error": done.stderr[-800:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+METRIC_CHILD = """
+import json, resource, sys, time, torch
+torch.set_num_threads(1)
+from pca_attack.certify import metrics
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, visual_information_fidelity
+name, side = sys.argv[1], metrics.METRIC_TILE
+g = torch.Generator().manual_seed(0)
+a = torch.rand(3, side, side, generator=g)
+b = (a + 0.02 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+fns = {"ms_ssim": metrics.ms_ssim, "vif": metrics.vif,
+       "ms_ssim_torchmetrics": lambda r, t: float(multiscale_structural_similarity_index_measure(
+           t[None].double(), r[None].double(), data_range=1.0, kernel_size=11)),
+       "vif_torchmetrics": lambda r, t: float(visual_information_fidelity(metrics._luma_255(t), metrics._luma_255(r)))}
+small = a[None, :, :64, :64].double(), b[None, :, :64, :64].double()  # warm-up on 64 px: imports, small buffers
+multiscale_structural_similarity_index_measure(*small, data_range=1.0, betas=(0.3, 0.3, 0.4))
+metrics.vif(a[:, :64, :64], b[:, :64, :64]), metrics.ms_ssim(a[:, :64, :64], b[:, :64, :64])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+value = fns[name](a, b)
+seconds = time.perf_counter() - t0
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(json.dumps({"value": value, "seconds": seconds, "peak_rss_growth_bytes": grown, "tile": side}))
+"""
+
+
+def part_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("ms_ssim", "ms_ssim_torchmetrics", "vif", "vif_torchmetrics"):
+        done = subprocess.run([sys.executable, "-c", METRIC_CHILD, name], cwd=ROOT, capture_output=True, text=True)
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else done.stderr[-800:]
+    return out
 
 
 def part_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,7 +297,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    parts = {"memory": part_memory, "seams": part_seams, "editor": part_editor, "agreement": part_agreement}
+    parts = {"memory": part_memory, "seams": part_seams, "editor": part_editor, "agreement": part_agreement,
+             "metrics": part_metrics}
     result: dict[str, Any] = {"model": args.model, "command": " ".join(sys.argv)}
     for name in args.parts.split(","):
         t0 = time.perf_counter()
