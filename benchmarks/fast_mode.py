@@ -19,7 +19,7 @@ fast+N schedule in minutes instead of ~20 (TAEF2, natural size); the clean loss 
         --out docs/bench_fast_mode_demo_natural.json
     OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python benchmarks/fast_mode.py \
         --model ../shared/models/taef2 --generator .cache/generators/taef2.safetensors \
-        --out docs/bench_fast_mode_taef2_natural.json
+        [--reuse-pgd docs/bench_fast_mode_taef2_natural.json] --out docs/bench_fast_mode_taef2_natural.json
 """
 
 from __future__ import annotations

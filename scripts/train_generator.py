@@ -8,11 +8,12 @@ the same seed and thread count give the same bytes):
         --steps 1200 --out pca_attack/assets/generators/demo.safetensors \
         --figure docs/figures/generator_demo_loss.png
 
-and TAEF2's (not committed, as TAEF2 itself is not; made before today's defaults, hence the three options):
+and TAEF2's (not committed, as TAEF2 itself is not; trained through the attack's own projection, 2x2 windows
+per crop as a natural-size photo gets; 32 min on one shared thread):
 
     OMP_NUM_THREADS=1 nice -n 10 prlimit --as=8000000000 python scripts/train_generator.py \
-        --model ../shared/models/taef2 --steps 250 --crop 96 --width 32 --neutral-window 128 \
-        --out .cache/generators/taef2.safetensors --figure docs/figures/generator_taef2_loss.png
+        --model ../shared/models/taef2 --steps 850 --batch 4 --crop 128 --width 32 --neutral-window 64 \
+        --exact-projection --out .cache/generators/taef2.safetensors --figure docs/figures/generator_taef2_loss.png
 
 (weights written in fp16; CPU convolutions may differ in the last bits with another thread count).
 
