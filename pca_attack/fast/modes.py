@@ -12,7 +12,8 @@ certificate's ``steps`` says what ran); ``fast_start`` is the start image handed
 (32/255) instead of 6/255, was measured and not kept: on the demo model it raised fast+5 on the 192-pixel
 held-out crops from 0.335 to 0.381 (but a 5-step run from the clean image with it reached 0.385), while on
 TAEF2 it lowered it (chelsea at natural size: 0.798 with the cold-start schedule, 0.776 at 12/255, 0.713 at
-32/255).
+32/255). Other first steps of the cosine schedule, fast+5 at natural size (docs/fast_mode.md): demo 0.254 (3/255),
+0.264 (6/255, default), 0.275 (12/255); TAEF2 0.695, 0.695, 0.677: no schedule wins on both models.
 """
 
 from __future__ import annotations
