@@ -177,8 +177,9 @@ def _vif_terms(ref: torch.Tensor, dist: torch.Tensor, window: torch.Tensor) -> t
 
 
 def vif(reference: torch.Tensor, test: torch.Tensor) -> float | None:
-    """VIF-P of two (3, H, W) images in [0, 1] (luma, 0-255 scale); None when a side is under 41 pixels.
-    torchmetrics' ``visual_information_fidelity`` (float64), computed with separable filters (``_blur``)."""
+    """VIF-P of two (3, H, W) images in [0, 1] (luma, 0-255 scale); None when a side is under 41 pixels or the
+    reference carries no information (flat: torchmetrics returns NaN there; ``tiled_mean`` leaves such tiles
+    out). torchmetrics' ``visual_information_fidelity`` (float64), computed with separable filters (``_blur``)."""
     if min(reference.shape[-2:]) < VIF_MIN_SIDE:
         return None
     ref, dist = _luma_255(reference), _luma_255(test)  # (1, 1, H, W)
@@ -190,7 +191,7 @@ def vif(reference: torch.Tensor, test: torch.Tensor) -> float | None:
             ref, dist = _blur(ref, window)[..., ::2, ::2], _blur(dist, window)[..., ::2, ::2]
         part, whole = _vif_terms(ref, dist, window)
         kept, total = kept + part, total + whole
-    return kept / total
+    return kept / total if total > 0 else None
 
 
 def colour_shift(reference: torch.Tensor, test: torch.Tensor, window: int = 64) -> dict[str, list[float]]:

@@ -49,3 +49,16 @@ def test_a_metric_tile_takes_a_few_maps_and_no_unfolding_convolution(monkeypatch
     tile_f64 = 3 * METRIC_TILE**2 * 8  # one (3, 256, 256) float64 map: 1.5 MB
     assert measure_peak(lambda: ms_ssim(a, b), torch.device("cpu")) < 32 * tile_f64
     assert measure_peak(lambda: vif(a, b), torch.device("cpu")) < 8 * tile_f64
+
+
+def test_a_flat_reference_tile_has_no_vif_and_is_left_out_of_the_mean() -> None:
+    """A uniform region (a black sky in a 12 MP photo's metric tile) carries no information: torchmetrics divides
+    0 by 0 (NaN); the certificate leaves that tile out instead of failing or averaging a NaN."""
+    from pca_attack.certify.metrics import tiled_mean
+
+    flat = torch.full((3, 64, 64), 0.2)
+    assert vif(flat, (flat + 0.01).clamp(0, 1)) is None
+    a, b = _pair(METRIC_TILE, 2 * METRIC_TILE)
+    a[:, :, METRIC_TILE:] = 0.2  # the right tile is flat
+    mixed = tiled_mean(vif, a, b)
+    assert mixed is not None and math.isclose(mixed, vif(a[:, :, :METRIC_TILE], b[:, :, :METRIC_TILE]) or 0.0)
