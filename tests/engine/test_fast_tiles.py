@@ -51,3 +51,16 @@ def test_small_images_run_in_one_pass_and_any_size_gets_its_perturbation(monkeyp
     with torch.no_grad():
         tiled = perturbation(net, x, torch.tensor([False]), 16.0)
     assert torch.allclose(tiled, delta, atol=1e-6)
+
+
+def test_the_memory_benchmark_measures_both_passes_in_fresh_processes() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "fast_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--size", "96x64"], capture_output=True, text=True, check=True)
+    result = json.loads(run.stdout)
+    for mode in ("tiles", "whole"):
+        assert result[mode]["peak_rss_gb"] >= result[mode]["before_gb"] > 0, result
