@@ -101,8 +101,8 @@ class Protector:
         """Per-image collapse loss (B,) fp32, averaged over EoT samples when EoT is on (no gradient);
         tiled when ``protect`` runs tiled, plus the editor-resolution term when configured. ``keep``: one model
         also keeps the posterior of x_adv (``TiledObjective.kept``)."""
-        if keep and isinstance(self.tiled, TiledObjective):
-            return self.tiled.loss(x_adv, target, generator, keep=True)
+        if isinstance(self.tiled, TiledObjective):  # an ensemble's objective keeps no posterior
+            return self.tiled.loss(x_adv, target, generator, keep=keep)
         return self.tiled.loss(x_adv, target, generator)
 
     def _kept(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
