@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from pca_attack.attack.config import AttackConfig
 
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
+# a tiled step sums the tiles' input gradients into a whole-image float32 buffer (B, 3, H, W) that lives through
+# every tile's backward; the untiled step the probes measure never holds it beside its activations. Measured on
+# TAEF2 (live tensors, 256-px cores): 1 MP -> 3 MP grew 48 B/px against the probes' 36 (state) + this 12.
+TILED_GRADIENT_BYTES_PER_PIXEL = 3 * 4
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
 MAX_HALO_LATENTS = 16  # and at most this many (the measured halo, ``pca_attack.attack.probe.tiling_halo``)
 GRADIENT_HALO_LATENTS = 8  # the gradient-mass radius, a floor of the halo, counts up to this many
@@ -111,7 +115,8 @@ class MemoryModel:
             return self.loop(pixels)
         tiled = 1.0 if tile_pixels is None else self.tile_overhead  # tiles normalise with frozen statistics
         per_step = (pixels if tile_pixels is None else tile_pixels * batch) * self.step_per_pixel(checkpoint) * tiled
-        return self.loop.fixed + self.state_per_pixel * pixels + per_step
+        accumulator = 0 if tile_pixels is None else TILED_GRADIENT_BYTES_PER_PIXEL * pixels
+        return self.loop.fixed + self.state_per_pixel * pixels + per_step + accumulator
 
     def estimate_grid(self, grid: TileGrid, batch: int = 1) -> float:
         """Peak bytes of a tiled attack on ``grid``: the tiles' steps, or the whole-image no-grad pass that
@@ -234,7 +239,7 @@ class AttackPlan:
 def _refusal(model: MemoryModel, height: int, width: int, batch: int, available: float) -> MemoryBudgetError:
     f, halo = model.factor, model.halo
     smallest = model.estimate(height, width, batch, (f + 2 * halo) ** 2) * HEADROOM
-    per_pixel = model.state_per_pixel * batch * HEADROOM
+    per_pixel = (model.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL) * batch * HEADROOM  # tiled state
     room = available / HEADROOM - model.loop.fixed - model.step.per_pixel * model.tile_overhead * batch * (
         f + 2 * halo) ** 2
     scale = math.sqrt(max(0.0, room) / (per_pixel * height * width)) if per_pixel > 0 else 0.0

@@ -181,7 +181,7 @@ def tiny_ae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("side", "budget", "model"),
     [pytest.param(512, "30MB", "tiny_ae_dir", id="512px"),
-     pytest.param(2500, "600MB", "tiny_vae_dir", id="2500px", marks=pytest.mark.slow)],
+     pytest.param(2500, "600MB", "tiny_vae_dir", id="2500px", marks=[pytest.mark.slow, pytest.mark.timeout(1200)])],
 )
 def test_large_image_under_a_small_budget_in_a_memory_capped_process(
     request: pytest.FixtureRequest, side: int, budget: str, model: str
