@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.loop_memory import loop_bytes_per_pixel
 from pca_attack.attack.memory import (
     AttackPlan,
     default_budget,
@@ -151,6 +152,9 @@ class Engine:
         (before any work) when an image cannot be protected within the budget even in tiles."""
         # an ensemble is sized by its members (the largest one's step; tiles on the LCM of their factors)
         model = memory_model(self.encoder) if self.ensemble is None else ensemble_memory_model(self.ensemble)
+        encoder = self.encoder
+        between_steps = loop_bytes_per_pixel(config, model.factor, encoder.latent_channels, str(encoder.device))
+        model = replace(model, loop_image_per_pixel=between_steps)  # the loop's own whole-image peak, this config
         available = self.available_memory()
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):

@@ -42,6 +42,19 @@ def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny autoencoder (diffusers ``AutoencoderTiny``, TAESD's layout, 8 channels): convolutions only,
+    so its tiles need no whole-image statistics (the GroupNorm VAE streams them: ~15x the time)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_ae")
+    AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,  # type: ignore[attr-defined]
+                    latent_channels=4).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_vae16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 16-latent-channel VAE without quant_conv (the SD3 / FLUX layout)."""
     return make_tiny_vae(tmp_path_factory.mktemp("tiny_vae16"), latent_channels=16, quant_conv=False, seed=1)

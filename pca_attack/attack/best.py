@@ -52,6 +52,8 @@ class BestIterate:
         everyone = torch.ones_like(self.best_obj, dtype=torch.bool)
         take_last = everyone if last_obj is None else last_obj < self.best_obj  # (B,)
         self.best_step = torch.where(take_last, torch.full_like(self.best_step, self.steps_run), self.best_step)
+        if bool(take_last.all()) or not bool(take_last.any()):  # one of the two whole: no mixed copy
+            return x_last if bool(take_last.all()) else self.best
         return torch.where(take_last.view(-1, 1, 1, 1), x_last, self.best)
 
     def loss_trace(self, batch: int) -> torch.Tensor:

@@ -45,6 +45,7 @@ JND_FULL = 12.0  # JND (grey levels) at which a pixel may use the whole eps
 FLOOR_SHARE = 0.25  # the smallest share of eps any pixel keeps (flat, mid-grey areas)
 SATURATION_GAIN = 0.5  # bound x (1 + gain * saturation), saturation in [0, 1]
 SMOOTH_SIGMA = 1.5  # Gaussian smoothing of the map, in pixels (no seams between masked and unmasked areas)
+QUANTIZE_ROWS = 64  # rows per band of ``quantize``'s scratch
 
 _BACKGROUND = torch.tensor([
     [1, 1, 1, 1, 1], [1, 2, 2, 2, 1], [1, 2, 0, 2, 1], [1, 2, 2, 2, 1], [1, 1, 1, 1, 1],
@@ -150,13 +151,15 @@ class LinfBudget:
 
     def tie_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         """Gradient of the channel-tied perturbation: the channel sum, broadcast back (B, 3, H, W)."""
+        if not bool(self.gray.any()):
+            return grad  # no copy of a whole-image tensor when there is nothing to tie
         return torch.where(self.gray, grad.sum(dim=1, keepdim=True).expand_as(grad), grad)
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor:
         """Back into the box around x and into [0, 1]; detached."""
         eps = torch.as_tensor(self.eps, dtype=x_adv.dtype, device=x_adv.device)
-        eta = torch.minimum(torch.maximum(x_adv - self.x, -eps), eps)
-        return torch.clamp(self.x + eta, min=0.0, max=1.0).detach()
+        eta = (x_adv.detach() - self.x).clamp_(min=-eps, max=eps)  # (B, 3, H, W): one image, edited in place
+        return eta.add_(self.x).clamp_(min=0.0, max=1.0)
 
     def to_grid(self, x_adv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """x_adv (B, 3, H, W) rounded to each image's grid (levels (B,)) with the bound re-enforced: the bytes."""
@@ -301,18 +304,21 @@ class ColourNeutral:
     def to_grid(self, x_adv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         return self.inner.to_grid(x_adv, levels)
 
-    def neutralise(self, eta: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) perturbation minus its local (tile) means and its global mean per channel."""
+    def neutralise(self, eta: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) perturbation minus its local (tile) means and its global mean per channel. ``in_place``
+        (no gradient): edits eta instead of making two more whole-image tensors."""
         h, w = eta.shape[-2:]
         if min(h, w) >= 2 * self.window:
             tiles = F.avg_pool2d(eta, self.window, ceil_mode=True)  # (B, 3, ~H/window, ~W/window)
-            eta = eta - F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
-        return eta - eta.mean(dim=(2, 3), keepdim=True)
+            local = F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)  # (B, 3, H, W)
+            eta = eta.sub_(local) if in_place else eta - local
+        mean = eta.mean(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
+        return eta.sub_(mean) if in_place else eta - mean
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor:
-        x_adv = self.inner.project(x_adv)
+        x_adv = self.inner.project(x_adv)  # a new, detached tensor: edited in place below
         for _ in range(self.rounds):
-            x_adv = self.inner.project(self.x + self.neutralise(x_adv - self.x))
+            x_adv = self.inner.project(self.neutralise(x_adv.sub_(self.x), in_place=True).add_(self.x))
         return x_adv
 
 
@@ -333,13 +339,19 @@ def quantize(x_adv: torch.Tensor, x: torch.Tensor, eps: Bound, levels: torch.Ten
     """Round to each image's grid (levels = 255 or 65535) and re-enforce |q - x| <= eps (0-255 scale; a scalar
     or a per-pixel map (B, 1, H, W)).
 
-    x_adv, x: (B, 3, H, W) in [0, 1]; levels: (B,) float. Returns (B, 3, H, W) on the grid.
+    x_adv, x: (B, 3, H, W) in [0, 1]; levels: (B,) float. Returns (B, 3, H, W) on the grid. Works in bands of
+    ``QUANTIZE_ROWS`` rows, so its scratch is a band's, not two more whole images (a 12 MP photo: 290 MB).
     """
     lv = levels.view(-1, 1, 1, 1).to(x.dtype)  # (B, 1, 1, 1)
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     budget = torch.floor(eps_t / 255.0 * lv + 1e-6)  # (B, 1, 1, 1) or (B, 1, H, W) in grid steps
-    x_int = torch.round(x * lv)  # (B, 3, H, W)
-    q_int = torch.round(x_adv * lv)
-    q_int = torch.minimum(torch.maximum(q_int, x_int - budget), x_int + budget).clamp(min=0)
-    q_int = torch.minimum(q_int, lv)
-    return q_int / lv
+    out = torch.empty_like(x_adv)  # (B, 3, H, W)
+    for top in range(0, x.shape[-2], QUANTIZE_ROWS):
+        rows = slice(top, top + QUANTIZE_ROWS)
+        band = budget[..., rows, :] if budget.shape[-2] > 1 else budget
+        x_int = (x[..., rows, :] * lv).round_()  # (B, 3, rows, W)
+        q_int = (x_adv[..., rows, :] * lv).round_()  # integers in float: the in-place steps below are exact
+        q_int.sub_(x_int).clamp_(min=-band, max=band).add_(x_int).clamp_(min=0)
+        torch.minimum(q_int, lv, out=q_int)
+        out[..., rows, :] = q_int.div_(lv)
+    return out

@@ -95,6 +95,7 @@ class MemoryModel:
     stream_passes: float = 0.0  # one streaming measurement of those statistics, in forwards of the pixels it reads
     attention_seconds: float = 0.0  # self-attention: seconds per (query, key) pair of latent tokens, all layers
     tile_overhead: float = 1.0  # a tile's step with the whole-image statistics patched in / the plain step, bytes
+    loop_image_per_pixel: float = 0.0  # the loop's own whole-image peak per pixel, set per config (loop_memory)
 
     @property
     def state_per_pixel(self) -> float:
@@ -111,12 +112,13 @@ class MemoryModel:
         """Peak bytes of an attack on (batch, 3, height, width): untiled, or with tiles of ``tile_pixels``;
         ``checkpoint``: with gradient checkpointing of the encoder's blocks."""
         pixels = height * width * batch
+        between_steps = self.loop.fixed + self.loop_image_per_pixel * pixels  # update, rounding: no activations
         if tile_pixels is None and not checkpoint:
-            return self.loop(pixels)
+            return max(self.loop(pixels), between_steps)
         tiled = 1.0 if tile_pixels is None else self.tile_overhead  # tiles normalise with frozen statistics
         per_step = (pixels if tile_pixels is None else tile_pixels * batch) * self.step_per_pixel(checkpoint) * tiled
         accumulator = 0 if tile_pixels is None else TILED_GRADIENT_BYTES_PER_PIXEL * pixels
-        return self.loop.fixed + self.state_per_pixel * pixels + per_step + accumulator
+        return max(self.loop.fixed + self.state_per_pixel * pixels + per_step + accumulator, between_steps)
 
     def estimate_grid(self, grid: TileGrid, batch: int = 1) -> float:
         """Peak bytes of a tiled attack on ``grid``: the tiles' steps, or the whole-image no-grad pass that
@@ -239,7 +241,8 @@ class AttackPlan:
 def _refusal(model: MemoryModel, height: int, width: int, batch: int, available: float) -> MemoryBudgetError:
     f, halo = model.factor, model.halo
     smallest = model.estimate(height, width, batch, (f + 2 * halo) ** 2) * HEADROOM
-    per_pixel = (model.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL) * batch * HEADROOM  # tiled state
+    tiled_state = max(model.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL, model.loop_image_per_pixel)
+    per_pixel = tiled_state * batch * HEADROOM
     room = available / HEADROOM - model.loop.fixed - model.step.per_pixel * model.tile_overhead * batch * (
         f + 2 * halo) ** 2
     scale = math.sqrt(max(0.0, room) / (per_pixel * height * width)) if per_pixel > 0 else 0.0
@@ -312,8 +315,10 @@ def _largest_tiles(
     if core < f:
         return None
     whole_pass = (model.forward(height * width * batch) + state) * HEADROOM <= available
-    return TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo,
+    grid = TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo,
                     whole_pass=whole_pass, checkpoint=checkpoint, stats="exact" if whole_pass else "lagged")
+    fits = (model.estimate_grid(grid, batch) + extra) * HEADROOM <= available  # the loop's whole-image work too
+    return grid if fits else None
 
 
 def editor_pixels(height: int, width: int, long_side: int | None) -> int:

@@ -168,7 +168,10 @@ class Protector:
             report = self._reporter(progress, step, began)
             loss, grad = self.loss_and_grad(x_adv, target, generator, sign)  # (B,), (B, 3, H, W)
             tracker.observe(step, x_adv, loss, sign)
-            x_adv = budget.project(x_adv - update.move(budget.tie_gradient(grad), step))
+            move = update.move(budget.tie_gradient(grad), step)  # (B, 3, H, W), a new tensor
+            del grad  # not kept beside the move, nor beside the next step's gradient (a new buffer when tiled)
+            x_adv = budget.project(move.neg_().add_(x_adv))  # x_adv - move, in the move's memory (exactly)
+            del move  # whole-image tensors the loop keeps: x, x_adv, the best iterate (loop_memory measures it)
             report(self.tiled.grid_tiles, float(loss.mean()))
             if tracker.should_stop():
                 break

@@ -53,7 +53,7 @@ class SignUpdate:
         self.config = config
 
     def move(self, grad: torch.Tensor, step: int) -> torch.Tensor:
-        return step_size(self.config, step) / 255.0 * grad.sign()  # (B, 3, H, W)
+        return grad.sign().mul_(step_size(self.config, step) / 255.0)  # (B, 3, H, W)
 
 
 class RpropUpdate:
@@ -72,9 +72,10 @@ class RpropUpdate:
 
     def move(self, grad: torch.Tensor, step: int) -> torch.Tensor:
         sign = grad.sign()  # (B, 3, H, W)
-        agreement = sign * self.previous_sign  # +1 held, -1 flipped, 0 first step or zero gradient
-        factor = torch.where(agreement > 0, self.grow, torch.where(agreement < 0, self.shrink, 1.0))
-        self.size = (self.size * factor).clamp(self.low, self.high)  # (B, 3, H, W)
+        agreement = self.previous_sign.mul_(sign)  # +1 held, -1 flipped, 0 first step or zero gradient
+        held, flipped = agreement > 0, agreement < 0  # (B, 3, H, W) bool
+        factor = agreement.fill_(1.0).masked_fill_(held, self.grow).masked_fill_(flipped, self.shrink)
+        self.size.mul_(factor).clamp_(self.low, self.high)  # (B, 3, H, W); in place: no whole-image copies
         self.previous_sign = sign
         return self.size * sign
 
@@ -89,7 +90,7 @@ class L2Update:
     def move(self, grad: torch.Tensor, step: int) -> torch.Tensor:
         rms = grad.float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
         unit = grad / rms.clamp(min=torch.finfo(torch.float32).tiny)  # (B, 3, H, W), rms 1 (0 where grad is 0)
-        return step_size(self.config, step) / 255.0 * unit
+        return unit.mul_(step_size(self.config, step) / 255.0)
 
 
 def make_update(config: AttackConfig, like: torch.Tensor) -> Update:

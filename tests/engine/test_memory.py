@@ -165,19 +165,6 @@ BIG_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_ae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny autoencoder (diffusers ``AutoencoderTiny``, TAESD's layout, 8 channels): convolutions only,
-    so its tiles need no whole-image statistics (the GroupNorm VAE streams them: ~15x the time of this test)."""
-    from diffusers import AutoencoderTiny
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_ae")
-    AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,  # type: ignore[attr-defined]
-                    latent_channels=4).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize(
     ("side", "budget", "model"),
     [pytest.param(512, "30MB", "tiny_ae_dir", id="512px"),

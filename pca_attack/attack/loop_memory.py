@@ -1,0 +1,59 @@
+"""What the PGD loop itself holds per image pixel, apart from any encoder's activations.
+
+A tiled attack's peak is the larger of two phases: a tile's forward + backward beside the loop's state (the
+probes of ``pca_attack.attack.probe`` measure it), and the whole-image work between the tiles — the update
+rule, the budget projection and rounding, the best-iterate copies, the final measurement — when no
+activations are alive. The second phase is invisible at probe sizes, where the step dominates, but it grows
+with the image while a tile does not: with a cheap encoder and a large photo it is the peak (a tiny GroupNorm
+VAE at 768 x 768 in 64-px tiles: 116 bytes per pixel measured against 48 planned).
+
+``loop_bytes_per_pixel`` measures it for one configuration by running the real loop, tiled, on a stub encoder
+whose activations are negligible (an average pool and a 1x1 convolution to the latent), at two sizes, and
+fitting the slope. It takes milliseconds and is remembered per (configuration, factor, channels, device).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from pca_attack.attack.sizes import measure_peak
+from pca_attack.attack.tiling import TileGrid
+from pca_attack.models.encoder import Encoder
+
+if TYPE_CHECKING:
+    from pca_attack.attack.config import AttackConfig
+
+PROBE_SIDES = (256, 512)  # sides of the two probe images in pixels (rounded up to the factor), tiled in 8 latents
+
+
+def stub_encoder(factor: int, latent_channels: int, device: torch.device) -> Encoder:
+    """An encoder with the real one's factor and latent channels and (almost) no activations."""
+    body = nn.Sequential(nn.AvgPool2d(factor), nn.Conv2d(3, 2 * latent_channels, 1))
+    return Encoder(body, None, name="loop-memory-stub", config={}, device=device, dtype=torch.float32,
+                   latent_channels=latent_channels, downsample_factor=factor, family="stub")
+
+
+@functools.lru_cache(maxsize=32)
+def loop_bytes_per_pixel(config: AttackConfig, factor: int, latent_channels: int, device: str = "cpu") -> float:
+    """Peak bytes per image pixel of a tiled attack with ``config`` beyond a tile's activations (batch 1)."""
+    from pca_attack.attack.pgd import Protector  # pgd imports the planner's modules
+
+    stub = stub_encoder(factor, latent_channels, torch.device(device))
+    probe_config = replace(config, steps=2)  # every buffer of the loop exists after two steps
+    peaks = []
+    sides = [-(-side // factor) * factor for side in PROBE_SIDES]
+    for side in sides:
+        grid = TileGrid(side, side, factor, 8 * factor, 0)
+        attack = Protector(stub, probe_config)
+
+        def run(side: int = side, grid: TileGrid = grid, attack: Protector = attack) -> None:
+            x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))  # counted: the batch
+            attack.protect(x.to(stub.device), tiles=grid)
+
+        peaks.append(measure_peak(run, stub.device))
+    return max(0.0, (peaks[1] - peaks[0]) / (sides[1] ** 2 - sides[0] ** 2))
