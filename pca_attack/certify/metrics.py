@@ -38,6 +38,7 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, fi
 MS_SSIM_KERNEL = 11
 VIF_MIN_SIDE = 41  # the VIF-P filters need at least this many pixels per side
 METRIC_TILE = 256  # larger images are measured in tiles of this side (see the module docstring)
+SHIFT_BAND_ROWS = 256  # rows of float64 scratch at a time in ``colour_shift``
 
 
 def tiled_mean(
@@ -196,13 +197,23 @@ def vif(reference: torch.Tensor, test: torch.Tensor) -> float | None:
 
 def colour_shift(reference: torch.Tensor, test: torch.Tensor, window: int = 64) -> dict[str, list[float]]:
     """Mean of (test - reference) per channel on the 0-255 scale: ``global`` (3 values) and ``window_max``
-    (per channel, the largest |mean| over non-overlapping ``window`` tiles, or the global one if smaller)."""
-    diff = (test.double() - reference.double()).cpu() * 255.0  # (3, H, W)
-    overall = diff.mean(dim=(1, 2))  # (3,)
-    if min(diff.shape[-2:]) >= window:
-        tiles = F.avg_pool2d(diff[None], window)[0]  # (3, H // window, W // window)
-        worst = tiles.abs().flatten(1).amax(dim=1)  # (3,)
-    else:
+    (per channel, the largest |mean| over non-overlapping ``window`` tiles, or the global one if smaller).
+    float64 in bands of whole windows' rows: four whole-image float64 copies were 1.15 GB at 12 MP."""
+    height, width = reference.shape[-2:]
+    rows = window * max(1, SHIFT_BAND_ROWS // window)  # a band holds whole windows
+    total = torch.zeros(3, dtype=torch.float64)  # (3,) sum of the differences, 0-255 scale
+    worst = torch.zeros(3, dtype=torch.float64)  # (3,) largest |window mean|
+    tiled = min(height, width) >= window
+    for top in range(0, height, rows):
+        band = slice(top, top + rows)
+        diff = (test[:, band].double() - reference[:, band].double()).cpu().mul_(255.0)  # (3, rows, W)
+        total += diff.sum(dim=(1, 2))
+        whole = diff.shape[1] // window * window  # avg_pool2d drops a last partial window, as on the whole image
+        if tiled and whole:
+            means = F.avg_pool2d(diff[None, :, :whole], window)[0]  # (3, rows // window, W // window)
+            worst = torch.maximum(worst, means.abs().flatten(1).amax(dim=1))
+    overall = total / (height * width)  # (3,)
+    if not tiled:
         worst = overall.abs()
     return {"global": [round(float(v), 4) for v in overall], "window_max": [round(float(v), 4) for v in worst]}
 
