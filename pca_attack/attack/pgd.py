@@ -28,7 +28,7 @@ from pca_attack.attack.shrink import Shrinker
 from pca_attack.attack.tiling import TiledObjective, TileGrid
 from pca_attack.attack.updates import make_update
 from pca_attack.errors import ConfigError
-from pca_attack.models.encoder import Encoder
+from pca_attack.models.encoder import Encoder, Posterior
 from pca_attack.models.ensemble import Ensemble, as_model
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -95,18 +95,20 @@ class Protector:
 
     # -- loss ----------------------------------------------------------------------------------------
     def loss(
-        self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None = None,
-        keep: bool = False,
+        self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Per-image collapse loss (B,) fp32, averaged over EoT samples when EoT is on (no gradient);
-        tiled when ``protect`` runs tiled, plus the editor-resolution term when configured. ``keep``: one model
-        also keeps the posterior of x_adv (``TiledObjective.kept``)."""
-        if isinstance(self.tiled, TiledObjective):  # an ensemble's objective keeps no posterior
-            return self.tiled.loss(x_adv, target, generator, keep=keep)
+        tiled when ``protect`` runs tiled, plus the editor-resolution term when configured."""
         return self.tiled.loss(x_adv, target, generator)
 
-    def _kept(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        return self.tiled.kept if isinstance(self.tiled, TiledObjective) else None
+    def loss_and_posterior(
+        self, x_adv: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, Posterior | None]:
+        """``loss`` and, for one model, the posterior of x_adv it encoded (``TiledObjective.loss_and_posterior``;
+        None for an ensemble)."""
+        if isinstance(self.tiled, TiledObjective):
+            return self.tiled.loss_and_posterior(x_adv, target, generator)
+        return self.tiled.loss(x_adv, target, generator), None
 
     def target_variance(self, x: torch.Tensor) -> float | torch.Tensor:
         """The preset's v; for 'adaptive', the clean posterior variance (detached), (B, C, h, w)."""
@@ -223,8 +225,12 @@ class Protector:
         # tiled, it is measured on the image grid, so that it is also the final loss when the last is returned
         shared = cfg.keep_best and self._one_final_pass()
         q_last = budget.to_grid(x_adv, lv) if shared else x_adv  # (B, 3, H, W)
-        last_loss = self.loss(q_last, target, generator, keep=shared) if cfg.keep_best else None  # (B,)
-        last_kept = self._kept() if shared else None
+        last_loss: torch.Tensor | None = None  # (B,)
+        last_kept: Posterior | None = None  # the posterior of q_last, the bytes the certificate may reuse
+        if shared:
+            last_loss, last_kept = self.loss_and_posterior(q_last, target, generator)
+        elif cfg.keep_best:
+            last_loss = self.loss(q_last, target, generator)
         last_obj = None if last_loss is None else sign * last_loss
         x = budget.x  # (B, 3, H, W)
         images = budget.to_grid(tracker.choose(x_adv, last_obj), lv)  # (B, 3, H, W) on the grid, budget held
@@ -234,8 +240,6 @@ class Protector:
         first_is_clean = bool(tracker.trace) and self._clean_start and self._transform is None
         clean_loss = tracker.trace[0] if first_is_clean else self.loss(x, target).float().cpu()
         final_loss, kept = self._final_loss(images, target, q_last if shared else None, last_loss, last_kept)
-        if isinstance(self.tiled, TiledObjective):
-            self.tiled.kept = None  # the result holds it; the protector does not
         return ProtectResult(
             images=images.detach(),
             loss_trace=tracker.loss_trace(x.shape[0]),
@@ -256,10 +260,11 @@ class Protector:
     @torch.no_grad()
     def _final_loss(
         self, images: torch.Tensor, target: float | torch.Tensor, q_last: torch.Tensor | None,
-        last_loss: torch.Tensor | None, last_kept: tuple[torch.Tensor, torch.Tensor | None] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None] | None]:
+        last_loss: torch.Tensor | None, last_kept: Posterior | None,
+    ) -> tuple[torch.Tensor, Posterior | None]:
         """(B,) loss of the returned images and their posterior (None: ensembles): those measured on the last
         iterate on the grid when it is exactly the returned images, else measured now."""
         if q_last is not None and last_loss is not None and torch.equal(images, q_last):
             return last_loss.float().cpu(), last_kept
-        return self.loss(images, target, keep=True).float().cpu(), self._kept()
+        loss, posterior = self.loss_and_posterior(images, target)
+        return loss.float().cpu(), posterior

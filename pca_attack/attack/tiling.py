@@ -29,7 +29,7 @@ import torch
 
 from pca_attack.attack.losses import half_safe_scale, pca_loss
 from pca_attack.attack.norm_stats import Region, WholeImageNorm, measure
-from pca_attack.models.encoder import Encoder
+from pca_attack.models.encoder import Encoder, Posterior
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 TileCallback = Callable[[int, int], None]  # (tiles done, tiles in all) within the current step
@@ -210,7 +210,7 @@ class TiledObjective:
         self.editor_target: float | torch.Tensor | None = None
         self.on_tile: TileCallback | None = None
         self.checkpoint = False  # recompute the encoder's blocks in backward (Encoder.checkpointing)
-        self.kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # posterior of the last kept loss pass
+        self._kept: Posterior | None = None  # the posterior a ``loss_and_posterior`` pass stitches (None outside)
         self._keep = False
 
     @property
@@ -280,19 +280,23 @@ class TiledObjective:
         v = self.editor_target if self.editor_target is not None else target
         return editor_weight(x.shape[-2], x.shape[-1], small) * pca_loss(mean, logvar, v)
 
-    def loss(
-        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None, keep: bool = False
-    ) -> torch.Tensor:
-        """Per-image objective (B,) fp32 (no gradient). ``keep``: also keep the fp32 posterior of x itself in
-        ``kept`` ((mean, logvar), each (B, C, h, w), stitched from the tiles' cores as the loss saw them) for the
-        certificate, when the pass encodes x itself (no EoT draw); else ``kept`` is None."""
-        self.kept = None
-        self._keep = keep and (self.transform is None or generator is None)
+    def loss(self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Per-image objective (B,) fp32 (no gradient)."""
+        with torch.no_grad():
+            return self._evaluate(x, target, generator, None)[0]
+
+    def loss_and_posterior(
+        self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, Posterior | None]:
+        """``loss`` and the fp32 posterior of x itself ((mean, logvar), each (B, C, h, w), stitched from the
+        tiles' cores as the loss saw them) for the certificate; None when the pass encodes EoT draws of x."""
+        self._kept, self._keep = None, self.transform is None or generator is None
         try:
             with torch.no_grad():
-                return self._evaluate(x, target, generator, None)[0]
+                loss = self._evaluate(x, target, generator, None)[0]
+            return loss, self._kept
         finally:
-            self._keep = False
+            self._kept, self._keep = None, False
 
     def loss_and_grad(
         self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator, sign: float
@@ -363,10 +367,10 @@ class TiledObjective:
         if not self._keep:
             return
         if tile is None or self.grid is None:
-            self.kept = mean.float(), None if logvar is None else logvar.float()
+            self._kept = mean.float(), None if logvar is None else logvar.float()
             return
-        previous = (None, None) if self.kept is None else self.kept
-        self.kept = _stitch(previous[0], previous[1], mean, logvar, tile, self.grid, batch)
+        previous = (None, None) if self._kept is None else self._kept
+        self._kept = _stitch(previous[0], previous[1], mean, logvar, tile, self.grid, batch)
 
     def _add_editor(
         self, x: torch.Tensor, target: float | torch.Tensor, total: torch.Tensor,
