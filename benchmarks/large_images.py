@@ -258,12 +258,14 @@ def part_agreement(args: argparse.Namespace) -> dict[str, Any]:
 
 def part_editor(args: argparse.Namespace) -> dict[str, Any]:
     from pca_attack.attack.config import AttackConfig
+    from pca_attack.attack.memory import parse_size
     from pca_attack.io.images import decode_image
     from pca_attack.pipeline import Engine
     from pca_attack.redteam.editor import editor_retention
 
     width, height = parse_sizes(args.editor_size)[0]
-    engine = Engine.from_spec(args.model, device="cpu", with_decoder=False)
+    budget = parse_size(args.max_memory) if args.max_memory else None  # the editor pass is untiled: it may need more
+    engine = Engine.from_spec(args.model, device="cpu", with_decoder=False, max_memory=budget)
     clean = decode_image(photo_bytes(width, height), max_pixels=width * height)
     result = editor_retention(engine, [clean], AttackConfig(steps=args.steps_editor), args.editor_long).to_dict()
     kept = {mode: result["modes"][mode]["collapse_kept"] for mode in ("plain", "editor")}
@@ -280,7 +282,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="4000x3000,1155x866")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--budgets", default="default,1.5GB", help="memory part: 'default' and/or sizes")
-    parser.add_argument("--max-memory", help=argparse.SUPPRESS)  # child: the budget of this run
+    parser.add_argument("--max-memory", help="editor part: the engine's budget (default: the default budget)")
     parser.add_argument("--seam-size", default="1024x768")
     parser.add_argument("--seam-core", type=int, default=384)
     parser.add_argument("--seam-steps", type=int, default=10)

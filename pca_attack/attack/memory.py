@@ -238,19 +238,23 @@ class AttackPlan:
         )
 
 
-def _refusal(model: MemoryModel, height: int, width: int, batch: int, available: float) -> MemoryBudgetError:
+def _refusal(model: MemoryModel, height: int, width: int, batch: int, available: float, extra: float) -> Exception:
+    """Smallest tiles do not fit: say what would (a larger budget, a smaller image, a lower editor resolution)."""
     f, halo = model.factor, model.halo
-    smallest = model.estimate(height, width, batch, (f + 2 * halo) ** 2) * HEADROOM
+    smallest = (model.estimate(height, width, batch, (f + 2 * halo) ** 2) + extra) * HEADROOM
     tiled_state = max(model.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL, model.loop_image_per_pixel)
     per_pixel = tiled_state * batch * HEADROOM
-    room = available / HEADROOM - model.loop.fixed - model.step.per_pixel * model.tile_overhead * batch * (
+    room = available / HEADROOM - model.loop.fixed - extra - model.step.per_pixel * model.tile_overhead * batch * (
         f + 2 * halo) ** 2
     scale = math.sqrt(max(0.0, room) / (per_pixel * height * width)) if per_pixel > 0 else 0.0
-    hint = f" or downscale it to about {int(max(height, width) * scale)} px on the long side" if scale > 0.05 else ""
+    side = int(max(height, width) * scale)
+    hint = f" or downscale it to about {side} px on the long side" if 0.05 < scale < 1 else ""
+    editor = (f" ({format_size(extra * HEADROOM)} of it for the untiled pass at the editor resolution: lower "
+              "--editor-resolution)" if extra > 0 else "")
     return MemoryBudgetError(
         f"a {width}x{height} image needs at least {format_size(smallest)} to protect, even in the smallest "
-        f"tiles, but only {format_size(max(0.0, available))} of the memory budget is free; raise the budget "
-        f"(--max-memory / PCA_MAX_MEMORY){hint}"
+        f"tiles{editor}, but only {format_size(max(0.0, available))} of the memory budget is free; raise the "
+        f"budget (--max-memory / PCA_MAX_MEMORY){hint}"
     )
 
 
@@ -298,7 +302,7 @@ def plan_attack(
         if grid is not None:
             candidates.append(plan(grid, checkpoint))
     if not candidates:
-        raise _refusal(model, height, width, batch, available)
+        raise _refusal(model, height, width, batch, available, extra)
     return min(candidates, key=lambda p: p.estimated_s)
 
 

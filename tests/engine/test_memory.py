@@ -9,6 +9,7 @@ import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,11 +128,16 @@ def test_engine_refuses_before_the_attack(
     from pca_attack.pipeline import Engine
     from tests.conftest import to_bytes
 
-    def no_attack(*args: object, **kwargs: object) -> None:
+    real = Protector.protect
+
+    def no_attack(self: Protector, *args: Any, **kwargs: Any) -> Any:
+        if self.encoder.family == "stub":  # planning measures the loop itself on a stub (attack/loop_memory.py)
+            return real(self, *args, **kwargs)
         raise AssertionError("the attack started although the image cannot fit")
 
-    monkeypatch.setattr(Protector, "protect", no_attack)
     engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", max_memory=parse_size("1MB"))
+    memory_model(engine.encoder)  # measured once per loaded model by probes that run attacks: not watched here
+    monkeypatch.setattr(Protector, "protect", no_attack)
     from PIL import Image
 
     image = decode_image(to_bytes(Image.fromarray(photo(64, 64))))  # type: ignore[operator]
@@ -410,3 +416,14 @@ def test_the_certificate_measures_pixel_distances_without_whole_image_float64_co
     assert fields["l2"] == pytest.approx(float(np.sqrt(np.sum(diff**2))), rel=1e-12)
     assert fields["psnr_db"] == pytest.approx(float(10 * np.log10(1.0 / np.mean(diff**2))), rel=1e-12)
     assert fields["linf_255"] == pytest.approx(4.0) and fields["budget_ok"]
+
+
+def test_refusal_names_the_editor_resolution_pass_when_it_is_what_does_not_fit() -> None:
+    """The editor-resolution copy is encoded whole beside the tiles: when it is what does not fit, the message
+    counts it and says to lower --editor-resolution (it said '332 MB needed, 2.10 GB free' before)."""
+    available = 2e9
+    assert plan_attack(MODEL, 3000, 4000, steps=2, available=available).grid is not None  # tiles fit alone
+    with pytest.raises(MemoryBudgetError, match="editor resolution") as refused:
+        plan_attack(MODEL, 3000, 4000, steps=2, available=available, extra_pixels=1000 * 750)
+    needed = parse_size(str(refused.value).split("needs at least ")[1].split(" to protect")[0].replace(" ", ""))
+    assert needed > available
