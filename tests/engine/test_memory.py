@@ -174,7 +174,7 @@ BIG_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize(
     ("side", "budget", "model"),
     [pytest.param(512, "30MB", "tiny_ae_dir", id="512px"),
-     pytest.param(2500, "600MB", "tiny_vae_dir", id="2500px", marks=[pytest.mark.slow, pytest.mark.timeout(1200)])],
+     pytest.param(2500, "800MB", "tiny_vae_dir", id="2500px", marks=[pytest.mark.slow, pytest.mark.timeout(1200)])],
 )
 def test_large_image_under_a_small_budget_in_a_memory_capped_process(
     request: pytest.FixtureRequest, side: int, budget: str, model: str
