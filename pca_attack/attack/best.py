@@ -52,8 +52,10 @@ class BestIterate:
         everyone = torch.ones_like(self.best_obj, dtype=torch.bool)
         take_last = everyone if last_obj is None else last_obj < self.best_obj  # (B,)
         self.best_step = torch.where(take_last, torch.full_like(self.best_step, self.steps_run), self.best_step)
-        if bool(take_last.all()) or not bool(take_last.any()):  # one of the two whole: no mixed copy
-            return x_last if bool(take_last.all()) else self.best
+        if bool(take_last.all()):  # one side whole: no mixed copy of the images
+            return x_last
+        if not bool(take_last.any()):
+            return self.best
         return torch.where(take_last.view(-1, 1, 1, 1), x_last, self.best)
 
     def loss_trace(self, batch: int) -> torch.Tensor:

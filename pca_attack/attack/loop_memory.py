@@ -9,7 +9,8 @@ VAE at 768 x 768 in 64-px tiles: 116 bytes per pixel measured against 48 planned
 
 ``loop_bytes_per_pixel`` measures it for one configuration by running the real loop, tiled, on a stub encoder
 whose activations are negligible (an average pool and a 1x1 convolution to the latent), at two sizes, and
-fitting the slope. It takes milliseconds and is remembered per (configuration, factor, channels, device).
+fitting the slope. It takes 0.1-2 s and is remembered per (configuration less its step count, factor, latent
+channels, device): requests that differ only in steps share one measurement.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ def stub_encoder(factor: int, latent_channels: int, device: torch.device) -> Enc
                    latent_channels=latent_channels, downsample_factor=factor, family="stub")
 
 
-@functools.lru_cache(maxsize=32)
 def loop_bytes_per_pixel(config: AttackConfig, factor: int, latent_channels: int, device: str = "cpu") -> float:
     """Peak bytes per image pixel of a tiled attack with ``config`` beyond a tile's activations (batch 1)."""
+    return _measured(replace(config, steps=2), factor, latent_channels, device)  # every buffer exists by step 2
+
+
+@functools.lru_cache(maxsize=32)
+def _measured(probe_config: AttackConfig, factor: int, latent_channels: int, device: str) -> float:
     from pca_attack.attack.pgd import Protector  # pgd imports the planner's modules
 
     stub = stub_encoder(factor, latent_channels, torch.device(device))
-    probe_config = replace(config, steps=2)  # every buffer of the loop exists after two steps
     peaks = []
     sides = [-(-side // factor) * factor for side in PROBE_SIDES]
     for side in sides:

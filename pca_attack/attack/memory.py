@@ -49,9 +49,8 @@ if TYPE_CHECKING:
     from pca_attack.attack.config import AttackConfig
 
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
-# a tiled step sums the tiles' input gradients into a whole-image float32 buffer (B, 3, H, W) that lives through
-# every tile's backward; the untiled step the probes measure never holds it beside its activations. Measured on
-# TAEF2 (live tensors, 256-px cores): 1 MP -> 3 MP grew 48 B/px against the probes' 36 (state) + this 12.
+# a tiled step sums its tiles' input gradients in a whole-image float32 buffer (B, 3, H, W) the probes' untiled
+# step never holds beside its activations (TAEF2, 1 -> 3 MP: 48 B/px grown = the probes' 36 state + this 12)
 TILED_GRADIENT_BYTES_PER_PIXEL = 3 * 4
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
 MAX_HALO_LATENTS = 16  # and at most this many (the measured halo, ``pca_attack.attack.probe.tiling_halo``)
@@ -238,7 +237,9 @@ class AttackPlan:
         )
 
 
-def _refusal(model: MemoryModel, height: int, width: int, batch: int, available: float, extra: float) -> Exception:
+def _refusal(
+    model: MemoryModel, height: int, width: int, batch: int, available: float, extra: float
+) -> MemoryBudgetError:
     """Smallest tiles do not fit: say what would (a larger budget, a smaller image, a lower editor resolution)."""
     f, halo = model.factor, model.halo
     smallest = (model.estimate(height, width, batch, (f + 2 * halo) ** 2) + extra) * HEADROOM
