@@ -153,8 +153,8 @@ class Engine:
         # an ensemble is sized by its members (the largest one's step; tiles on the LCM of their factors)
         model = memory_model(self.encoder) if self.ensemble is None else ensemble_memory_model(self.ensemble)
         encoder = self.encoder
-        between_steps = loop_bytes_per_pixel(config, model.factor, encoder.latent_channels, str(encoder.device))
-        model = replace(model, loop_image_per_pixel=between_steps)  # the loop's own whole-image peak, this config
+        loop = loop_bytes_per_pixel(config, model.factor, encoder.latent_channels, str(encoder.device))
+        model = replace(model, loop_image_per_pixel=loop.between_steps, loop_tile_per_pixel=loop.during_tiles)
         available = self.available_memory()
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):

@@ -9,20 +9,22 @@ VAE at 768 x 768 in 64-px tiles: 116 bytes per pixel measured against 48 planned
 
 ``loop_bytes_per_pixel`` measures it for one configuration by running the real loop, tiled, on a stub encoder
 whose activations are negligible (an average pool and a 1x1 convolution to the latent), at two sizes, and
-fitting the slope. It takes 0.1-2 s and is remembered per (configuration less its step count, factor, latent
-channels, device): requests that differ only in steps share one measurement.
+fitting the slopes of two numbers: the loop's peak (the whole-image phase) and what it holds whenever the
+encoder is called (the state a real tile's forward + backward sits beside: the clean image, the iterate, the
+best iterate, the tiled gradient's accumulator...). It takes 0.1-2 s and is remembered per (configuration less
+its step count, factor, latent channels, device): requests that differ only in steps share one measurement.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
-from pca_attack.attack.sizes import measure_peak
+from pca_attack.attack.sizes import measure_peak_and_state
 from pca_attack.attack.tiling import TileGrid
 from pca_attack.models.encoder import Encoder
 
@@ -39,17 +41,24 @@ def stub_encoder(factor: int, latent_channels: int, device: torch.device) -> Enc
                    latent_channels=latent_channels, downsample_factor=factor, family="stub")
 
 
-def loop_bytes_per_pixel(config: AttackConfig, factor: int, latent_channels: int, device: str = "cpu") -> float:
-    """Peak bytes per image pixel of a tiled attack with ``config`` beyond a tile's activations (batch 1)."""
+class LoopBytes(NamedTuple):
+    """Bytes per image pixel (batch 1) the PGD loop holds beyond a tile's activations."""
+
+    between_steps: float  # its peak: the whole-image work between the tiles (update, projection, rounding)
+    during_tiles: float  # what it holds while a tile is encoded (the tile's step adds its own activations)
+
+
+def loop_bytes_per_pixel(config: AttackConfig, factor: int, latent_channels: int, device: str = "cpu") -> LoopBytes:
+    """The PGD loop's own bytes per image pixel of a tiled attack with ``config`` (batch 1)."""
     return _measured(replace(config, steps=2), factor, latent_channels, device)  # every buffer exists by step 2
 
 
 @functools.lru_cache(maxsize=32)
-def _measured(probe_config: AttackConfig, factor: int, latent_channels: int, device: str) -> float:
+def _measured(probe_config: AttackConfig, factor: int, latent_channels: int, device: str) -> LoopBytes:
     from pca_attack.attack.pgd import Protector  # pgd imports the planner's modules
 
     stub = stub_encoder(factor, latent_channels, torch.device(device))
-    peaks = []
+    measured = []
     sides = [-(-side // factor) * factor for side in PROBE_SIDES]
     for side in sides:
         grid = TileGrid(side, side, factor, 8 * factor, 0)
@@ -59,5 +68,7 @@ def _measured(probe_config: AttackConfig, factor: int, latent_channels: int, dev
             x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))  # counted: the batch
             attack.protect(x.to(stub.device), tiles=grid)
 
-        peaks.append(measure_peak(run, stub.device))
-    return max(0.0, (peaks[1] - peaks[0]) / (sides[1] ** 2 - sides[0] ** 2))
+        measured.append(measure_peak_and_state(run, stub.device, stub))
+    area = sides[1] ** 2 - sides[0] ** 2
+    peak, during = ((b - a) / area for a, b in zip(*measured, strict=True))
+    return LoopBytes(max(0.0, peak), max(0.0, during))

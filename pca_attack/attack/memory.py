@@ -2,14 +2,12 @@
 
 ``memory_model(encoder)`` runs small probes once (``pca_attack.attack.probe``: the loss and input gradient
 of one step, and a two-step attack, each at two sizes) and fits a line ``bytes = fixed + per_pixel * pixels``
-to the measured peaks: on CUDA ``torch.cuda.max_memory_allocated``;
-on the CPU the peak of live tensor storage counted by a
-``TorchDispatchMode`` (every tensor an operation returns, forward and backward, until it is freed). The
-difference of the two slopes is what the loop keeps per pixel of the whole image (the clean image, the
-iterate, the gradient, update state, the best iterate). The probe also times a step, a forward and one
-streaming measurement of the whole-image statistics, so a plan's time counts the statistics passes the tiled
-path runs (``MemoryModel.attack_seconds``). ``plan_attack`` then picks the untiled attack
-when it fits, else the largest tiles that fit, else refuses with ``MemoryBudgetError`` before any work.
+to the measured peaks (``pca_attack.attack.sizes.measure_peak``); the difference of the two slopes is what the
+loop keeps per pixel of the whole image (the clean image, the iterate, the gradient, the best iterate);
+``pca_attack.attack.loop_memory`` measures the loop's own whole-image bytes per configuration. The probe also
+times a step, a forward and one streaming measurement of the whole-image statistics, so a plan's time counts the
+statistics passes the tiled path runs (``MemoryModel.attack_seconds``). ``plan_attack`` then picks the untiled
+attack when it fits, else the largest tiles that fit, else refuses with ``MemoryBudgetError`` before any work.
 
 A budget counts the whole process (``budget - memory in use now`` is what the attack may take), so
 ``--max-memory 1.5GB`` bounds the resident size; the default is ``DEFAULT_FRACTION`` of the memory free
@@ -49,9 +47,7 @@ if TYPE_CHECKING:
     from pca_attack.attack.config import AttackConfig
 
 HEADROOM = 1.2  # planned estimate x HEADROOM must fit: allocator slack and what the probes do not see
-# a tiled step sums its tiles' input gradients in a whole-image float32 buffer (B, 3, H, W) the probes' untiled
-# step never holds beside its activations (TAEF2, 1 -> 3 MP: 48 B/px grown = the probes' 36 state + this 12)
-TILED_GRADIENT_BYTES_PER_PIXEL = 3 * 4
+TILED_GRADIENT_BYTES_PER_PIXEL = 3 * 4  # a tiled step's whole-image gradient accumulator (not in the probes)
 MIN_HALO_LATENTS = 4  # tiles read at least this many latent rows/columns of context around their core
 MAX_HALO_LATENTS = 16  # and at most this many (the measured halo, ``pca_attack.attack.probe.tiling_halo``)
 GRADIENT_HALO_LATENTS = 8  # the gradient-mass radius, a floor of the halo, counts up to this many
@@ -95,11 +91,17 @@ class MemoryModel:
     attention_seconds: float = 0.0  # self-attention: seconds per (query, key) pair of latent tokens, all layers
     tile_overhead: float = 1.0  # a tile's step with the whole-image statistics patched in / the plain step, bytes
     loop_image_per_pixel: float = 0.0  # the loop's own whole-image peak per pixel, set per config (loop_memory)
+    loop_tile_per_pixel: float = 0.0  # what the loop holds per pixel while a tile is encoded, set per config too
 
     @property
     def state_per_pixel(self) -> float:
         """Bytes the loop keeps per pixel of the whole batch, beyond the step itself."""
         return max(0.0, self.loop.per_pixel - self.step.per_pixel)
+
+    def tiled_state(self, pixels: int) -> float:
+        """Bytes the loop holds beside a tile's step (``loop_memory``; else the probes' state + the accumulator)."""
+        per_pixel = self.loop_tile_per_pixel or self.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL
+        return self.loop.fixed + per_pixel * pixels
 
     def step_per_pixel(self, checkpoint: bool = False) -> float:
         """Bytes per pixel of one step's encoder pass, plain or checkpointed."""
@@ -114,10 +116,10 @@ class MemoryModel:
         between_steps = self.loop.fixed + self.loop_image_per_pixel * pixels  # update, rounding: no activations
         if tile_pixels is None and not checkpoint:
             return max(self.loop(pixels), between_steps)
-        tiled = 1.0 if tile_pixels is None else self.tile_overhead  # tiles normalise with frozen statistics
-        per_step = (pixels if tile_pixels is None else tile_pixels * batch) * self.step_per_pixel(checkpoint) * tiled
-        accumulator = 0 if tile_pixels is None else TILED_GRADIENT_BYTES_PER_PIXEL * pixels
-        return max(self.loop.fixed + self.state_per_pixel * pixels + per_step + accumulator, between_steps)
+        if tile_pixels is None:  # untiled, checkpointed
+            return max(self.loop.fixed + (self.state_per_pixel + self.step_per_pixel(True)) * pixels, between_steps)
+        per_step = tile_pixels * batch * self.step_per_pixel(checkpoint) * self.tile_overhead  # frozen statistics
+        return max(self.tiled_state(pixels) + per_step, between_steps)
 
     def estimate_grid(self, grid: TileGrid, batch: int = 1) -> float:
         """Peak bytes of a tiled attack on ``grid``: the tiles' steps, or the whole-image no-grad pass that
@@ -128,7 +130,6 @@ class MemoryModel:
         if not grid.whole_pass:
             return steps
         return max(steps, self.estimate(height, width, batch, 0) + self.forward.per_pixel * height * width * batch)
-
 
     def statistics_seconds(self, grid: TileGrid, batch: int = 1) -> float:
         """Wall time of one exact measurement of the whole-image statistics for ``grid`` (0: none needed):
@@ -243,7 +244,7 @@ def _refusal(
     """Smallest tiles do not fit: say what would (a larger budget, a smaller image, a lower editor resolution)."""
     f, halo = model.factor, model.halo
     smallest = (model.estimate(height, width, batch, (f + 2 * halo) ** 2) + extra) * HEADROOM
-    tiled_state = max(model.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL, model.loop_image_per_pixel)
+    tiled_state = max(model.tiled_state(1) - model.loop.fixed, model.loop_image_per_pixel)
     per_pixel = tiled_state * batch * HEADROOM
     room = available / HEADROOM - model.loop.fixed - extra - model.step.per_pixel * model.tile_overhead * batch * (
         f + 2 * halo) ** 2
@@ -312,7 +313,7 @@ def _largest_tiles(
 ) -> TileGrid | None:
     """The grid of the largest square tiles whose step fits beside the loop's state (None: none fits)."""
     f, halo = model.factor, model.halo
-    state = model.estimate(height, width, batch, 0) + extra
+    state = model.tiled_state(height * width * batch) + extra  # beside the tile (the steps between: ``fits``)
     room = available / HEADROOM - state
     per_pixel = model.step_per_pixel(checkpoint) * batch * model.tile_overhead
     side = math.sqrt(room / per_pixel) if room > 0 and per_pixel > 0 else 0.0
@@ -372,9 +373,8 @@ def memory_scope(
 def posterior_in_budget(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``encoder.posterior(x)``, stitched from tiles when a ``memory_scope`` is open and x would not fit.
 
-    Sized by the measured forward pass without gradient (``MemoryModel.forward``). The tiles use the whole
-    image's GroupNorm statistics and attention context (``pca_attack.attack.norm_stats``, measured by one
-    streaming pass per layer), so a tiled certificate reports the untiled posterior up to the halo.
+    Sized by the measured no-grad forward (``MemoryModel.forward``). Tiles use the whole image's GroupNorm statistics
+    and attention context (``norm_stats``), so a tiled certificate reports the untiled posterior up to the halo.
     """
     scope = _scope.get()
     if scope is None:

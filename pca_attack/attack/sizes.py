@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -96,16 +97,39 @@ class LiveTensorBytes(TorchDispatchMode):
 
 def measure_peak(fn: Callable[[], object], device: torch.device) -> int:
     """Peak bytes ``fn`` allocates on ``device`` beyond what was allocated before it."""
+    return measure_peak_and_state(fn, device, None)[0]
+
+
+def measure_peak_and_state(fn: Callable[[], object], device: torch.device, module: nn.Module | None) -> tuple[int, int]:
+    """Peak bytes ``fn`` allocates on ``device`` beyond what was allocated before it, and the most it holds at
+    any moment ``module`` is called (what is alive beside that module's own activations; 0 without one)."""
+    state = [0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - base)
-    with LiveTensorBytes() as tracker:
-        fn()
-    return tracker.peak
+
+        def held() -> int:
+            return int(torch.cuda.memory_allocated(device) - base)
+    else:
+        tracker = LiveTensorBytes()
+
+        def held() -> int:
+            return tracker.current
+
+    hook = None if module is None else module.register_forward_pre_hook(
+        lambda *_: state.__setitem__(0, max(state[0], held())))
+    try:
+        if device.type == "cuda":
+            fn()
+            torch.cuda.synchronize(device)
+            return int(torch.cuda.max_memory_allocated(device) - base), state[0]
+        with tracker:
+            fn()
+        return tracker.peak, state[0]
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 def bound_heap() -> bool:

@@ -11,7 +11,15 @@ import torch
 
 from pca_attack.attack.config import REFERENCE_CONFIG, AttackConfig
 from pca_attack.attack.loop_memory import loop_bytes_per_pixel
-from pca_attack.attack.memory import MemoryBudgetError, measure_peak, memory_model, plan_attack
+from pca_attack.attack.memory import (
+    HEADROOM,
+    Line,
+    MemoryBudgetError,
+    MemoryModel,
+    measure_peak,
+    memory_model,
+    plan_attack,
+)
 from pca_attack.attack.pgd import Protector
 from pca_attack.attack.tiling import TileGrid
 from pca_attack.models.encoder import load_encoder
@@ -22,11 +30,38 @@ IMAGE = 3 * 4  # bytes per pixel of one float32 RGB image
 def test_the_loop_holds_a_few_whole_images() -> None:
     """x, the iterate and the best iterate at least; the update, projection and rounding work in place or in
     bands, so the default loop stays within 6 whole images (it held 12 before; 144 B/px) and Rprop, which keeps
-    two more (its step sizes and last signs), within 9."""
+    two more (its step sizes and last signs), within 9. While a tile is encoded it holds less than its peak,
+    but at least x, the iterate and the tiled gradient's accumulator."""
     for config in (AttackConfig(), REFERENCE_CONFIG, AttackConfig(update="rprop"), AttackConfig(budget="jnd")):
-        per_pixel = loop_bytes_per_pixel(config, 8, 4)
-        assert 3 * IMAGE <= per_pixel <= 9 * IMAGE, (config.update, config.budget, per_pixel)
-    assert loop_bytes_per_pixel(AttackConfig(), 8, 4) <= 6.05 * IMAGE  # + the small (B,) and latent tensors
+        loop = loop_bytes_per_pixel(config, 8, 4)
+        assert 3 * IMAGE <= loop.between_steps <= 9 * IMAGE, (config.update, config.budget, loop)
+        assert 3 * IMAGE <= loop.during_tiles <= loop.between_steps, (config.update, config.budget, loop)
+    assert loop_bytes_per_pixel(AttackConfig(), 8, 4).between_steps <= 6.05 * IMAGE  # + (B,) and latent tensors
+
+
+def test_tiles_are_sized_by_what_the_loop_holds_beside_them() -> None:
+    """The tiles' room is the budget less the loop's state DURING the tiles; its larger whole-image phase
+    between the steps holds no activations, so it only has to fit on its own (it shrank 12 MP TAEF2 tiles from
+    728 to 648 px when it was subtracted too). Planned and estimated with the measured state of the tile phase."""
+    encoder_factor, side, steps = 8, 4000, 2
+    base = replace(_synthetic_model(encoder_factor), loop_image_per_pixel=72.0, loop_tile_per_pixel=52.0)
+    available = 2.1e9
+    plan = plan_attack(base, 3000, side, steps=steps, available=available)
+    assert plan.grid is not None
+    tile = plan.grid.tile_side**2 * base.step.per_pixel * base.tile_overhead
+    state = base.loop.fixed + 52.0 * 3000 * side
+    assert plan.estimated_bytes == pytest.approx(state + tile, rel=1e-6)
+    assert (state + tile) * HEADROOM <= available  # the tile phase fits with headroom ...
+    bigger = (plan.grid.tile_side + 2 * encoder_factor) ** 2 * base.step.per_pixel * base.tile_overhead
+    assert (state + bigger) * HEADROOM > available * 0.97  # ... and uses the budget (next size up would not)
+    assert base.loop_image_per_pixel * 3000 * side * HEADROOM <= available
+
+
+def _synthetic_model(factor: int) -> MemoryModel:
+    """A TAEF2-like memory model (its measured step and loop lines), without loading a model."""
+    return MemoryModel(step=Line(112.0, 2018.0), forward=Line(0.0, 1036.0), loop=Line(137.0, 2042.0),
+                       seconds_per_pixel=1.1e-5, factor=factor, halo=88, forward_seconds_per_pixel=4.7e-6,
+                       tile_overhead=1.04)
 
 
 def test_whole_image_phase_is_planned_where_it_is_the_peak(tiny_ae_dir: Path) -> None:
@@ -36,7 +71,8 @@ def test_whole_image_phase_is_planned_where_it_is_the_peak(tiny_ae_dir: Path) ->
     encoder = load_encoder(str(tiny_ae_dir), device="cpu")
     config = AttackConfig(steps=2)
     base = memory_model(encoder)
-    model = replace(base, loop_image_per_pixel=loop_bytes_per_pixel(config, base.factor, encoder.latent_channels))
+    loop = loop_bytes_per_pixel(config, base.factor, encoder.latent_channels)
+    model = replace(base, loop_image_per_pixel=loop.between_steps, loop_tile_per_pixel=loop.during_tiles)
     side = 768
     grid = TileGrid(side, side, base.factor, 128, base.halo)
     attack = Protector(encoder, config)
@@ -55,7 +91,8 @@ def test_a_budget_below_the_loop_itself_is_refused_before_any_work(tiny_ae_dir: 
     encoder = load_encoder(str(tiny_ae_dir), device="cpu")
     config = AttackConfig(steps=2)
     base = memory_model(encoder)
-    model = replace(base, loop_image_per_pixel=loop_bytes_per_pixel(config, base.factor, encoder.latent_channels))
+    loop = loop_bytes_per_pixel(config, base.factor, encoder.latent_channels)
+    model = replace(base, loop_image_per_pixel=loop.between_steps, loop_tile_per_pixel=loop.during_tiles)
     side = 2048
     loop_only = model.loop.fixed + model.loop_image_per_pixel * side * side
     with pytest.raises(MemoryBudgetError, match="raise the budget"):
