@@ -238,24 +238,20 @@ class AttackPlan:
         )
 
 
-def _refusal(
-    model: MemoryModel, height: int, width: int, batch: int, available: float, extra: float
-) -> MemoryBudgetError:
-    """Smallest tiles do not fit: say what would (a larger budget, a smaller image, a lower editor resolution)."""
+def _refusal(model: MemoryModel, height: int, width: int, batch: int, available: float) -> MemoryBudgetError:
+    """Smallest tiles do not fit: say what would (a larger budget, a smaller image)."""
     f, halo = model.factor, model.halo
-    smallest = (model.estimate(height, width, batch, (f + 2 * halo) ** 2) + extra) * HEADROOM
+    smallest = model.estimate(height, width, batch, (f + 2 * halo) ** 2) * HEADROOM
     tiled_state = max(model.tiled_state(1) - model.loop.fixed, model.loop_image_per_pixel)
     per_pixel = tiled_state * batch * HEADROOM
-    room = available / HEADROOM - model.loop.fixed - extra - model.step.per_pixel * model.tile_overhead * batch * (
+    room = available / HEADROOM - model.loop.fixed - model.step.per_pixel * model.tile_overhead * batch * (
         f + 2 * halo) ** 2
     scale = math.sqrt(max(0.0, room) / (per_pixel * height * width)) if per_pixel > 0 else 0.0
     side = int(max(height, width) * scale)
     hint = f" or downscale it to about {side} px on the long side" if 0.05 < scale < 1 else ""
-    editor = (f" ({format_size(extra * HEADROOM)} of it for the untiled pass at the editor resolution: lower "
-              "--editor-resolution)" if extra > 0 else "")
     return MemoryBudgetError(
         f"a {width}x{height} image needs at least {format_size(smallest)} to protect, even in the smallest "
-        f"tiles{editor}, but only {format_size(max(0.0, available))} of the memory budget is free; raise the "
+        f"tiles, but only {format_size(max(0.0, available))} of the memory budget is free; raise the "
         f"budget (--max-memory / PCA_MAX_MEMORY){hint}"
     )
 
@@ -276,20 +272,22 @@ def plan_attack(
     that fits (exact, no tiles), else the faster of the largest square tiles that fit, plain or
     checkpointed (time: pixels read x the measured cost of checkpointing; checkpointed tiles are bigger).
 
-    ``extra_pixels``: pixels of a further whole-image encoder pass per step (the editor-resolution term);
+    ``extra_pixels``: pixels of the editor-resolution copy, encoded whole beside an untiled attack, in the
+    image's own tiles in a tiled one (``pca_attack.attack.editor_term``: no more memory than a tile's step);
     ``evaluations``: loss-only passes besides the steps (``loss_evaluations``), ``tiled_evaluations`` those of a
     tiled attack (default: the same), each with its statistics pass (``MemoryModel.attack_seconds``).
     Raises ``MemoryBudgetError`` when not even the smallest tiles fit.
     """
-    extra = model.step.per_pixel * extra_pixels * batch
+    extra = model.step.per_pixel * extra_pixels * batch  # the copy's whole pass (untiled attacks)
     extra_s = model.seconds_per_pixel * steps * batch * extra_pixels
 
     def plan(grid: TileGrid | None, checkpoint: bool) -> AttackPlan:
-        estimate = (model.estimate(height, width, batch, None, checkpoint) if grid is None
-                    else model.estimate_grid(grid, batch)) + extra
+        estimate = (model.estimate(height, width, batch, None, checkpoint) + extra if grid is None
+                    else model.estimate_grid(grid, batch))
         passes = evaluations if grid is None or tiled_evaluations is None else tiled_evaluations
+        read = 1.0 if grid is None else grid.pixels_read() / (height * width)  # the copy's tiles read halos too
         seconds = model.attack_seconds(grid, height, width, batch=batch, steps=steps, evaluations=passes,
-                                       checkpoint=checkpoint) + extra_s
+                                       checkpoint=checkpoint) + extra_s * read
         return AttackPlan(height, width, batch, grid, int(estimate), int(available), seconds, checkpoint,
                           model.factor)
 
@@ -300,20 +298,20 @@ def plan_attack(
     if True in options and (model.estimate(height, width, batch, None, True) + extra) * HEADROOM <= available:
         return plan(None, True)
     for checkpoint in options:
-        grid = _largest_tiles(model, height, width, batch, available, extra, checkpoint)
+        grid = _largest_tiles(model, height, width, batch, available, checkpoint)
         if grid is not None:
             candidates.append(plan(grid, checkpoint))
     if not candidates:
-        raise _refusal(model, height, width, batch, available, extra)
+        raise _refusal(model, height, width, batch, available)
     return min(candidates, key=lambda p: p.estimated_s)
 
 
 def _largest_tiles(
-    model: MemoryModel, height: int, width: int, batch: int, available: float, extra: float, checkpoint: bool
+    model: MemoryModel, height: int, width: int, batch: int, available: float, checkpoint: bool
 ) -> TileGrid | None:
     """The grid of the largest square tiles whose step fits beside the loop's state (None: none fits)."""
     f, halo = model.factor, model.halo
-    state = model.tiled_state(height * width * batch) + extra  # beside the tile (the steps between: ``fits``)
+    state = model.tiled_state(height * width * batch)  # beside the tile (the steps between: ``fits``)
     room = available / HEADROOM - state
     per_pixel = model.step_per_pixel(checkpoint) * batch * model.tile_overhead
     side = math.sqrt(room / per_pixel) if room > 0 and per_pixel > 0 else 0.0
@@ -323,7 +321,7 @@ def _largest_tiles(
     whole_pass = (model.forward(height * width * batch) + state) * HEADROOM <= available
     grid = TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo,
                     whole_pass=whole_pass, checkpoint=checkpoint, stats="exact" if whole_pass else "lagged")
-    fits = (model.estimate_grid(grid, batch) + extra) * HEADROOM <= available  # the loop's whole-image work too
+    fits = model.estimate_grid(grid, batch) * HEADROOM <= available  # the loop's whole-image work too
     return grid if fits else None
 
 

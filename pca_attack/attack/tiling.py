@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pca_attack.attack.editor_term import EditorTerm
 from pca_attack.attack.losses import half_safe_scale, pca_loss
 from pca_attack.attack.norm_stats import Region, WholeImageNorm, measure
 from pca_attack.models.encoder import Encoder, Posterior
@@ -185,11 +186,6 @@ def _stitch(
     return mean, logvar
 
 
-def editor_weight(height: int, width: int, small: torch.Tensor) -> float:
-    """Weight of the editor-resolution loss: full-size latent elements per downscaled one (equal say)."""
-    return (height * width) / float(small.shape[-2] * small.shape[-1])
-
-
 class TiledObjective:
     """Loss (B,) and input gradient (B, 3, H, W) of the collapse objective, untiled or tile by tile."""
 
@@ -205,9 +201,9 @@ class TiledObjective:
         self.transform = transform
         self.eot_samples = eot_samples if transform is not None else 1
         self.norm: WholeImageNorm | None = None  # whole-image GroupNorm statistics (tiled encoders with GN)
+        self.editor = None if editor_resize is None else EditorTerm(
+            encoder, editor_resize, lambda copy: TiledObjective(encoder, grid=copy))
         self.grid = grid
-        self.editor_resize = editor_resize
-        self.editor_target: float | torch.Tensor | None = None
         self.on_tile: TileCallback | None = None
         self.checkpoint = False  # recompute the encoder's blocks in backward (Encoder.checkpointing)
         self._kept: Posterior | None = None  # the posterior a ``loss_and_posterior`` pass stitches (None outside)
@@ -221,6 +217,8 @@ class TiledObjective:
     def grid(self, grid: TileGrid | None) -> None:
         """A new grid (a new image) forgets the statistics of the last one."""
         self._grid = grid
+        if self.editor is not None:
+            self.editor.grid = grid
         if grid is not None and self.norm is None:
             norm = WholeImageNorm(self.encoder)
             self.norm = norm if norm else None
@@ -251,15 +249,9 @@ class TiledObjective:
 
     @torch.no_grad()
     def prepare(self, x: torch.Tensor, target: float | torch.Tensor) -> None:
-        """Fix the editor term's target from the clean images: the same scalar, or (adaptive) the clean
-        downscaled posterior's own variance."""
-        if self.editor_resize is None:
-            return
-        if isinstance(target, torch.Tensor):
-            _, logvar = self.encoder.posterior(self.editor_resize(x))
-            self.editor_target = None if logvar is None else logvar.float().exp()
-        else:
-            self.editor_target = target
+        """Fix the editor term's target from the clean images (``EditorTerm.prepare``)."""
+        if self.editor is not None:
+            self.editor.prepare(x, target)
 
     # -- one estimate ---------------------------------------------------------------------------------
     def _draws(self, x: torch.Tensor, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
@@ -272,13 +264,6 @@ class TiledObjective:
 
     def _samples(self, generator: torch.Generator | None) -> int:
         return self.eot_samples if (self.transform is not None and generator is not None) else 1
-
-    def _editor_term(self, x: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
-        assert self.editor_resize is not None
-        small = self.editor_resize(x)  # (B, 3, h', w')
-        mean, logvar = self.encoder.posterior(small)
-        v = self.editor_target if self.editor_target is not None else target
-        return editor_weight(x.shape[-2], x.shape[-1], small) * pca_loss(mean, logvar, v)
 
     def loss(self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Per-image objective (B,) fp32 (no gradient)."""
@@ -309,7 +294,10 @@ class TiledObjective:
     def _evaluate(
         self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None, sign: float | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        term: torch.Tensor | None = None  # (B,) the editor-resolution term
         grad: torch.Tensor | None = None  # (B, 3, H, W), summed over tiles
+        if self.editor is not None and self.grid is not None:  # tiled: the copy's gradient starts the sum
+            term, grad = self.editor.evaluate(x, target, generator, sign)
         total = torch.zeros(x.shape[0], device=x.device)  # (B,)
         tiles = self.grid.tiles() if self.grid is not None else None
         state = generator.get_state() if generator is not None else None
@@ -332,9 +320,10 @@ class TiledObjective:
                     self.on_tile(index + 1, len(tiles))
             if norm is not None and lagged:
                 norm.adopt()
-        if self.editor_resize is not None:
-            total, grad = self._add_editor(x, target, total, grad, sign)
-        return total, grad
+        if self.editor is not None and term is None:  # untiled: after the image's own pass, as one graph
+            term, g = self.editor.evaluate(x, target, generator, sign)
+            grad = grad if g is None or grad is None else grad.add_(g)
+        return total if term is None else total + term, grad
 
     def _tile(
         self, x: torch.Tensor, tile: Tile | None, target: float | torch.Tensor, generator: torch.Generator | None,
@@ -371,16 +360,3 @@ class TiledObjective:
             return
         previous = (None, None) if self._kept is None else self._kept
         self._kept = _stitch(previous[0], previous[1], mean, logvar, tile, self.grid, batch)
-
-    def _add_editor(
-        self, x: torch.Tensor, target: float | torch.Tensor, total: torch.Tensor,
-        grad: torch.Tensor | None, sign: float | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Add the editor-resolution term (and its gradient through the differentiable downscale)."""
-        whole = x.detach().requires_grad_(grad is not None)
-        term = self._editor_term(whole, target)  # (B,)
-        if grad is not None and sign is not None:
-            scale = half_safe_scale(self.encoder.dtype, target)
-            (g,) = torch.autograd.grad((sign * scale * term).sum(), whole)  # (B, 3, H, W)
-            grad += g / scale
-        return total + term.detach().float(), grad

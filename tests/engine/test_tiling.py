@@ -162,3 +162,30 @@ def test_editor_resolution_adds_the_downscaled_loss_and_its_gradient() -> None:
     assert torch.isfinite(grad_e).all() and not torch.allclose(grad_e, grad_p)
     with pytest.raises(ConfigError, match="editor_resolution"):
         AttackConfig(editor_resolution=10)
+
+
+@pytest.mark.parametrize("preset", ["pca-", "adaptive"])
+def test_tiled_attack_encodes_the_editor_copy_in_tiles_with_the_untiled_loss_and_gradient(preset: str) -> None:
+    """A tiled attack tiles the editor's downscaled copy too (the main grid's core and halo), sums its tiles'
+    gradient and sends it back through the resize: the same loss and gradient as encoding the copy whole, and
+    no encoder pass is ever larger than a tile."""
+    encoder, x = conv_encoder(), image(192, 128, batch=1)
+    config = AttackConfig(preset=preset, editor_resolution=96)
+    target = Protector(encoder, config).target_variance(x)
+    whole = TiledObjective(encoder, editor_resize=lambda t: resize_long_side(t, 96))
+    whole.prepare(x, target)
+    loss, grad = whole.loss_and_grad(x, target, torch.Generator(), 1.0)
+    grid = TileGrid(192, 128, factor=4, core=24, halo=HALO)
+    tiled = TiledObjective(encoder, grid=grid, editor_resize=lambda t: resize_long_side(t, 96))
+    sides: list[tuple[int, int]] = []
+    hook = encoder.register_forward_pre_hook(lambda _m, args: sides.append(tuple(args[0].shape[-2:])))
+    try:
+        tiled.prepare(x, target)
+        loss_t, grad_t = tiled.loss_and_grad(x, target, torch.Generator(), 1.0)
+    finally:
+        hook.remove()
+    assert max(h * w for h, w in sides) <= (24 + 2 * HALO) ** 2  # the 96x64 copy was not encoded whole
+    assert tiled.editor is not None and tiled.editor.grid is grid
+    torch.testing.assert_close(loss_t, loss, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(grad_t, grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()))
+    torch.testing.assert_close(tiled.loss(x, target, None), loss, rtol=1e-5, atol=0.0)
