@@ -198,7 +198,8 @@ def part_seams(args: argparse.Namespace) -> dict[str, Any]:
     encoder = load_encoder(args.model, device="cpu")
     model = memory_model(encoder)
     x = decode_image(photo_bytes(width, height)).to_tensor()[None]  # (1, 3, H, W)
-    grid = TileGrid(height, width, model.factor, args.seam_core, model.halo)
+    halo = args.seam_halo or model.halo  # --seam-halo: compare another halo with the measured one
+    grid = TileGrid(height, width, model.factor, args.seam_core, halo)
     cfg = AttackConfig(steps=args.seam_steps)
     plain = Protector(encoder, cfg).protect(x)
     tiled = Protector(encoder, cfg).protect(x, tiles=grid)
@@ -213,7 +214,7 @@ def part_seams(args: argparse.Namespace) -> dict[str, Any]:
                        "inside_mean_abs_255": float(delta[~mask].mean())}
     return {
         "size": f"{width}x{height}", "steps": args.seam_steps, "tiles": len(grid), "tile_side": grid.tile_side,
-        "halo": model.halo, "final_loss_untiled_measure": loss, "clean_loss": float(judge.loss(x, target)[0]),
+        "halo": halo, "final_loss_untiled_measure": loss, "clean_loss": float(judge.loss(x, target)[0]),
         "tiled_over_untiled_final_loss": loss["tiled"] / loss["untiled"], "perturbation": stats,
         "whole_image_statistics": "GroupNorm statistics and attention context of the whole image (streamed)",
         "elapsed_s": {"untiled": plain.elapsed_s, "tiled": tiled.elapsed_s},
@@ -285,6 +286,7 @@ def main() -> None:
     parser.add_argument("--max-memory", help="editor part: the engine's budget (default: the default budget)")
     parser.add_argument("--seam-size", default="1024x768")
     parser.add_argument("--seam-core", type=int, default=384)
+    parser.add_argument("--seam-halo", type=int, default=0, help="seams: this halo in px (0: the measured one)")
     parser.add_argument("--seam-steps", type=int, default=10)
     parser.add_argument("--agree-size", default="256x192")
     parser.add_argument("--agree-core", type=int, default=128)

@@ -5,7 +5,7 @@ two-step attack and a no-grad forward, each at two sizes, and fits ``bytes = fix
 the measured peaks (``pca_attack.attack.sizes.measure_peak``). It also times a step, a checkpointed step, a
 forward and one streaming measurement of the whole-image statistics over four tiles
 (``pca_attack.attack.norm_stats``), and measures the tiles' halo: the smallest context around a core for
-which the tiled posterior equals the untiled one within ``HALO_TOLERANCE`` (``tiling_halo``), at least the
+which the tiled posterior is within ``HALO_TOLERANCE`` of the untiled one (``tiling_halo``), at least the
 radius holding 90% of a latent's input gradient (``receptive_radius``, at most 8 latents).
 ``pca_attack.attack.memory.memory_model`` calls it once per loaded encoder.
 """

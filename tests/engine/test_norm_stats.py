@@ -206,7 +206,7 @@ def test_tiled_certificate_equals_the_untiled_one(
 ) -> None:
     """Inside a memory scope too small for a whole forward, the certificate's posterior is measured in tiles
     with the whole image's statistics (and attention context): its loss, KL, drift and energy figures equal
-    the untiled certificate's; with each tile's own statistics they would not."""
+    the untiled certificate's (to 0.1%); with each tile's own statistics they would not (> 1% off)."""
     import numpy as np
 
     import pca_attack.attack.memory as memory
@@ -241,6 +241,6 @@ def test_tiled_certificate_equals_the_untiled_one(
         assert grids and min(grids) > 1  # both posteriors were measured in tiles
         monkeypatch.setattr(memory, "WholeImageNorm", lambda encoder: None)  # each tile's own statistics
         local = certify()
-    for name in CERTIFIED:
-        assert tiled[name] == pytest.approx(untiled[name], rel=1e-4, abs=1e-7), name
-    assert max(abs(local[n] / untiled[n] - 1) for n in CERTIFIED if untiled[n]) > 1e-3  # not automatic
+    for name in CERTIFIED:  # the halo holds the posterior within HALO_TOLERANCE (1%) at the tile borders
+        assert tiled[name] == pytest.approx(untiled[name], rel=1e-3, abs=1e-7), name
+    assert max(abs(local[n] / untiled[n] - 1) for n in CERTIFIED if untiled[n]) > 1e-2  # not automatic
