@@ -155,7 +155,8 @@ class Engine:
         encoder = self.encoder
         loop = loop_bytes_per_pixel(config, model.factor, encoder.latent_channels, str(encoder.device))
         model = replace(model, loop_image_per_pixel=loop.between_steps, loop_tile_per_pixel=loop.during_tiles)
-        available = self.available_memory()
+        held = sum(image.rgb.nbytes + (0 if image.alpha is None else image.alpha.nbytes) for image in images)
+        available = self.available_memory() - held  # the decoded inputs stay alive through every attack
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault((image.height, image.width), []).append(index)

@@ -256,6 +256,22 @@ def test_a_tiled_plan_under_the_default_budget_bounds_the_heap(
     assert calls and all(calls)
 
 
+def test_the_plan_counts_the_decoded_inputs_it_keeps(tiny_vae_dir: Path) -> None:
+    """The decoded images of a call stay alive through every attack of it (a 12 MP photo: 36 MB of 8-bit
+    pixels): what the attacks may add is the budget less them (--max-memory 1.5GB at 12 MP peaked at 1.504 GB
+    without this)."""
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+    from tests.service.conftest import png_bytes
+
+    engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False, max_memory=parse_size("2GB"))
+    images = [decode_image(png_bytes(64, 48, seed=seed), max_pixels=10**6) for seed in range(3)]
+    held = sum(image.rgb.nbytes for image in images)
+    assert held == 3 * 64 * 48 * 3
+    plans = engine.plan(images, AttackConfig(steps=1))
+    assert {plan.budget_bytes for _, plan in plans} == {int(engine.available_memory() - held)}
+
+
 TIMED = replace(MODEL, forward_seconds_per_pixel=4e-7, context_layers=15, stream_passes=9.0)
 
 
