@@ -202,7 +202,9 @@ class Engine:
             if on_plan is not None:
                 on_plan(chunk, plan)
             t0 = time.perf_counter()
-            batch = torch.stack([images[i].to_tensor() for i in chunk])  # (b, 3, H, W)
+            batch = torch.empty((len(chunk), 3, plan.height, plan.width))  # (b, 3, H, W)
+            for row, i in enumerate(chunk):
+                images[i].to_tensor(out=batch[row])
             gray = torch.tensor([images[i].grayscale for i in chunk])
             levels = torch.tensor([float(images[i].levels) for i in chunk])
             start, generator_id = fast_start(config, self.encoder.name, batch, gray, levels)

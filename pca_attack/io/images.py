@@ -62,9 +62,14 @@ class DecodedImage:
     def width(self) -> int:
         return int(self.rgb.shape[1])
 
-    def to_tensor(self) -> torch.Tensor:
-        """(3, H, W) float32 in [0, 1]."""
-        return torch.from_numpy(self.rgb.astype(np.float32) / self.levels).permute(2, 0, 1).contiguous()
+    def to_tensor(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(3, H, W) float32 in [0, 1], written into ``out`` when given (e.g. a row of a batch): one float copy
+        of the image (a 12 MP photo made three, 432 MB, before)."""
+        out = torch.empty((3, self.height, self.width), dtype=torch.float32) if out is None else out
+        planes = out.numpy()  # (3, H, W), the same memory
+        for channel in range(3):
+            np.copyto(planes[channel], self.rgb[..., channel])  # exact: integers to float32
+        return out.div_(self.levels)
 
 
 def tensor_to_array(x: torch.Tensor, levels: int) -> np.ndarray:
