@@ -14,6 +14,10 @@ Prints one JSON object (and writes it with --out). Parts (``--parts``, comma-sep
 * ``metrics``: the certificate's MS-SSIM and VIF-P on one ``METRIC_TILE`` tile (a random pair), each in a fresh
   child process after a warm-up call: growth of the peak RSS and seconds, for the engine's separable filters and
   for torchmetrics' functions (float64 ``conv2d``), with the values of both.
+* ``ratio``: time per step of the largest and the smallest ``--sizes`` photo in ONE process under the same
+  load, run small, large, small (the large run bracketed): each the engine's plan for the default budget (or
+  ``--max-memory``) and the attack's steps alone (no certificate); the ratio of the last steps' seconds, large
+  over the mean of the two small runs, against the ratio of pixels.
 * ``editor``: ``--editor-size`` protected plainly and with ``editor_resolution=--editor-long``; both outputs
   (and the clean photo) downscaled to that long side with PIL's Lanczos, as an editor would
   (``pca_attack.redteam.editor``); collapse kept = 1 - KL_target(protected small) / KL_target(clean small);
@@ -254,6 +258,45 @@ def part_agreement(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# -- time per step, bracketed in one process ----------------------------------------------------------
+
+
+def part_ratio(args: argparse.Namespace) -> dict[str, Any]:
+    from pca_attack.attack.config import AttackConfig
+    from pca_attack.attack.memory import parse_size
+    from pca_attack.attack.pgd import Protector
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+
+    torch.set_num_threads(args.threads)
+    sizes = sorted(parse_sizes(args.sizes), key=lambda s: s[0] * s[1])
+    small, large = sizes[0], sizes[-1]
+    budget = parse_size(args.max_memory) if args.max_memory else None
+    engine = Engine.from_spec(args.model, device="cpu", with_decoder=False, max_memory=budget)
+    config = AttackConfig(steps=args.steps)
+    runs: list[dict[str, Any]] = []
+    for width, height in (small, large, small):
+        image = decode_image(photo_bytes(width, height), max_pixels=width * height)
+        [(_, plan)] = engine.plan([image], config)
+        ends: list[float] = []
+
+        def on_step(event: Any, ends: list[float] = ends) -> None:
+            if event.end_of_step:
+                ends.append(event.elapsed_s)
+
+        x = image.to_tensor()[None]  # (1, 3, H, W)
+        Protector(engine.encoder, config).protect(x, tiles=plan.run_grid, progress=on_step)
+        steps = np.diff([0.0, *ends]).tolist()
+        runs.append({"size": f"{width}x{height}", "plan": plan.describe(), "seconds_per_step": steps,
+                     "pixels_read_per_step": plan.grid.pixels_read() if plan.grid else width * height})
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    last = [r["seconds_per_step"][-1] for r in runs]
+    ratio = last[1] / ((last[0] + last[2]) / 2)
+    return {"runs": runs, "threads": args.threads, "time_ratio_last_step": ratio,
+            "pixel_ratio": (large[0] * large[1]) / (small[0] * small[1]),
+            "read_ratio": runs[1]["pixels_read_per_step"] / runs[0]["pixels_read_per_step"]}
+
+
 # -- editor resolution ---------------------------------------------------------------------------------
 
 
@@ -302,7 +345,7 @@ def main() -> None:
         child(args)
         return
     parts = {"memory": part_memory, "seams": part_seams, "editor": part_editor, "agreement": part_agreement,
-             "metrics": part_metrics}
+             "metrics": part_metrics, "ratio": part_ratio}
     result: dict[str, Any] = {"model": args.model, "command": " ".join(sys.argv)}
     for name in args.parts.split(","):
         t0 = time.perf_counter()
