@@ -314,8 +314,8 @@ def part_editor(args: argparse.Namespace) -> dict[str, Any]:
     result = editor_retention(engine, [clean], AttackConfig(steps=args.steps_editor), args.editor_long).to_dict()
     kept = {mode: result["modes"][mode]["collapse_kept"] for mode in ("plain", "editor")}
     return {"size": f"{width}x{height}", "editor_long_side": args.editor_long, "steps": args.steps_editor,
-            "collapse_kept_after_downscale": kept,
-            "ratio_editor_over_plain": kept["editor"] / max(kept["plain"], 1e-12) if kept["plain"] else None,
+            "collapse_kept_after_downscale": kept,  # the ratio: None where the plain attack kept none
+            "ratio_editor_over_plain": kept["editor"] / kept["plain"] if kept["plain"] > 0 else None,
             "redteam": result}
 
 

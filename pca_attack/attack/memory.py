@@ -39,6 +39,7 @@ from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's u
     memory_in_use,
     parse_size,
 )
+from pca_attack.attack.tile_cores import balanced_cores
 from pca_attack.attack.tiling import TileGrid, measure_norm, tiled_posterior
 from pca_attack.errors import ImageTooLargeError
 from pca_attack.models.encoder import Encoder
@@ -125,7 +126,7 @@ class MemoryModel:
         """Peak bytes of a tiled attack on ``grid``: the tiles' steps, or the whole-image no-grad pass that
         measures the GroupNorm statistics when the grid allows one (``TileGrid.whole_pass``)."""
         height, width = grid.height, grid.width
-        tile = min(height, grid.tile_side) * min(width, grid.tile_side)
+        tile = math.prod(grid.tile_shape)
         steps = self.estimate(height, width, batch, tile, grid.checkpoint)
         if not grid.whole_pass:
             return steps
@@ -229,7 +230,8 @@ class AttackPlan:
         return None if self.grid is None else self.grid.tile_side
 
     def describe(self) -> str:
-        how = "untiled" if self.grid is None else f"{self.tiles} tiles of {self.tile_side} px"
+        tile = self.grid and self.grid.tile_shape  # (height, width): "of 728 px" when square, else "of 704x728 px"
+        how = f"{self.tiles} tiles of {tile[1]}{'' if tile[0] == tile[1] else f'x{tile[0]}'} px" if tile else "untiled"
         how += ", checkpointed" if self.checkpoint else ""
         return (
             f"{self.width}x{self.height}" + (f" x{self.batch}" if self.batch > 1 else "")
@@ -269,7 +271,7 @@ def plan_attack(
     tiled_evaluations: int | None = None,
 ) -> AttackPlan:
     """Untiled when the whole batch fits in ``available`` bytes, else untiled with gradient checkpointing when
-    that fits (exact, no tiles), else the faster of the largest square tiles that fit, plain or
+    that fits (exact, no tiles), else the faster of the largest (balanced) tiles that fit, plain or
     checkpointed (time: pixels read x the measured cost of checkpointing; checkpointed tiles are bigger).
 
     ``extra_pixels``: pixels of the editor-resolution copy, encoded whole beside an untiled attack, in the
@@ -309,18 +311,18 @@ def plan_attack(
 def _largest_tiles(
     model: MemoryModel, height: int, width: int, batch: int, available: float, checkpoint: bool
 ) -> TileGrid | None:
-    """The grid of the largest square tiles whose step fits beside the loop's state (None: none fits)."""
+    """The grid of the largest tiles whose step fits beside the loop's state, rows x columns balanced to read the
+    fewest pixels (``balanced_cores``; None: none fits)."""
     f, halo = model.factor, model.halo
     state = model.tiled_state(height * width * batch)  # beside the tile (the steps between: ``fits``)
     room = available / HEADROOM - state
     per_pixel = model.step_per_pixel(checkpoint) * batch * model.tile_overhead
-    side = math.sqrt(room / per_pixel) if room > 0 and per_pixel > 0 else 0.0
-    core = int((side - 2 * halo) // f) * f
-    if core < f:
+    cores = balanced_cores(height, width, f, halo, room / per_pixel if room > 0 and per_pixel > 0 else 0.0)
+    if cores is None:
         return None
     whole_pass = (model.forward(height * width * batch) + state) * HEADROOM <= available
-    grid = TileGrid(height, width, f, min(core, f * math.ceil(max(height, width) / f)), halo,
-                    whole_pass=whole_pass, checkpoint=checkpoint, stats="exact" if whole_pass else "lagged")
+    grid = TileGrid(height, width, f, cores[0], halo, whole_pass=whole_pass, checkpoint=checkpoint,
+                    stats="exact" if whole_pass else "lagged", core_width=cores[1])
     fits = model.estimate_grid(grid, batch) * HEADROOM <= available  # the loop's whole-image work too
     return grid if fits else None
 

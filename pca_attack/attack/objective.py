@@ -144,6 +144,7 @@ class EnsembleObjective:
         return replace(
             grid, height=_round_up(grid.height, self.multiple), width=_round_up(grid.width, self.multiple),
             factor=factor, core=_round_up(grid.core, factor), halo=_round_up(grid.halo, factor),
+            core_width=_round_up(grid.core_width, factor),
         )
 
     @property

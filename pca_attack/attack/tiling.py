@@ -1,8 +1,9 @@
 """The collapse loss and its input gradient computed tile by tile: the memory of one tile for any image.
 
 The latent grid of an (H, W) image (``ceil(H/f) x ceil(W/f)`` for an encoder of spatial factor f) is cut
-into square *cores*. Each tile is its core's pixels plus a *halo* (a multiple of f) on every side, clipped
-to the image. The encoder sees the whole tile, but only the tile's core latents enter the loss, so every
+into *cores* (square, or rows x columns balanced so the tiles read the fewest pixels:
+``pca_attack.attack.tile_cores``). Each tile is its core's pixels plus a *halo* (a multiple of f) on every
+side, clipped to the image. The encoder sees the whole tile, but only the tile's core latents enter the loss, so every
 latent position is counted exactly once, and the total is the untiled loss wherever the halo covers the
 encoder's receptive field (exactly so for convolution-only encoders). GroupNorm layers normalise every
 tile with the WHOLE image's statistics and self-attention layers attend to the whole image's context
@@ -52,8 +53,8 @@ class Tile:
 class TileGrid:
     """Overlapping tiles of an (height, width) image aligned to the encoder's factor.
 
-    core: side of a tile's core in pixels (a multiple of factor); halo: pixels read around it (a multiple of
-    factor, ideally >= the encoder's receptive radius).
+    core: height of a tile's core in pixels (a multiple of factor), and its width unless ``core_width`` is
+    given; halo: pixels read around it (a multiple of factor, ideally >= the encoder's receptive radius).
     """
 
     height: int
@@ -64,22 +65,34 @@ class TileGrid:
     whole_pass: bool = False  # the GroupNorm statistics may come from one no-grad pass of the whole image
     checkpoint: bool = False  # gradient checkpointing of the encoder's blocks in each tile's pass
     stats: str = "exact"  # GroupNorm statistics: "exact" (measured before every pass) or "lagged" (see below)
+    core_width: int = 0  # a core's width in pixels (0: ``core``, square cores)
 
     def __post_init__(self) -> None:
-        if self.core <= 0 or self.core % self.factor or self.halo < 0 or self.halo % self.factor:
-            raise ValueError(f"core={self.core} and halo={self.halo} must be multiples of factor={self.factor}")
+        cores = (self.core, self.cols_core)
+        if min(cores) <= 0 or any(c % self.factor for c in cores) or self.halo < 0 or self.halo % self.factor:
+            raise ValueError(f"cores {cores} and halo={self.halo} must be positive multiples of factor={self.factor}")
+
+    @property
+    def cols_core(self) -> int:
+        """A core's width in pixels."""
+        return self.core_width or self.core
 
     @property
     def latent_shape(self) -> tuple[int, int]:
         return math.ceil(self.height / self.factor), math.ceil(self.width / self.factor)
 
     @property
+    def tile_shape(self) -> tuple[int, int]:
+        """(height, width) of the largest tile in pixels: core plus halo on both sides, clipped to the image."""
+        return min(self.height, self.core + 2 * self.halo), min(self.width, self.cols_core + 2 * self.halo)
+
+    @property
     def tile_side(self) -> int:
         """Largest tile side in pixels (core plus halo on both sides, clipped to the image)."""
-        return min(max(self.height, self.width), self.core + 2 * self.halo)
+        return max(self.tile_shape)
 
-    def _spans(self, size: int, latent: int) -> Iterator[tuple[slice, slice, slice]]:
-        step, f = self.core // self.factor, self.factor
+    def _spans(self, size: int, latent: int, core: int) -> Iterator[tuple[slice, slice, slice]]:
+        step, f = core // self.factor, self.factor
         for l0 in range(0, latent, step):
             l1 = min(l0 + step, latent)
             i0, i1 = max(0, l0 * f - self.halo), min(size, l1 * f + self.halo)
@@ -90,14 +103,13 @@ class TileGrid:
         lh, lw = self.latent_shape
         return [
             Tile(rows, cols, core_r, core_c, lat_r, lat_c)
-            for rows, core_r, lat_r in self._spans(self.height, lh)
-            for cols, core_c, lat_c in self._spans(self.width, lw)
+            for rows, core_r, lat_r in self._spans(self.height, lh, self.core)
+            for cols, core_c, lat_c in self._spans(self.width, lw, self.cols_core)
         ]
 
     def __len__(self) -> int:
         lh, lw = self.latent_shape
-        step = self.core // self.factor
-        return math.ceil(lh / step) * math.ceil(lw / step)
+        return math.ceil(lh * self.factor / self.core) * math.ceil(lw * self.factor / self.cols_core)
 
     def region(self, tile: Tile) -> Region:
         """The tile's core in pixels of its own (padded) encoder input, and where that input sits."""
@@ -116,7 +128,9 @@ class TileGrid:
 
     def pixels_read(self) -> int:
         """Input pixels the encoder sees per step over all tiles (halo overlap included)."""
-        return sum((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in self.tiles())
+        lh, lw = self.latent_shape
+        rows = sum(r.stop - r.start for r, _, _ in self._spans(self.height, lh, self.core))
+        return rows * sum(c.stop - c.start for c, _, _ in self._spans(self.width, lw, self.cols_core))
 
 
 def _crop_target(target: float | torch.Tensor, tile: Tile) -> float | torch.Tensor:

@@ -23,8 +23,8 @@ from pca_cli import app
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
-PLAN_LINE = re.compile(r"(\S+\.png): (\d+)x(\d+): (untiled|\d+ tiles of \d+ px), ~[\d.]+ [MG]B of [\d.]+ [MG]B free "
-                       r"in the budget, ~\d+ s")
+PLAN_LINE = re.compile(r"(\S+\.png): (\d+)x(\d+): (untiled|\d+ tiles of \d+(?:x\d+)? px), ~[\d.]+ [MG]B of "
+                       r"[\d.]+ [MG]B free in the budget, ~\d+ s")
 
 
 def _images(folder: Path, photo: Callable[..., np.ndarray], sizes: list[tuple[int, int]]) -> Path:

@@ -3,6 +3,7 @@ the peak of a tiled attack with a cheap encoder on a large image, and the planne
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,12 +49,14 @@ def test_tiles_are_sized_by_what_the_loop_holds_beside_them() -> None:
     available = 2.1e9
     plan = plan_attack(base, 3000, side, steps=steps, available=available)
     assert plan.grid is not None
-    tile = plan.grid.tile_side**2 * base.step.per_pixel * base.tile_overhead
+    tile = math.prod(plan.grid.tile_shape) * base.step.per_pixel * base.tile_overhead
     state = base.loop.fixed + 52.0 * 3000 * side
     assert plan.estimated_bytes == pytest.approx(state + tile, rel=1e-6)
     assert (state + tile) * HEADROOM <= available  # the tile phase fits with headroom ...
-    bigger = (plan.grid.tile_side + 2 * encoder_factor) ** 2 * base.step.per_pixel * base.tile_overhead
-    assert (state + bigger) * HEADROOM > available * 0.97  # ... and uses the budget (next size up would not)
+    allowance = (available / HEADROOM - state) / (base.step.per_pixel * base.tile_overhead)  # a tile's pixels
+    assert math.prod(plan.grid.tile_shape) > 0.97 * allowance  # ... and uses the budget
+    between = base.loop.fixed + 72.0 * 3000 * side  # sized by the between-steps state, the tiles would be smaller
+    assert (available / HEADROOM - between) / (base.step.per_pixel * base.tile_overhead) < 0.8 * allowance
     assert base.loop_image_per_pixel * 3000 * side * HEADROOM <= available
 
 

@@ -3,6 +3,7 @@ every latent position is counted once; progress fires once per step (and per til
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -47,8 +48,9 @@ def four_tiles(x: torch.Tensor) -> TileGrid:
     return grid
 
 
-def test_tile_cores_cover_every_latent_once() -> None:
-    grid = TileGrid(203, 517, factor=8, core=64, halo=32)
+@pytest.mark.parametrize("core_width", [0, 40, 136])
+def test_tile_cores_cover_every_latent_once(core_width: int) -> None:
+    grid = TileGrid(203, 517, factor=8, core=64, halo=32, core_width=core_width)
     count = torch.zeros(grid.latent_shape)
     for tile in grid.tiles():
         count[tile.latent_rows, tile.latent_cols] += 1
@@ -56,6 +58,22 @@ def test_tile_cores_cover_every_latent_once() -> None:
         assert tile.core_rows.stop - tile.core_rows.start == tile.latent_rows.stop - tile.latent_rows.start
     assert bool((count == 1).all())
     assert len(grid) == len(grid.tiles())
+    assert grid.pixels_read() == sum((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in grid.tiles())
+    assert max((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in grid.tiles()) == math.prod(
+        grid.tile_shape)
+
+
+def test_rectangular_cores_give_the_untiled_loss_and_gradient() -> None:
+    """Rows x columns cores (``core_width``) split the latent as square ones do: 3 x 2 tiles of 4 x 7 latents."""
+    encoder, x = conv_encoder(), image(48, 56)
+    protector = Protector(encoder, AttackConfig())
+    target, generator = protector.target_variance(x), torch.Generator().manual_seed(0)
+    loss, grad = TiledObjective(encoder).loss_and_grad(x, target, generator, 1.0)
+    grid = TileGrid(48, 56, factor=4, core=16, halo=HALO, core_width=28)
+    assert len(grid) == len(grid.tiles()) == 6 and grid.tile_shape == (min(48, 16 + 2 * HALO), min(56, 28 + 2 * HALO))
+    loss_t, grad_t = TiledObjective(encoder, grid=grid).loss_and_grad(x, target, generator, 1.0)
+    torch.testing.assert_close(loss_t, loss, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(grad_t, grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()))
 
 
 @pytest.mark.parametrize("preset", ["pca-", "adaptive", "pca+"])
