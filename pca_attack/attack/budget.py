@@ -336,6 +336,7 @@ def subtract_upsampled_(eta: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor
     upper = source.floor().long().clamp(max=coarse.shape[-2] - 1)  # (H,)
     lower = (upper + 1).clamp(max=coarse.shape[-2] - 1)  # (H,)
     weight = (source - upper).to(eta.device, eta.dtype).view(-1, 1)  # (H, 1): the lower row's share
+    upper, lower = upper.to(eta.device), lower.to(eta.device)  # indices where the image is (CUDA, MPS)
     for top in range(0, height, QUANTIZE_ROWS):
         rows = slice(top, top + QUANTIZE_ROWS)
         band = strip[..., upper[rows], :].mul_(1.0 - weight[rows])  # (B, C, rows, W), a gathered copy
