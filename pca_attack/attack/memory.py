@@ -10,8 +10,8 @@ statistics passes the tiled path runs (``MemoryModel.attack_seconds``). ``plan_a
 attack when it fits, else the largest tiles that fit, else refuses with ``MemoryBudgetError`` before any work.
 
 A budget counts the whole process (``budget - memory in use now`` is what the attack may take), so
-``--max-memory 1.5GB`` bounds the resident size; the default is ``DEFAULT_FRACTION`` of the memory free
-now (RAM on the CPU, VRAM on CUDA), on the CPU at most ``DEFAULT_CPU_CAP``, plus what the process already uses.
+``--max-memory 1.5GB`` bounds the resident size; the default is ``sizes.DEFAULT_FRACTION`` of the memory
+free now (RAM on the CPU, VRAM on CUDA), on the CPU at most ``sizes.DEFAULT_CPU_CAP``, plus what the process uses.
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ import torch
 
 from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's units and measurements)
-    DEFAULT_CPU_CAP,
-    DEFAULT_FRACTION,
-    LiveTensorBytes,
     default_budget,
     format_size,
     measure_peak,
@@ -93,6 +90,7 @@ class MemoryModel:
     tile_overhead: float = 1.0  # a tile's step with the whole-image statistics patched in / the plain step, bytes
     loop_image_per_pixel: float = 0.0  # the loop's own whole-image peak per pixel, set per config (loop_memory)
     loop_tile_per_pixel: float = 0.0  # what the loop holds per pixel while a tile is encoded, set per config too
+    context_per_pixel: float = 0.0  # a tile's step: bytes per WHOLE-image pixel of its context (attention's keys)
 
     @property
     def state_per_pixel(self) -> float:
@@ -100,9 +98,10 @@ class MemoryModel:
         return max(0.0, self.loop.per_pixel - self.step.per_pixel)
 
     def tiled_state(self, pixels: int) -> float:
-        """Bytes the loop holds beside a tile's step (``loop_memory``; else the probes' state + the accumulator)."""
+        """Bytes held beside a tile's step: the loop's (``loop_memory``; else the probes' state + the accumulator)
+        and the whole image's context the step reads (``context_per_pixel``)."""
         per_pixel = self.loop_tile_per_pixel or self.state_per_pixel + TILED_GRADIENT_BYTES_PER_PIXEL
-        return self.loop.fixed + per_pixel * pixels
+        return self.loop.fixed + (per_pixel + self.context_per_pixel) * pixels
 
     def step_per_pixel(self, checkpoint: bool = False) -> float:
         """Bytes per pixel of one step's encoder pass, plain or checkpointed."""

@@ -93,6 +93,7 @@ def ensemble_memory_model(ensemble: Ensemble) -> MemoryModel:
         stream_passes=sum(m.stream_passes * m.forward_seconds_per_pixel for m in models) / max(forward_s, 1e-30),
         attention_seconds=sum(m.attention_seconds for m in models),
         tile_overhead=max(m.tile_overhead for m in models),
+        context_per_pixel=sum(m.context_per_pixel for m in models),  # every member's recorded context is kept
     )
 
 

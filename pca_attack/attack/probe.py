@@ -137,7 +137,33 @@ def probe(encoder: Encoder) -> MemoryModel:
     return MemoryModel(step_line, forward_line, loop_line, seconds_per_pixel=seconds[0], factor=f, halo=halo,
                        checkpointed=ckpt_line, checkpoint_time=max(1.0, seconds[1] / max(seconds[0], 1e-12)),
                        forward_seconds_per_pixel=forward_s, context_layers=layers, stream_passes=stream,
-                       attention_seconds=_timed_attention(encoder), tile_overhead=overhead)
+                       attention_seconds=_timed_attention(encoder), tile_overhead=overhead,
+                       context_per_pixel=context_bytes_per_pixel(encoder) if layers else 0.0)
+
+
+def context_bytes_per_pixel(encoder: Encoder) -> float:
+    """Bytes a tile's step holds per pixel of the WHOLE image for the image's context, beyond the tile's own
+    activations: a self-attention's gradient pass projects keys and values from every token of the image and
+    keeps them and their gradients (the demo VAE: 54 B/px measured at 12 MP, beyond a plan without this term),
+    a term the per-pixel probes cannot see (their context is the tile). Measured as the slope of a lagged tiled
+    step's peak over two image sizes with the same tiles (cores of 8 latents), less the same slope for a stub
+    encoder of the same factor without context layers (the objective's own whole-image buffers, counted in
+    ``loop_memory``); about 0 for GroupNorm-only encoders (their statistics are a few numbers per channel)."""
+    from pca_attack.attack.loop_memory import stub_encoder
+
+    f = encoder.downsample_factor
+    stub = stub_encoder(f, encoder.latent_channels, encoder.device)
+    slopes = []
+    for model in (encoder, stub):
+        peaks = []
+        for side in (16 * f, 32 * f):
+            x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(encoder.device)
+            tiled = TiledObjective(model, grid=TileGrid(side, side, f, 8 * f, 0, stats="lagged"))
+            generator = torch.Generator().manual_seed(0)
+            tiled.loss_and_grad(x, 1e-8, generator, 1.0)  # measures the context; the next pass is a step's
+            peaks.append(measure_peak(partial(tiled.loss_and_grad, x, 1e-8, generator, 1.0), encoder.device))
+        slopes.append((peaks[1] - peaks[0]) / (3 * (16 * f) ** 2))
+    return max(0.0, slopes[0] - slopes[1])
 
 
 def _tile_overhead(encoder: Encoder, x: torch.Tensor, generator: torch.Generator, plain: int) -> float:

@@ -129,3 +129,24 @@ def test_a_budget_below_the_loop_itself_is_refused_before_any_work(tiny_ae_dir: 
     loop_only = model.loop.fixed + model.loop_image_per_pixel * side * side
     with pytest.raises(MemoryBudgetError, match="raise the budget"):
         plan_attack(model, side, side, steps=2, available=loop_only)  # the loop alone, without headroom
+
+
+def test_the_probe_measures_the_whole_image_context_a_tile_step_holds(tiny_vae_dir: Path, tiny_ae_dir: Path) -> None:
+    """A self-attention's gradient pass keeps keys and values of every token of the image (and their gradients):
+    bytes per pixel of the WHOLE image that a tile's step holds, invisible to probes whose context is the tile
+    (the demo VAE at 12 MP peaked 0.65 GB over its plan). The probe measures them for an attention VAE (16
+    channels: ~6 x 16 x 4 B per 64-pixel token), finds none for a convolution-only encoder, and the planner
+    counts them beside every tile."""
+    from pca_attack.attack.probe import context_bytes_per_pixel
+
+    attention = load_encoder(str(tiny_vae_dir), device="cpu")
+    measured = context_bytes_per_pixel(attention)
+    assert 2.0 < measured < 20.0, measured
+    assert memory_model(attention).context_per_pixel == measured
+    assert context_bytes_per_pixel(load_encoder(str(tiny_ae_dir), device="cpu")) == 0.0
+    base = replace(_synthetic_model(8), loop_image_per_pixel=72.0, loop_tile_per_pixel=52.0)
+    with_context = replace(base, context_per_pixel=40.0)
+    assert with_context.tiled_state(12_000_000) - base.tiled_state(12_000_000) == 40.0 * 12_000_000
+    plain, counted = (plan_attack(m, 3000, 4000, steps=2, available=2.06e9) for m in (base, with_context))
+    assert plain.grid is not None and counted.grid is not None
+    assert math.prod(counted.grid.tile_shape) < math.prod(plain.grid.tile_shape)  # less room beside the context
