@@ -163,10 +163,17 @@ def _tab_to(page: Any, selector: str, limit: int = 60) -> None:
     pytest.fail(f"{selector} cannot be reached with the Tab key")
 
 
+def _intercept_choosers(page: Any) -> None:
+    """Keep Chromium's file-chooser interception on from now: a listener that lives as long as the page."""
+    page.on("filechooser", lambda chooser: None)
+
+
 def _press_for_chooser(page: Any, key: str, tries: int = 3) -> Any:
-    """Press `key` on the focused button until Playwright sees the file chooser. In 1 of 4 runs here the
-    first press opened no chooser that Playwright reported (likely its interception starting after the
-    press); the press is repeated, and the test still fails when no press ever opens one."""
+    """Press `key` on the focused button until Playwright sees the file chooser. Playwright turns the
+    browser's chooser interception on without waiting for it, so a waiter made just before the press could
+    miss the chooser (1 run in 4 here; under CI load all three presses once): the caller keeps a listener
+    from the page's opening (``_intercept_choosers``); the press is still repeated, and the test fails when
+    no press ever opens one."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for _ in range(tries):
@@ -181,6 +188,7 @@ def _press_for_chooser(page: Any, key: str, tries: int = 3) -> Any:
 
 def test_keyboard_only_upload(server: Served, browser: Any) -> None:
     context, page, _ = open_page(browser, server.url)
+    _intercept_choosers(page)
     expect = _expect()
     try:
         _tab_to(page, "#pick-files")
