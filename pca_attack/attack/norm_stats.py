@@ -22,10 +22,11 @@ Gradient approximation: the untiled gradient also flows through each layer's mea
 over the whole image (1/N per position) that a tile cannot see. The tiled backward uses the straight-through
 estimate ``frozen + (tile statistic - tile statistic.detach())``: the whole image's value, the tile's own
 statistics' gradient (1/n over the tile's n positions), as tile-local GroupNorm would give; it equals the
-untiled term where the upstream gradient is spread evenly over the image. The loss values themselves are the untiled
-ones wherever the halo covers the receptive field of the convolutions; attention layers (the demo VAE's
-mid-block) stay tile-local. ``Encoder.checkpointing`` recomputes forwards in backward: recording is off
-then (``recording`` is cleared before the backward).
+untiled term where the upstream gradient is spread evenly over the image. The loss values themselves are
+the untiled ones wherever the halo covers the receptive field of the convolutions. A self-attention's
+gradient pass attends over the whole image's keys (the tile's core live) and hands the gradient of the other
+positions' keys to their own tiles (``pca_attack.attack.key_gradients``). ``Encoder.checkpointing``
+recomputes forwards in backward: recording and that exchange are off in the re-run (``paused``).
 
 Self-attention in a pass without gradient (loss-only evaluations, the streaming passes after the
 attention layer, tiled certificates): every tile crops its positions from ONE evaluation of the layer over
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pca_attack.attack.context_attention import Processor, attend, finish, whole_term
+from pca_attack.attack.key_gradients import KeyGradients
 from pca_attack.models.encoder import Encoder
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # mean (B, G), var (B, G), fp32
@@ -155,6 +157,7 @@ class WholeImageNorm:
         self.frozen: dict[int, Stats] = {}  # GroupNorm index -> statistics used by the patched layer
         self.context: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) whole-image keys' input
         self.terms: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) its term at every position
+        self.key_grads = KeyGradients()  # gradients tiles send to each other's attention keys (kept by ``reset``)
         self.recording: frozenset[int] = frozenset()
         self.stop_after: int | None = None
         self.region: Region | None = None
@@ -267,14 +270,15 @@ class WholeImageNorm:
             return native(attn, hidden, *args, **kwargs)
         if not hidden.requires_grad and not self._records(index):  # a loss-only pass: crop the whole image's
             return finish(attn, self._whole_term(index, attn, d, hidden), hidden)
-        with torch.no_grad():  # the value: keys from the whole image (this tile's core spliced in)
-            keys_in = context.to(normed.dtype).clone()  # (B, C, H/d, W/d)
-            keys_in[(..., *self.region.in_image(d))] = normed[..., rows, cols]
-            whole = attend(attn, hidden, normed, keys_in)  # (B, C, h, w)
-        if not hidden.requires_grad:
-            return whole
-        local = attend(attn, hidden, normed, normed)  # the gradient: the tile's own keys (straight through)
-        return local + (whole - local).detach()
+        where, core = self.region.in_image(d), normed[..., rows, cols]  # core: (B, C, ch, cw)
+        sends = hidden.requires_grad and not self._paused  # (a checkpointed backward's re-run: sent already)
+        if sends:
+            core = self.key_grads.take(index, core, where)  # plus what other tiles sent to its keys
+        keys_in = context.to(normed.dtype).clone()  # (B, C, H/d, W/d): the whole image, this tile's core live
+        keys_in[(..., *where)] = core
+        if sends:
+            keys_in.register_hook(self.key_grads.recorder(index, context, where))  # to the other tiles' keys
+        return attend(attn, hidden, normed, keys_in)  # (B, C, h, w)
 
     def _whole_term(self, index: int, attn: Any, d: int, hidden: torch.Tensor) -> torch.Tensor:
         """The tile's part (B, C, h, w) of the attention term over the whole image, computed once per context
