@@ -18,15 +18,16 @@ diffusers' tiled VAE). ``WholeImageNorm`` swaps every ``nn.GroupNorm`` of an enc
   evaluations (best iterate, final loss) are still measured exactly. Measured on tiny random models with
   tiny tiles and a large first step, a stale step can misjudge the loss by 5-15%.
 
-Gradient approximation: the untiled gradient also flows through each layer's mean and variance, a sum
-over the whole image (1/N per position) that a tile cannot see. The tiled backward uses the straight-through
-estimate ``frozen + (tile statistic - tile statistic.detach())``: the whole image's value, the tile's own
-statistics' gradient (1/n over the tile's n positions), as tile-local GroupNorm would give; it equals the
-untiled term where the upstream gradient is spread evenly over the image. The loss values themselves are
-the untiled ones wherever the halo covers the receptive field of the convolutions. A self-attention's
-gradient pass attends over the whole image's keys (the tile's core live) and hands the gradient of the other
-positions' keys to their own tiles (``pca_attack.attack.key_gradients``). ``Encoder.checkpointing``
-recomputes forwards in backward: recording and that exchange are off in the re-run (``paused``).
+Gradients: the untiled gradient also flows through each layer's mean and variance, a sum over the whole
+image (1/N per position) that a tile cannot see, and through every position's attention keys. Tiles hand
+each other those terms: a GroupNorm's backward sums every tile's latest gradient sums
+(``pca_attack.attack.norm_gradients``), and a self-attention's gradient pass attends over the whole image's
+keys (the tile's core live) and hands the gradient of the other positions' keys to their own tiles
+(``pca_attack.attack.key_gradients``). Where a tile's core does not map onto a layer's grid, the
+straight-through estimate ``frozen + (tile statistic - tile statistic.detach())`` stands in (the tile's own
+statistics' gradient, 1/n over its n positions). The loss values are the untiled ones wherever the halo
+covers the receptive field of the convolutions. ``Encoder.checkpointing``
+recomputes forwards in backward: recording and the keys' exchange are off in the re-run (``paused``).
 
 Self-attention in a pass without gradient (loss-only evaluations, the streaming passes after the
 attention layer, tiled certificates): every tile crops its positions from ONE evaluation of the layer over
@@ -50,6 +51,7 @@ from torch import nn
 
 from pca_attack.attack.context_attention import Processor, attend, finish, whole_term
 from pca_attack.attack.key_gradients import KeyGradients
+from pca_attack.attack.norm_gradients import ExchangedNorm, NormGradients
 from pca_attack.models.encoder import Encoder
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # mean (B, G), var (B, G), fp32
@@ -158,6 +160,7 @@ class WholeImageNorm:
         self.context: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) whole-image keys' input
         self.terms: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) its term at every position
         self.key_grads = KeyGradients()  # gradients tiles send to each other's attention keys (kept by ``reset``)
+        self.norm_grads = NormGradients()  # each tile's sums of its GroupNorm gradients (kept by ``reset``)
         self.recording: frozenset[int] = frozenset()
         self.stop_after: int | None = None
         self.region: Region | None = None
@@ -172,6 +175,11 @@ class WholeImageNorm:
 
     def reset(self) -> None:
         self.frozen, self.context, self.terms, self._sums, self._maps = {}, {}, {}, {}, {}
+
+    def forget_gradients(self) -> None:
+        """A new image: what tiles sent each other for the last one is dropped."""
+        self.key_grads.forget()
+        self.norm_grads.forget()
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -223,7 +231,27 @@ class WholeImageNorm:
         stats = self.frozen.get(index)
         if stats is None:
             return F.group_norm(x, layer.num_groups, layer.weight, layer.bias, layer.eps)
-        return _normalise(x, layer, *stats)
+        exchanged = self._exchanged(index, layer, x, stats) if x.requires_grad else None
+        return _normalise(x, layer, *stats) if exchanged is None else exchanged
+
+    def _exchanged(self, index: int, layer: nn.GroupNorm, x: torch.Tensor, stats: Stats) -> torch.Tensor | None:
+        """GroupNorm of a tile's x (B, C, h, w) or (B, C, h*w) whose backward carries the whole image's
+        statistics term (``norm_gradients``); None where the tile's core does not map onto x."""
+        found = self._spatial(x) if self.region is not None else None
+        if found is None or self.region is None:
+            return None
+        spatial, d = found  # (B, C, h, w)
+        rows, cols = self.region.core(d)
+        core = torch.zeros(spatial.shape[-2:], device=x.device)  # (h, w): 1 on the tile's core
+        core[rows, cols] = 1.0
+        height, width = self.region.full if self.region.full != (0, 0) else (self.region.height, self.region.width)
+        count = x.shape[1] // layer.num_groups * (height // d) * (width // d)  # values per group, whole image
+        key = (index, (self.region.top + self.region.rows[0], self.region.left + self.region.cols[0]))  # the core
+        rstd = torch.rsqrt(stats[1] + layer.eps)  # (B, G)
+        x_hat = ExchangedNorm.apply(spatial, stats[0], rstd, core, self.norm_grads, key, count)  # (B, C, h, w)
+        if layer.affine:
+            x_hat = x_hat * layer.weight.reshape(1, -1, 1, 1) + layer.bias.reshape(1, -1, 1, 1)
+        return x_hat.reshape(x.shape)
 
     def _spatial(self, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """x as (B, C, h, w) with its factor d, for (B, C, h, w) or attention's (B, C, h*w); None if unmapped."""

@@ -238,7 +238,7 @@ class TiledObjective:
             self.norm = norm if norm else None
         if self.norm is not None:
             self.norm.reset()
-            self.norm.key_grads.forget()
+            self.norm.forget_gradients()
 
     def _norm(self, x: torch.Tensor, fresh: bool = True) -> WholeImageNorm | None:
         """The whole-image statistics for a tiled pass over x (None: untiled or no GroupNorm), measured exactly
