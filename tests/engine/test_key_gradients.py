@@ -1,8 +1,8 @@
 """Tiles hand each other the gradient of their attention keys (``pca_attack.attack.key_gradients``).
 
 The bundled demo VAE (one global self-attention in its mid-block) is the model where it matters: without the
-exchange its tiled gradient misses the untiled direction by far more (measured on 192x160 in 9 tiles:
-cosine 0.83 without, 0.93 with; 0.43 -> 0.98 on a 512x384 photo in 6 tiles, too slow for the suite).
+exchange its tiled gradient misses the untiled direction by far more (measured on 192x160 in 9 tiles, with the
+GroupNorm sums exchanged too: cosine 0.70 without, 0.998 with on the second pass, 0.90 on the first).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def test_exchanged_key_gradients_bring_the_tiled_gradient_to_the_untiled_one(
     monkeypatch.setattr(KeyGradients, "take", lambda self, index, core, where: core)
     monkeypatch.setattr(KeyGradients, "recorder", lambda self, index, context, where: lambda grad: None)
     alone = _grad(TiledObjective(demo, grid=grid), x)
-    assert _cosine(second, untiled) > 0.92
-    assert _cosine(second, untiled) > _cosine(alone, untiled) + 0.05
+    assert _cosine(second, untiled) > 0.98
+    assert _cosine(second, untiled) > _cosine(alone, untiled) + 0.1
     assert _cosine(second, untiled) >= _cosine(first, untiled)  # the first pass lacks the later tiles' part
 
 
