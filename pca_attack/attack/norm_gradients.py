@@ -20,25 +20,26 @@ from typing import Any
 import torch
 
 Sums = tuple[torch.Tensor, torch.Tensor]  # S1, S2: (B, G) each, fp32
+Tile = tuple[int, int, int]  # a tile's core's first row and column in the image, and the EoT draw
 
 
 class NormGradients:
     """Per GroupNorm layer, each tile's latest sums of its gradient (``Sums``), keyed by the tile's position."""
 
     def __init__(self) -> None:
-        self.sums: dict[int, dict[tuple[int, int], Sums]] = {}  # layer -> tile (its core's first pixel) -> sums
+        self.sums: dict[int, dict[Tile, Sums]] = {}  # layer -> tile (its core's first pixel, EoT draw) -> sums
 
     def forget(self) -> None:
         """A new image: nothing sent yet."""
         self.sums = {}
 
-    def totals(self, index: int, tile: tuple[int, int], own: Sums) -> Sums:
-        """``own`` stored as ``tile``'s latest; the sums over every tile's latest (B, G) each."""
+    def totals(self, index: int, tile: Tile, own: Sums) -> Sums:
+        """``own`` stored as ``tile``'s latest; the sums (B, G) each over every tile's latest of the same draw."""
         layer = self.sums.setdefault(index, {})
         layer[tile] = own
         first, second = own[0].clone(), own[1].clone()
         for key, (s1, s2) in layer.items():
-            if key != tile and s1.shape == first.shape:
+            if key != tile and key[2] == tile[2] and s1.shape == first.shape:  # other tiles, the same draw
                 first, second = first + s1, second + s2
         return first, second
 
@@ -49,7 +50,7 @@ class ExchangedNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, core: torch.Tensor,
-                exchange: NormGradients, key: tuple[int, tuple[int, int]], count: int) -> torch.Tensor:
+                exchange: NormGradients, key: tuple[int, Tile], count: int) -> torch.Tensor:
         per = x.shape[1] // mean.shape[1]
         shape = (*mean.shape[:1], x.shape[1], *[1] * (x.dim() - 2))  # (B, C, 1, ...)
         x_hat = (x.float() - mean.repeat_interleave(per, 1).reshape(shape)) * rstd.repeat_interleave(per, 1).reshape(

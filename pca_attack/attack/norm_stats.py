@@ -161,6 +161,7 @@ class WholeImageNorm:
         self.terms: dict[int, torch.Tensor] = {}  # attention index -> (B, C, h, w) its term at every position
         self.key_grads = KeyGradients()  # gradients tiles send to each other's attention keys (kept by ``reset``)
         self.norm_grads = NormGradients()  # each tile's sums of its GroupNorm gradients (kept by ``reset``)
+        self.draw = 0  # the EoT draw being encoded (its GroupNorm sums pair with the same draw of other tiles)
         self.recording: frozenset[int] = frozenset()
         self.stop_after: int | None = None
         self.region: Region | None = None
@@ -246,7 +247,7 @@ class WholeImageNorm:
         core[rows, cols] = 1.0
         height, width = self.region.full if self.region.full != (0, 0) else (self.region.height, self.region.width)
         count = x.shape[1] // layer.num_groups * (height // d) * (width // d)  # values per group, whole image
-        key = (index, (self.region.top + self.region.rows[0], self.region.left + self.region.cols[0]))  # the core
+        key = (index, (self.region.top + self.region.rows[0], self.region.left + self.region.cols[0], self.draw))
         rstd = torch.rsqrt(stats[1] + layer.eps)  # (B, G)
         x_hat = ExchangedNorm.apply(spatial, stats[0], rstd, core, self.norm_grads, key, count)  # (B, C, h, w)
         if layer.affine:

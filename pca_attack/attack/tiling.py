@@ -352,7 +352,9 @@ class TiledObjective:
         loss = torch.zeros(x.shape[0], device=x.device)
         checkpoint = self.checkpoint or (self.grid is not None and self.grid.checkpoint)
         with self.encoder.checkpointing(checkpoint and sign is not None):
-            for drawn in self._draws(part, generator):
+            for draw, drawn in enumerate(self._draws(part, generator)):
+                if self.norm is not None:
+                    self.norm.draw = draw  # EoT: draw r of a tile pairs with draw r of the others
                 mean, logvar = self.encoder.posterior(drawn) if tile is None else _core_posterior(
                     self.encoder, drawn, tile
                 )

@@ -47,7 +47,7 @@ def test_the_backward_adds_the_whole_image_statistics_term_at_the_core_only() ->
     rstd = torch.rsqrt(x.detach().reshape(2, 2, -1).var(-1, correction=0) + 1e-5)  # (B, G)
     weight = torch.randn(2, 4, 5, 6)
     core = torch.ones(5, 6)
-    y = ExchangedNorm.apply(x, mean, rstd, core, NormGradients(), (0, (0, 0)), 2 * 5 * 6)
+    y = ExchangedNorm.apply(x, mean, rstd, core, NormGradients(), (0, (0, 0, 0)), 2 * 5 * 6)
     (grad,) = torch.autograd.grad((y * weight).sum(), x)
     reference = torch.nn.functional.group_norm(x, 2, eps=1e-5)
     (expected,) = torch.autograd.grad((reference * weight).sum(), x)
@@ -62,3 +62,12 @@ def test_a_new_image_forgets_the_sums() -> None:
     assert objective.norm is not None and objective.norm.norm_grads.sums
     objective.grid = TileGrid(48, 40, factor=4, core=24, halo=HALO)
     assert not objective.norm.norm_grads.sums
+
+
+def test_sums_pair_the_same_eot_draw_of_every_tile() -> None:
+    exchange = NormGradients()
+    ones, twos = (torch.ones(1, 2), torch.ones(1, 2)), (2 * torch.ones(1, 2), 2 * torch.ones(1, 2))
+    exchange.totals(0, (0, 0, 0), ones)  # tile A, draw 0
+    exchange.totals(0, (0, 0, 1), twos)  # tile A, draw 1
+    s1, _ = exchange.totals(0, (0, 8, 1), ones)  # tile B, draw 1: its own + tile A's draw 1
+    assert torch.equal(s1, torch.full((1, 2), 3.0))
