@@ -11,8 +11,8 @@ was twice as large for the same loss; with it, 0.98 (``benchmarks/large_images.p
 layer's normalised input (what keys and values are projected from):
 
 * after each tile's backward, a hook adds the gradient of its keys' input at every position OUTSIDE its core;
-* before a tile's forward, ``take`` reads its core's part and zeroes it there, and ``inject`` adds it to the
-  gradient of the tile's live core in the coming backward.
+* before a tile's forward, ``take`` reads its core's part, zeroes it there, and adds it to the gradient of
+  the tile's live core in the coming backward.
 
 So a tile receives, once, the latest contribution of every other tile: this step's from the tiles before it,
 the previous step's from the tiles after it (one buffer, no second copy; the first step lacks the latter).

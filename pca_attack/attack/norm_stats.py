@@ -82,6 +82,10 @@ class Region:
         """The core within the tile's activation at factor d."""
         return slice(self.rows[0] // d, self.rows[1] // d), slice(self.cols[0] // d, self.cols[1] // d)
 
+    def image_size(self) -> tuple[int, int]:
+        """The padded image's height and width (the tile's own where the tile is the image)."""
+        return self.full if self.full != (0, 0) else (self.height, self.width)
+
     def in_image(self, d: int) -> tuple[slice, slice]:
         """The core within the whole image's activation at factor d."""
         top, left = self.top // d, self.left // d
@@ -239,13 +243,14 @@ class WholeImageNorm:
         """GroupNorm of a tile's x (B, C, h, w) or (B, C, h*w) whose backward carries the whole image's
         statistics term (``norm_gradients``); None where the tile's core does not map onto x."""
         found = self._spatial(x) if self.region is not None else None
-        if found is None or self.region is None:
+        if found is None:
             return None
+        assert self.region is not None
         spatial, d = found  # (B, C, h, w)
         rows, cols = self.region.core(d)
         core = torch.zeros(spatial.shape[-2:], device=x.device)  # (h, w): 1 on the tile's core
         core[rows, cols] = 1.0
-        height, width = self.region.full if self.region.full != (0, 0) else (self.region.height, self.region.width)
+        height, width = self.region.image_size()
         count = x.shape[1] // layer.num_groups * (height // d) * (width // d)  # values per group, whole image
         key = (index, (self.region.top + self.region.rows[0], self.region.left + self.region.cols[0], self.draw))
         rstd = torch.rsqrt(stats[1] + layer.eps)  # (B, G)
@@ -321,7 +326,7 @@ class WholeImageNorm:
 
     def _record_map(self, index: int, core: torch.Tensor, d: int) -> None:
         assert self.region is not None
-        height, width = self.region.full if self.region.full != (0, 0) else (self.region.height, self.region.width)
+        height, width = self.region.image_size()
         if index not in self._maps:
             self._maps[index] = torch.zeros(*core.shape[:2], height // d, width // d, device=core.device)
         self._maps[index][(..., *self.region.in_image(d))] = core.float()
