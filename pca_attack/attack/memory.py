@@ -187,13 +187,13 @@ _lock = threading.Lock()
 
 
 def memory_model(encoder: Encoder) -> MemoryModel:
-    """The memory model of a loaded encoder, measured on first use and remembered."""
+    """The memory model of a loaded encoder, measured on first use (or read from disk) and remembered."""
     with _lock:
         model = _models.get(encoder)
         if model is None:
-            from pca_attack.attack.probe import probe
+            from pca_attack.attack.probe_cache import cached_probe  # measured, or read from an earlier run
 
-            model = _models[encoder] = probe(encoder)
+            model = _models[encoder] = cached_probe(encoder)
         return model
 
 
