@@ -55,7 +55,7 @@ def test_estimate_within_30_percent_of_the_measured_peak_at_two_sizes(encoder: E
     for height, width in ((136, 200), (264, 328)):
         x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
         # whole_pass: the planner's choice wherever a no-grad pass of the whole image fits (it does here)
-        grid = TileGrid(height, width, model.factor, 64, model.halo, whole_pass=True) if tiled else None
+        grid = TileGrid(height, width, model.factor, 128, model.halo, whole_pass=True) if tiled else None
         attack = Protector(encoder, AttackConfig(steps=2))
         measured = measure_peak(lambda x=x, grid=grid, attack=attack: attack.protect(x, tiles=grid), encoder.device)
         estimate = model.estimate(height, width) if grid is None else model.estimate_grid(grid)
