@@ -2,6 +2,8 @@
 # The project's test command: set up a virtual environment if needed, then lint, type-check and test.
 #   bash scripts/test.sh            # everything CI runs
 #   bash scripts/test.sh -k attack  # extra arguments go to pytest
+# The tests run in PCA_TEST_WORKERS processes (default 2, pytest-xdist; 1 runs them in this process), one
+# test file per process at a time, so a file's shared fixtures (servers, Ray cluster) start once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -24,4 +26,7 @@ fi
 
 echo "== ruff" && ruff check .
 echo "== mypy" && mypy pca_attack service pca_client pca_cli
-echo "== pytest" && python -m pytest -q -m "not slow" -p no:cacheprovider "$@"
+WORKERS="${PCA_TEST_WORKERS:-2}"
+PARALLEL=()
+if [ "$WORKERS" -gt 1 ]; then PARALLEL=(-n "$WORKERS" --dist loadfile); fi
+echo "== pytest" && python -m pytest -q -m "not slow" -p no:cacheprovider "${PARALLEL[@]}" "$@"

@@ -22,12 +22,15 @@ torch.set_num_threads(1)  # tiny models: more threads only add contention on sha
 def pytest_configure(config: pytest.Config) -> None:
     """One fresh memory-probe cache per test session (``pca_attack.attack.probe_cache``), inherited by the
     CLI, server and Ray processes the tests start: each model is probed once per session and thread count,
-    never read from the user's own cache or from an earlier session's code."""
-    os.environ["PCA_PROBE_CACHE"] = tempfile.mkdtemp(prefix="pca-probe-cache-")
+    never read from the user's own cache or from an earlier session's code. pytest-xdist's workers inherit
+    the folder their controller made (its configure runs before they start)."""
+    if not hasattr(config, "workerinput"):
+        os.environ["PCA_PROBE_CACHE"] = tempfile.mkdtemp(prefix="pca-probe-cache-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(os.environ.pop("PCA_PROBE_CACHE", ""), ignore_errors=True)
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop("PCA_PROBE_CACHE", ""), ignore_errors=True)
 
 
 def make_tiny_vae(folder: Path, *, latent_channels: int = 4, quant_conv: bool = True, seed: int = 0) -> Path:
