@@ -106,10 +106,6 @@ def cache_key(encoder: Encoder) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def to_json(model: MemoryModel) -> dict[str, Any]:
-    return dataclasses.asdict(model)
-
-
 def from_json(fields: dict[str, Any], factor: int) -> MemoryModel | None:
     """The stored model, or None when it is not a complete, finite, non-negative one of this factor."""
     try:
@@ -146,7 +142,7 @@ def read(path: Path, key: str, factor: int) -> MemoryModel | None:
 def write(path: Path, key: str, model: MemoryModel, encoder: Encoder) -> None:
     """Store ``model`` whole (a temporary file renamed over ``path``); a failure is logged, never raised."""
     record = {"format": FORMAT, "key": key, "engine": __version__, "model": encoder.name,
-              "device": device_description(encoder.device), "memory_model": to_json(model)}
+              "device": device_description(encoder.device), "memory_model": dataclasses.asdict(model)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
