@@ -29,4 +29,4 @@ echo "== mypy" && mypy pca_attack service pca_client pca_cli
 WORKERS="${PCA_TEST_WORKERS:-2}"
 PARALLEL=()
 if [ "$WORKERS" -gt 1 ]; then PARALLEL=(-n "$WORKERS" --dist loadfile); fi
-echo "== pytest" && python -m pytest -q -m "not slow" -p no:cacheprovider "${PARALLEL[@]}" "$@"
+echo "== pytest" && python -m pytest -q -m "not slow" -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} "$@"
