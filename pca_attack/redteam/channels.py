@@ -173,6 +173,9 @@ class Transformation:
     description: str
     fn: Callable[[torch.Tensor, Context], torch.Tensor]  # (B, 3, H, W) -> (B, 3, H, W)
     needs_decoder: bool = False
+    # True for an attack on the protection (purification): the attacker runs it on the protected image only,
+    # so its result is compared with the clean image as published, not with the clean image run through it
+    protected_only: bool = False
 
     def __call__(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         return self.fn(x, ctx)
@@ -209,7 +212,7 @@ TRANSFORMS: dict[str, Transformation] = {
         Transformation("cleaner", "4x bilateral + guided filter (AdverseCleaner-style)",
                        lambda x, c: cleaner(x)),
         Transformation("purify", "IMPRESS-style VAE purification (bounded Adam steps)", _purify,
-                       needs_decoder=True),
+                       needs_decoder=True, protected_only=True),
     )
 }
 

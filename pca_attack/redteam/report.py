@@ -20,6 +20,13 @@ two more ratios are reported: ``retention_roundtrip`` on the round-trip damage i
 of the collapse loss (mean KL to the preset's target per latent element, clean minus protected, sign
 flipped for maximise presets). ``retention_roundtrip`` is left empty when the damage before the channel
 is under 0.1 dB (a ratio of two noise-level numbers means nothing).
+
+Purification (``protected_only`` transformations) is the exception: an attacker runs it on the protected
+image only, so T(clean) is the clean image itself. Applied to both, it measured the wrong thing: it makes the
+purified *clean* image easy to reconstruct (its own round-trip error is what it minimises), so the protected
+one looked damaged against it by little more than the perturbation's own pixel distance (TAEF2: 98% of the
+damage "kept" over 8 photos; against the clean image 20 Adam steps remove 46% of it on two 192x256 crops,
+200 steps with a 100x looser fidelity term 81%: ``benchmarks/purify_sweep.py``).
 """
 
 from __future__ import annotations
@@ -186,7 +193,7 @@ def redteam(
         c4, p4 = c[None].float(), p[None].float()  # (1, 3, H, W)
         for n in names:
             s = seed + i
-            tc = apply_transform(n, c4, s, encoder, decoder, purify_steps)
+            tc = c4 if get_transform(n).protected_only else apply_transform(n, c4, s, encoder, decoder, purify_steps)
             tp = apply_transform(n, p4, s, encoder, decoder, purify_steps)
             per[n].append(_measure(encoder, decoder, tc, tp, target, sign, with_roundtrip))
     report = RedteamReport(model=encoder.name, preset=preset, images=len(cs), seed=seed)

@@ -84,3 +84,17 @@ def test_strong_jpeg_lowers_retention_on_the_demo_model() -> None:
     assert report.row("none").latent_drift > 0.05  # the protection did something before the channel
     # measured on the demo VAE: ~0.98 (JPEG removes little of a low-frequency perturbation), never 1
     assert 0.5 < report.row("jpeg-50").retention < 1.0
+
+
+def test_purification_is_measured_against_the_clean_image_as_published(tiny_vae_dir: Path) -> None:
+    """An attacker purifies the protected image only: the purify row's clean round trip is the clean image's
+    own (the 'none' row's), not that of a purified clean image, which the purifier makes easy to reconstruct."""
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    decoder = load_decoder(str(tiny_vae_dir), device="cpu")
+    clean = _image(32, 40)
+    protected = Protector(encoder, AttackConfig(steps=3)).protect(clean).images
+    report = redteam(encoder, clean, protected, decoder=decoder, transforms=["purify", "jpeg-75"], purify_steps=3)
+    none, purified, jpeg = report.row("none"), report.row("purify"), report.row("jpeg-75")
+    assert purified.roundtrip_psnr_clean_db == pytest.approx(none.roundtrip_psnr_clean_db)
+    assert jpeg.roundtrip_psnr_clean_db != pytest.approx(none.roundtrip_psnr_clean_db)  # codecs: both sides
+    assert TRANSFORMS["purify"].protected_only and not TRANSFORMS["jpeg-75"].protected_only
