@@ -41,24 +41,23 @@ from pca_attack.redteam.channels import purify  # noqa: E402
 PURIFIER = "Adam lr 0.01 on x' within 16/255 of p, loss mean((D(E(x'))-x')^2) + weight*mean((x'-p)^2)"
 
 
-def damage(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, image: torch.Tensor) -> float:
-    """Round-trip damage in dB of (1, 3, H, W) ``image`` against the clean photo's own round trip."""
-    reference = clean[0].cpu()
-    return psnr(roundtrip(encoder, decoder, clean)[0], reference) - psnr(roundtrip(encoder, decoder, image)[0],
-                                                                         reference)
+def roundtrip_psnr(encoder: Encoder, decoder: Decoder, image: torch.Tensor, clean: torch.Tensor) -> float:
+    """PSNR in dB of (1, 3, H, W) ``image``'s round trip D(E(image)) against the clean photo."""
+    return psnr(roundtrip(encoder, decoder, image)[0], clean[0].cpu())  # type: ignore[return-value]
 
 
 def sweep_photo(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, settings: list[tuple[int, float]],
                 steps: int) -> dict[str, Any]:
     """One photo: protect it, then purify it with each (steps, weight)."""
     protected = Protector(encoder, AttackConfig(steps=steps)).protect(clean).images  # (1, 3, H, W)
-    before = damage(encoder, decoder, clean, protected)
+    clean_db = roundtrip_psnr(encoder, decoder, clean, clean)  # the damage of an image: clean_db minus its own
+    before = clean_db - roundtrip_psnr(encoder, decoder, protected, clean)
     drift = latent_drift(encoder, clean[0], protected[0])
     rows = {}
     for purify_steps, weight in settings:
         start = time.perf_counter()
         purified = purify(protected, encoder, decoder, steps=purify_steps, weight=weight)  # (1, 3, H, W)
-        after = damage(encoder, decoder, clean, purified)
+        after = clean_db - roundtrip_psnr(encoder, decoder, purified, clean)
         rows[f"steps={purify_steps},weight={weight:g}"] = {
             "damage_db": round(after, 3), "damage_retention": round(after / before, 3),
             "drift_retention": round(latent_drift(encoder, clean[0], purified[0]) / drift, 3),
