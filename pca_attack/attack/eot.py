@@ -21,6 +21,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from pca_attack.attack.eot_filters import RandomCleaner
 from pca_attack.errors import ConfigError
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -240,6 +241,13 @@ EOT_PRESETS: dict[str, tuple[Callable[[], Transform], str]] = {
     "resize": (lambda: RandomResize(0.5, 0.9), "downscale 0.5-0.9x (bilinear, antialiased) and back up"),
     "blur": (lambda: RandomBlur(0.5, 1.5), "Gaussian blur, sigma 0.5-1.5 px"),
     "noise": (lambda: RandomNoise(2.0, 8.0), "additive Gaussian noise, std 2-8 on the 0-255 scale"),
+    "cleaner": (
+        lambda: RandomCleaner(), "AdverseCleaner-style: 2-4 bilateral passes (colour sigma 0.03-0.08) + guided filter"
+    ),
+    "noise-cleaner": (
+        lambda: OneOf((None, RandomNoise(2.0, 8.0), RandomCleaner())),
+        "one of: identity, noise std 2-8, cleaner (uniformly per sample)",
+    ),
     "mixed": (
         lambda: OneOf((None, RandomJPEG(50, 95), _social(), RandomBlur(0.5, 1.5), RandomNoise(2.0, 8.0))),
         "one of: identity, JPEG 50-95, social-resize, blur, noise (uniformly per sample)",

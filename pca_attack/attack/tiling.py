@@ -344,12 +344,17 @@ class TiledObjective:
         self, x: torch.Tensor, tile: Tile | None, target: float | torch.Tensor, generator: torch.Generator | None,
         sign: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Loss (B,) of one tile's core (or of the whole image) and its gradient w.r.t. the tile's pixels."""
+        """Loss (B,) of one tile's core (or of the whole image) and its gradient w.r.t. the tile's pixels. Each
+        EoT draw is differentiated on its own and its graph freed before the next draw is encoded, so the
+        step's memory is one encoder pass whatever ``eot_samples`` is (the gradient of the mean is the mean of
+        the gradients)."""
         rows, cols = (tile.rows, tile.cols) if tile is not None else (slice(None), slice(None))
         part = x[..., rows, cols].detach().requires_grad_(sign is not None)
         if self.norm is not None and self.grid is not None and tile is not None:
             self.norm.region = self.grid.region(tile)
-        loss = torch.zeros(x.shape[0], device=x.device)
+        loss = torch.zeros(x.shape[0], device=x.device)  # (B,)
+        grad: torch.Tensor | None = None  # (B, 3, h, w)
+        samples = self._samples(generator)
         checkpoint = self.checkpoint or (self.grid is not None and self.grid.checkpoint)
         with self.encoder.checkpointing(checkpoint and sign is not None):
             for draw, drawn in enumerate(self._draws(part, generator)):
@@ -358,15 +363,24 @@ class TiledObjective:
                 mean, logvar = self.encoder.posterior(drawn) if tile is None else _core_posterior(
                     self.encoder, drawn, tile
                 )
-                loss = loss + pca_loss(mean, logvar, target if tile is None else _crop_target(target, tile))
-            loss = loss / self._samples(generator)
+                draw_loss = pca_loss(mean, logvar, target if tile is None else _crop_target(target, tile)) / samples
+                if sign is None:
+                    loss = loss + draw_loss
+                    continue
+                g = self._input_gradient(draw_loss, part, target, sign)
+                grad = g if grad is None else grad.add_(g)
+                loss = loss + draw_loss.detach()
             if sign is None:
                 self._keep_posterior(mean, logvar, tile, x.shape[0])
-                return loss, None
-            scale = half_safe_scale(self.encoder.dtype, target)
-            with self.norm.paused() if self.norm is not None else nullcontext():  # checkpointing re-runs forwards
-                (g,) = torch.autograd.grad((sign * scale * loss).sum(), part)  # (B, 3, h, w)
-        return loss, g / scale
+        return loss, grad
+
+    def _input_gradient(self, loss: torch.Tensor, part: torch.Tensor, target: float | torch.Tensor,
+                        sign: float) -> torch.Tensor:
+        """Gradient (B, 3, h, w) of ``sign * loss.sum()`` w.r.t. ``part``, through an fp16-safe scale."""
+        scale = half_safe_scale(self.encoder.dtype, target)
+        with self.norm.paused() if self.norm is not None else nullcontext():  # checkpointing re-runs forwards
+            (g,) = torch.autograd.grad((sign * scale * loss).sum(), part)  # (B, 3, h, w)
+        return g / scale
 
     def _keep_posterior(self, mean: torch.Tensor, logvar: torch.Tensor | None, tile: Tile | None, batch: int) -> None:
         """Keep a loss-only pass's posterior (B, C, h, w) of the whole image, or stitch in a tile's core."""

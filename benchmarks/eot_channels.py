@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Which EoT preset keeps the most protection through which channel, at equal steps. Prints one JSON object.
+
+Each photo is protected once per ``--eot`` preset (``none`` = the plain attack; the same ``AttackConfig`` and
+steps otherwise) and every protected image is red-teamed (``pca_attack.redteam``) on ``--channels``: the
+round-trip damage PSNR(D(E(T(c))), T(c)) - PSNR(D(E(T(p))), T(c)) in dB after each channel T (``none`` = the
+lossless image), and the pixel PSNR of the perturbation. The summary gives per preset the mean damage per
+channel over the photos, and its ratio to the plain attack's. Needs a model with a decoder.
+
+    python benchmarks/eot_channels.py --model <taef2 folder> --out docs/eot_channels_taef2.json
+    python benchmarks/eot_channels.py --model demo --photos chelsea --crop 48x64 --steps 2 --eot none,cleaner  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from efficacy import load_photos  # noqa: E402
+from efficacy_real import crop  # noqa: E402
+from public_paths import public  # noqa: E402
+
+from pca_attack.attack.config import AttackConfig  # noqa: E402
+from pca_attack.attack.pgd import Protector  # noqa: E402
+from pca_attack.certify.diagnostics import psnr  # noqa: E402
+from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder  # noqa: E402
+from pca_attack.redteam.report import redteam  # noqa: E402
+
+CHANNELS = "jpeg-75,noise-8,cleaner,blur-1,resize-0.5,purify"
+
+
+def photo_rows(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, presets: list[str], channels: list[str],
+               steps: int, eot_samples: int) -> dict[str, Any]:
+    """One photo (3, H, W): per preset, the damage after each channel, the pixel PSNR and the attack's time."""
+    rows = {}
+    for preset in presets:
+        config = AttackConfig(steps=steps, eot=None if preset == "none" else preset, eot_samples=eot_samples)
+        start = time.perf_counter()
+        protected = Protector(encoder, config).protect(clean[None]).images[0]  # (3, H, W)
+        seconds = time.perf_counter() - start
+        report = redteam(encoder, clean, protected, decoder=decoder, transforms=channels)
+        rows[preset] = {"attack_s": round(seconds, 1), "pixel_psnr_db": round(psnr(protected, clean), 2),
+                        "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows}}
+    return {"size": list(clean.shape[-2:]), "presets": rows}
+
+
+def summary(photos: dict[str, dict[str, Any]], presets: list[str]) -> dict[str, Any]:
+    """Per preset and channel: mean damage over the photos, and its ratio to the plain attack's ('none')."""
+    def mean(preset: str, channel: str) -> float:
+        return sum(p["presets"][preset]["damage_db"][channel] for p in photos.values()) / len(photos)
+
+    channels = list(next(iter(photos.values()))["presets"][presets[0]]["damage_db"])
+    out: dict[str, Any] = {}
+    for preset in presets:
+        out[preset] = {"mean_damage_db": {c: round(mean(preset, c), 3) for c in channels}}
+        if "none" in presets and preset != "none":
+            out[preset]["vs_plain"] = {c: round(mean(preset, c) / mean("none", c), 3) if mean("none", c) > 0 else None
+                                       for c in channels}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a model with a decoder: folder, file or registry name")
+    parser.add_argument("--photos", default="chelsea,coffee,astronaut,flower")
+    parser.add_argument("--crop", default="", help="central crop HxW of each photo (default: natural size)")
+    parser.add_argument("--eot", default="none,noise,cleaner,noise-cleaner", help="EoT presets ('none' = plain)")
+    parser.add_argument("--eot-samples", type=int, default=1, help="EoT draws per step")
+    parser.add_argument("--channels", default=CHANNELS, help="red-team channels measured after")
+    parser.add_argument("--steps", type=int, default=40, help="attack steps (equal for every preset)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    encoder = load_encoder(args.model, device="cpu", dtype="fp32", offline=True)
+    decoder = load_decoder(args.model, device="cpu", dtype="fp32", offline=True)
+    size = tuple(int(v) for v in args.crop.split("x")) if args.crop else None
+    presets, channels = args.eot.split(","), args.channels.split(",")
+    photos = {name: photo_rows(encoder, decoder, crop(x, size), presets, channels, args.steps,  # type: ignore[arg-type]
+                               args.eot_samples)
+              for name, x in load_photos(False).items() if name in args.photos.split(",")}
+    result = public({"model": args.model, "crop": args.crop or "natural size", "steps": args.steps,
+                     "eot_samples": args.eot_samples, "attack": "AttackConfig(steps, eot) defaults otherwise",
+                     "summary": summary(photos, presets), "photos": photos})
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
