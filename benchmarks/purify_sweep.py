@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a model with a decoder: folder, file or registry name")
     parser.add_argument("--photos", default="chelsea,coffee,astronaut,flower")
-    parser.add_argument("--crop", default="192x256", help="central crop HxW of each photo")
+    parser.add_argument("--crop", default="192x256", help="central crop HxW of each photo ('': natural size)")
     parser.add_argument("--steps", default="20,100,300", help="purification step counts")
     parser.add_argument("--weights", default="10,1,0.1", help="purification fidelity weights")
     parser.add_argument("--attack-steps", type=int, default=40)
@@ -91,11 +91,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     encoder = load_encoder(args.model, device="cpu", dtype="fp32", offline=True)
     decoder = load_decoder(args.model, device="cpu", dtype="fp32", offline=True)
-    size = tuple(int(v) for v in args.crop.split("x"))
+    size = tuple(int(v) for v in args.crop.split("x")) if args.crop else None
     settings = [(int(s), float(w)) for s in args.steps.split(",") for w in args.weights.split(",")]
     photos = {name: sweep_photo(encoder, decoder, crop(x, size)[None], settings, args.attack_steps)  # type: ignore[arg-type]
               for name, x in load_photos(False).items() if name in args.photos.split(",")}
-    result = public({"model": args.model, "crop": args.crop, "attack": f"engine defaults, {args.attack_steps} steps",
+    result = public({"model": args.model, "crop": args.crop or "natural size",
+                     "attack": f"engine defaults, {args.attack_steps} steps",
                      "purifier": PURIFIER,
                      "summary": summary(photos), "photos": photos})
     text = json.dumps(result, indent=1)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from pca_attack.attack.config import AttackConfig
-from pca_attack.attack.loop_memory import loop_bytes_per_pixel
+from pca_attack.attack.loop_memory import for_config
 from pca_attack.attack.memory import (
     AttackPlan,
     default_budget,
@@ -152,25 +152,25 @@ class Engine:
         (before any work) when an image cannot be protected within the budget even in tiles."""
         # an ensemble is sized by its members (the largest one's step; tiles on the LCM of their factors)
         model = memory_model(self.encoder) if self.ensemble is None else ensemble_memory_model(self.ensemble)
-        encoder = self.encoder
-        loop = loop_bytes_per_pixel(config, model.factor, encoder.latent_channels, str(encoder.device))
-        model = replace(model, loop_image_per_pixel=loop.between_steps, loop_tile_per_pixel=loop.during_tiles)
+        model = for_config(model, config, self.encoder.latent_channels, str(self.encoder.device))
         held = sum(image.rgb.nbytes + (0 if image.alpha is None else image.alpha.nbytes) for image in images)
         available = self.available_memory() - held  # the decoded inputs stay alive through every attack
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault((image.height, image.width), []).append(index)
         chunks: list[tuple[list[int], AttackPlan]] = []
-        evaluations = loss_evaluations(config)  # loss-only passes besides the steps (the plan's time estimate)
-        tiled_evaluations = loss_evaluations(config, tiled=True)
+        draws = config.eot_samples if config.eot else 1  # encoder passes per step and per loss-only pass (time)
+        steps = config.steps * draws
+        evaluations = loss_evaluations(config) * draws  # loss-only passes besides the steps (the plan's time)
+        tiled_evaluations = loss_evaluations(config, tiled=True) * draws
         for (height, width), indices in groups.items():
             size = min(self.max_batch, len(indices))
             extra = editor_pixels(height, width, config.editor_resolution)
-            plan = plan_attack(model, height, width, batch=size, steps=config.steps, available=available,
+            plan = plan_attack(model, height, width, batch=size, steps=steps, available=available,
                                extra_pixels=extra, evaluations=evaluations, tiled_evaluations=tiled_evaluations)
             if plan.grid is not None and size > 1:  # tiles run one image at a time
                 size = 1
-                plan = plan_attack(model, height, width, steps=config.steps, available=available, extra_pixels=extra,
+                plan = plan_attack(model, height, width, steps=steps, available=available, extra_pixels=extra,
                                    evaluations=evaluations, tiled_evaluations=tiled_evaluations)
             chunks += [(indices[i : i + size], plan) for i in range(0, len(indices), size)]
             if (plan.grid is not None or plan.checkpoint) and self.encoder.device.type == "cpu":

@@ -91,7 +91,7 @@ def test_random_cleaner_draws_from_the_generator() -> None:
 
 def test_cleaner_presets_are_listed_and_attack_within_budget(tiny_vae_dir: Path) -> None:
     tiny_encoder = load_encoder(str(tiny_vae_dir), device="cpu")
-    assert {"cleaner", "noise-cleaner"} <= set(EOT_PRESETS)
+    assert "cleaner" in EOT_PRESETS
     assert isinstance(build_eot("cleaner"), RandomCleaner)
     x = torch.randint(0, 256, (1, 3, 32, 48), generator=torch.Generator().manual_seed(0)) / 255  # on the uint8 grid
     result = Protector(tiny_encoder, AttackConfig(steps=3, eot="cleaner", seed=0)).protect(x)

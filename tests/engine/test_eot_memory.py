@@ -1,13 +1,17 @@
 """EoT's memory: each draw's graph is freed before the next draw is encoded (``TiledObjective._tile``), so a step
-holds one encoder pass whatever ``eot_samples`` is, which is what the memory planner budgets."""
+holds one encoder pass whatever ``eot_samples`` is, which is what the memory planner budgets; and the planner adds
+the transform's own graph (``loop_memory.for_config``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.loop_memory import for_config, transform_bytes_per_pixel
+from pca_attack.attack.memory import measure_peak, memory_model
 from pca_attack.attack.pgd import Protector
 from pca_attack.models.encoder import load_encoder
 
@@ -49,3 +53,38 @@ def test_eot_samples_do_not_multiply_the_graph_memory_of_a_step(tiny_vae_dir: Pa
         peaks[samples] = saved.peak
     assert peaks[1] > 0
     assert peaks[4] < 1.2 * peaks[1]  # all four graphs alive at once: about 4x
+
+
+def test_transform_bytes_are_measured_per_preset() -> None:
+    assert transform_bytes_per_pixel(None) == 0.0
+    assert 0 < transform_bytes_per_pixel("noise") < transform_bytes_per_pixel("jpeg-75")
+    assert transform_bytes_per_pixel("cleaner") > 5 * transform_bytes_per_pixel("jpeg-75")  # 219 vs 20 measured
+
+
+def test_the_plan_counts_the_transform_graph_and_stays_within_30_percent(tiny_vae_dir: Path) -> None:
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    config = AttackConfig(steps=2, eot="cleaner", eot_samples=2)
+    base = memory_model(encoder)
+    planned = for_config(base, config, encoder.latent_channels)
+    extra = transform_bytes_per_pixel("cleaner")
+    assert planned.step.per_pixel == pytest.approx(base.step.per_pixel + extra)
+    assert planned.loop.per_pixel == pytest.approx(base.loop.per_pixel + extra)
+    height, width = 264, 328
+    x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    attack = Protector(encoder, config)
+    measured = measure_peak(lambda: attack.protect(x), encoder.device)
+    estimate = planned.estimate(height, width)
+    assert abs(estimate - measured) <= 0.3 * measured, (estimate, measured)
+
+
+def test_the_planned_time_counts_every_eot_draw(tiny_vae_dir: Path) -> None:
+    """Each draw is one encoder pass: four draws per step take about four times a step's encoder time."""
+    from pca_attack.io.images import decode_image
+    from pca_attack.pipeline import Engine
+    from tests.service.conftest import png_bytes
+
+    engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False)
+    image = decode_image(png_bytes(64, 48), max_pixels=10**6)
+    seconds = {samples: engine.plan([image], AttackConfig(steps=10, eot="noise", eot_samples=samples))[0][1].estimated_s
+               for samples in (1, 4)}
+    assert seconds[4] == pytest.approx(4 * seconds[1], rel=0.01)
