@@ -14,12 +14,10 @@ encoder is called (the state a real tile's forward + backward sits beside: the c
 best iterate, the tiled gradient's accumulator...). It takes 0.1-2 s and is remembered per (configuration less
 its step count, factor, latent channels, device): requests that differ only in steps share one measurement.
 
-An EoT transform's graph is the other per-configuration cost: it lives beside the encoder's activations for the
-whole step, and it scales with the pixels the encoder reads (a tile's, not the whole image's), so it is added to
-the step's bytes per pixel (``for_config``). ``transform_bytes_per_pixel`` measures what the transform saves for
-the backward with ``torch.autograd.graph.saved_tensors_hooks`` over a few draws: 12-56 bytes per pixel for
-the codec, resize, blur and noise presets, about 256 for ``cleaner`` (TAEF2's step: about 2000). One draw's
-graph is alive at a time whatever ``eot_samples`` is (``TiledObjective._tile``).
+An EoT transform is the other per-configuration cost: its graph lives beside the encoder's activations for the
+whole step and its time adds to every draw, both in proportion to the pixels the encoder reads (a tile's, not the
+whole image's), so ``for_config`` adds them to the step's bytes and seconds per pixel
+(``pca_attack.attack.eot_cost`` measures them per preset).
 """
 
 from __future__ import annotations
@@ -84,38 +82,11 @@ def _measured(probe_config: AttackConfig, factor: int, latent_channels: int, dev
     return LoopBytes(max(0.0, peak), max(0.0, during))
 
 
-TRANSFORM_PROBE_SIDE = 64  # pixels per side of the image an EoT transform's saved bytes are measured on
-TRANSFORM_PROBE_DRAWS = 8  # draws measured (presets draw their strength: the largest graph counts)
-
-
-@functools.lru_cache(maxsize=32)
-def transform_bytes_per_pixel(eot: str | None) -> float:
-    """Bytes per input pixel an EoT draw keeps for the backward beside the encoder's graph (0 without EoT):
-    the largest over ``TRANSFORM_PROBE_DRAWS`` draws, the input itself not counted (the step holds it anyway)."""
-    if eot is None:
-        return 0.0
-    from pca_attack.attack.eot import build_eot
-
-    transform = build_eot(eot)
-    x = torch.rand(1, 3, TRANSFORM_PROBE_SIDE, TRANSFORM_PROBE_SIDE).requires_grad_()  # (1, 3, S, S)
-    largest = 0
-    for seed in range(TRANSFORM_PROBE_DRAWS):
-        storages: dict[int, int] = {}
-
-        def pack(t: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
-            if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # views share one storage
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            transform(x, torch.Generator().manual_seed(seed))
-        largest = max(largest, sum(storages.values()))
-    return largest / TRANSFORM_PROBE_SIDE**2
-
-
 def for_config(model: MemoryModel, config: AttackConfig, latent_channels: int, device: str = "cpu") -> MemoryModel:
-    """``model`` with what ``config`` adds: the loop's own whole-image bytes (``loop_bytes_per_pixel``) and the
-    EoT transform's graph on every line that holds a step (``transform_bytes_per_pixel``)."""
+    """``model`` with what ``config`` adds: the loop's own whole-image bytes (``loop_bytes_per_pixel``), and the
+    EoT transform's graph on every line that holds a step and its time on every step (``eot_cost``)."""
+    from pca_attack.attack.eot_cost import transform_bytes_per_pixel, transform_seconds_per_pixel
+
     loop = loop_bytes_per_pixel(config, model.factor, latent_channels, device)
     extra = transform_bytes_per_pixel(config.eot)
 
@@ -124,4 +95,5 @@ def for_config(model: MemoryModel, config: AttackConfig, latent_channels: int, d
 
     return replace(model, loop_image_per_pixel=loop.between_steps, loop_tile_per_pixel=loop.during_tiles,
                    step=plus(model.step), loop=plus(model.loop),
+                   seconds_per_pixel=model.seconds_per_pixel + transform_seconds_per_pixel(config.eot, device),
                    checkpointed=None if model.checkpointed is None else plus(model.checkpointed))

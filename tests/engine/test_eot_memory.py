@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pca_attack.attack.config import AttackConfig
-from pca_attack.attack.loop_memory import for_config, transform_bytes_per_pixel
+from pca_attack.attack.eot_cost import transform_bytes_per_pixel, transform_seconds_per_pixel
+from pca_attack.attack.loop_memory import for_config
 from pca_attack.attack.memory import measure_peak, memory_model
 from pca_attack.attack.pgd import Protector
 from pca_attack.models.encoder import load_encoder
@@ -59,6 +60,8 @@ def test_transform_bytes_are_measured_per_preset() -> None:
     assert transform_bytes_per_pixel(None) == 0.0
     assert 0 < transform_bytes_per_pixel("noise") < transform_bytes_per_pixel("jpeg-75")
     assert transform_bytes_per_pixel("cleaner") > 5 * transform_bytes_per_pixel("jpeg-75")  # 219 vs 20 measured
+    assert transform_seconds_per_pixel(None) == 0.0
+    assert transform_seconds_per_pixel("cleaner") > 3 * transform_seconds_per_pixel("jpeg-75") > 0  # ~30x measured
 
 
 def test_the_plan_counts_the_transform_graph_and_stays_within_30_percent(tiny_vae_dir: Path) -> None:
@@ -69,6 +72,8 @@ def test_the_plan_counts_the_transform_graph_and_stays_within_30_percent(tiny_va
     extra = transform_bytes_per_pixel("cleaner")
     assert planned.step.per_pixel == pytest.approx(base.step.per_pixel + extra)
     assert planned.loop.per_pixel == pytest.approx(base.loop.per_pixel + extra)
+    assert planned.seconds_per_pixel == pytest.approx(base.seconds_per_pixel
+                                                          + transform_seconds_per_pixel("cleaner", "cpu"))
     height, width = 264, 328
     x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     attack = Protector(encoder, config)
