@@ -20,14 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from pca_attack.attack.config import INTENSITIES, PRESETS, AttackConfig, intensity_config
+from pca_attack.attack.eot_names import EOT_DESCRIPTIONS
 from pca_attack.io.formats import ALIASES, FORMAT_NAMES
 
 if TYPE_CHECKING:
     PresetName = str
     FormatName = str
     IntensityName = str
+    EotName = str
 else:  # the choices are the engine's own tables
     PresetName = Literal[tuple(PRESETS)]
+    EotName = Literal[tuple(EOT_DESCRIPTIONS)]
     IntensityName = Literal[tuple(INTENSITIES)]
     FormatName = Literal[FORMAT_NAMES]
 
@@ -66,8 +69,10 @@ class ProtectOptions(BaseModel):
     random_start: bool = Field(
         default=ENGINE_DEFAULTS["random_start"], description="start from uniform noise inside the budget"
     )
-    eot: str | None = Field(
-        default=ENGINE_DEFAULTS["eot"], max_length=64, description="expectation-over-transformations preset"
+    eot: EotName | None = Field(
+        default=ENGINE_DEFAULTS["eot"],
+        description="expectation-over-transformations preset: average the loss over random, differentiable copies of "
+        "a channel the image will meet (" + "; ".join(f"{k}: {v}" for k, v in EOT_DESCRIPTIONS.items()) + ")",
     )
     eot_samples: int = Field(
         default=ENGINE_DEFAULTS["eot_samples"], ge=1, le=64, description="EoT draws averaged per PGD step"

@@ -1,6 +1,6 @@
 """How the subcommands show their help: every help text literally (rich would read ``pca-protect[ray]`` or
 ``[default: x]`` in a text as markup and drop it), and the choices of options whose table lives in a torch
-module (EoT presets, red-team channels) listed when help is shown, so ``pca-protect`` still starts without
+module (the red-team channels) listed when help is shown, so ``pca-protect`` still starts without
 importing torch. ``app.command(..., cls=Command)`` in ``pca_cli/__init__.py`` applies it to every subcommand."""
 
 from __future__ import annotations
@@ -12,13 +12,6 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 
-def eot_names() -> list[str]:
-    """The expectation-over-transformations presets of the engine (``--eot``)."""
-    from pca_attack.attack.eot import eot_names as names
-
-    return list(names())
-
-
 def transform_names() -> list[str]:
     """The red-team channels (``redteam --transforms``)."""
     from pca_attack.redteam.channels import transform_names as names
@@ -26,7 +19,7 @@ def transform_names() -> list[str]:
     return names()
 
 
-LAZY_CHOICES: dict[str, Callable[[], list[str]]] = {"eot": eot_names, "transforms": transform_names}
+LAZY_CHOICES: dict[str, Callable[[], list[str]]] = {"transforms": transform_names}
 
 
 def with_choices(help_text: str, name: str) -> str:

@@ -91,6 +91,9 @@ def _cli_type(info: FieldInfo) -> tuple[Any, str]:
     the model, so that aliases such as ``jpg`` keep working)."""
     if get_origin(info.annotation) is Literal:
         return str, ", ".join(map(str, get_args(info.annotation)))
+    branches = [a for a in get_args(info.annotation) if a is not type(None)]  # an optional choice: Literal | None
+    if len(branches) == 1 and get_origin(branches[0]) is Literal and len(get_args(info.annotation)) == 2:
+        return str | None, ", ".join(map(str, get_args(branches[0])))
     return info.annotation, ""
 
 
@@ -106,15 +109,6 @@ def option_parameters(model: type[BaseModel] = ProtectOptions) -> list[inspect.P
         keyword = inspect.Parameter.KEYWORD_ONLY
         parameters.append(inspect.Parameter(name, keyword, default=info.default, annotation=annotation))
     return parameters
-
-
-def check_eot(name: str | None) -> None:
-    """A usage error (exit 2, naming the presets) for an unknown ``--eot``, before any model loads."""
-    from pca_cli.help import eot_names
-
-    if name is not None and name not in eot_names():
-        choices = ", ".join(eot_names())
-        raise typer.BadParameter(f"unknown preset {name!r}; choose one of: {choices}", param_hint="--eot")
 
 
 def fast_generator(generator: Path | None, encoder: Any, mode: str) -> str | None:
@@ -148,8 +142,11 @@ def memory_budget(text: str | None) -> int | None:
 
 
 def validation_message(exc: ValidationError) -> str:
-    """``--eps: Input should be less than or equal to 64`` for each problem."""
-    return "; ".join(f"{'/'.join(flags(str(e['loc'][0])))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors())
+    """``--eps: Input should be less than or equal to 64, got 80`` for each problem."""
+    return "; ".join(
+        f"{'/'.join(flags(str(e['loc'][0])))}: {e['msg']}, got {e['input']!r}" if e["loc"] else e["msg"]
+        for e in exc.errors()
+    )
 
 
 def with_protect_options(command: F, model: type[BaseModel] = ProtectOptions) -> F:
@@ -167,7 +164,6 @@ def with_protect_options(command: F, model: type[BaseModel] = ProtectOptions) ->
             options = model(**values)
         except ValidationError as exc:
             raise typer.BadParameter(validation_message(exc)) from exc
-        check_eot(getattr(options, "eot", None))
         return command(options=options, **kwargs)
 
     parameters = own + generated

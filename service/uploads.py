@@ -68,16 +68,6 @@ async def decode_upload(data: bytes, settings: Settings, what: str = "file") -> 
         raise decode_failure(exc, what) from exc
 
 
-def check_eot(name: str) -> None:
-    """422 unless ``name`` is an expectation-over-transformations preset the engine knows."""
-    from pca_attack.attack.eot import build_eot
-
-    try:
-        build_eot(name)
-    except ConfigError as exc:
-        raise ApiError(422, "invalid_parameter", f"unknown eot {name!r}: {exc}") from exc
-
-
 def attack_config(options: ProtectOptions, settings: Settings) -> AttackConfig:
     """The validated AttackConfig of a request (422 when a value is out of range for this server)."""
     if options.steps > settings.max_steps:
@@ -86,8 +76,6 @@ def attack_config(options: ProtectOptions, settings: Settings) -> AttackConfig:
             "invalid_parameter",
             f"steps={options.steps} is over this server's max_steps={settings.max_steps}",
         )
-    if options.eot:
-        check_eot(options.eot)
     try:
         return options.to_attack_config()
     except ConfigError as exc:

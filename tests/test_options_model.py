@@ -102,7 +102,7 @@ def test_batch_fingerprint_is_unchanged_by_the_model() -> None:
         "format": "png", "quality": None, "keep_exif": True, "eot": None,
     }
     assert settings_fingerprint(ProtectOptions().settings()) == settings_fingerprint(before)
-    assert "eot_samples" in ProtectOptions(eot="light").settings()
+    assert "eot_samples" in ProtectOptions(eot="jpeg-75").settings()
 
 
 def _patched(**bounds: Any) -> type[ProtectOptions]:

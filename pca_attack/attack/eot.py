@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pca_attack.attack.eot_filters import RandomCleaner
+from pca_attack.attack.eot_names import EOT_DESCRIPTIONS
 from pca_attack.errors import ConfigError
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -228,34 +229,31 @@ def _social() -> Transform:
     return Chain((RandomResize(0.5, 0.9), RandomJPEG(75, 90)))
 
 
-EOT_PRESETS: dict[str, tuple[Callable[[], Transform], str]] = {
-    "web-jpeg-85": (lambda: RandomJPEG(80, 90), "JPEG re-encoding at quality 80-90 (web CMS, CDN)"),
-    "jpeg-75": (lambda: RandomJPEG(70, 80), "JPEG re-encoding at quality 70-80"),
+_FACTORIES: dict[str, Callable[[], Transform]] = {  # one per name of ``eot_names.EOT_DESCRIPTIONS``
+    "web-jpeg-85": lambda: RandomJPEG(80, 90),
+    "jpeg-75": lambda: RandomJPEG(70, 80),
     # cubic rounding: on TAEF2 (2 photos, 128x192, 40 steps) the damage kept after a real JPEG q75 rose from
     # 1.09x to 1.20x the plain attack's (straight-through: jpeg-75); on the demo VAE it kept less drift
-    "jpeg-75-cubic": (
-        lambda: RandomJPEG(70, 80, "cubic"), "JPEG re-encoding at quality 70-80, smooth (cubic) rounding"
-    ),
-    "jpeg-50": (lambda: RandomJPEG(45, 60), "aggressive JPEG re-encoding at quality 45-60"),
-    "social-resize": (_social, "downscale 0.5-0.9x, back up, then JPEG 75-90 (social networks)"),
-    "resize": (lambda: RandomResize(0.5, 0.9), "downscale 0.5-0.9x (bilinear, antialiased) and back up"),
-    "blur": (lambda: RandomBlur(0.5, 1.5), "Gaussian blur, sigma 0.5-1.5 px"),
-    "noise": (lambda: RandomNoise(2.0, 8.0), "additive Gaussian noise, std 2-8 on the 0-255 scale"),
+    "jpeg-75-cubic": lambda: RandomJPEG(70, 80, "cubic"),
+    "jpeg-50": lambda: RandomJPEG(45, 60),
+    "social-resize": _social,
+    "resize": lambda: RandomResize(0.5, 0.9),
+    "blur": lambda: RandomBlur(0.5, 1.5),
+    "noise": lambda: RandomNoise(2.0, 8.0),
     # on TAEF2 (chelsea, coffee, natural size, 40 steps): 1.30x the plain attack's damage after the red team's
     # cleaner, 0.75x on the lossless image (benchmarks/eot_channels.py); a noise-or-cleaner mix gained nothing
-    "cleaner": (
-        lambda: RandomCleaner(), "AdverseCleaner-style: 2-4 bilateral passes (colour sigma 0.03-0.08) + guided filter"
-    ),
-    "mixed": (
-        lambda: OneOf((None, RandomJPEG(50, 95), _social(), RandomBlur(0.5, 1.5), RandomNoise(2.0, 8.0))),
-        "one of: identity, JPEG 50-95, social-resize, blur, noise (uniformly per sample)",
-    ),
+    "cleaner": RandomCleaner,
+    "mixed": lambda: OneOf((None, RandomJPEG(50, 95), _social(), RandomBlur(0.5, 1.5), RandomNoise(2.0, 8.0))),
+}
+# name -> (factory, description), in the order of EOT_DESCRIPTIONS
+EOT_PRESETS: dict[str, tuple[Callable[[], Transform], str]] = {
+    name: (_FACTORIES[name], description) for name, description in EOT_DESCRIPTIONS.items()
 }
 
 
 def eot_names() -> Sequence[str]:
     """Known preset names."""
-    return list(EOT_PRESETS)
+    return list(EOT_DESCRIPTIONS)
 
 
 def build_eot(name: str) -> Transform:

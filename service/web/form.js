@@ -58,7 +58,10 @@ function genericField(name, prop) {
   const common = { id, name, "aria-describedby": help ? `${id}-help` : null };
   let input;
   if (schema.enum) {
-    input = el("select", common, ...schema.enum.map((v) => el("option", { value: v, text: v, selected: v === schema.default })));
+    const options = schema.enum.map((v) => el("option", { value: v, text: v, selected: v === schema.default }));
+    // a choice without a default is optional (EoT): "none" first and chosen, sent empty, which the server reads as unset
+    if (nullable || schema.default == null) options.unshift(el("option", { value: "", text: "none", selected: true }));
+    input = el("select", common, ...options);
   } else if (schema.type === "boolean") {
     input = el("input", { ...common, type: "checkbox", checked: schema.default === true });
     return el("div", { class: "field check" }, input, el("label", { for: id, text: labelText(name, schema) }), help);

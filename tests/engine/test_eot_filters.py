@@ -98,3 +98,11 @@ def test_cleaner_presets_are_listed_and_attack_within_budget(tiny_vae_dir: Path)
     assert float((result.images - x).abs().max()) <= 16 / 255 + 1e-6
     assert not torch.equal(result.images, x)
 
+
+
+def test_every_named_preset_has_a_transformation_and_no_other() -> None:
+    from pca_attack.attack.eot import _FACTORIES
+    from pca_attack.attack.eot_names import EOT_DESCRIPTIONS
+
+    assert list(_FACTORIES) == list(EOT_DESCRIPTIONS) == list(EOT_PRESETS)
+    assert all(callable(build_eot(name)) for name in EOT_DESCRIPTIONS)
