@@ -4,8 +4,9 @@
 Each photo is protected once per ``--eot`` preset (``none`` = the plain attack; the same ``AttackConfig`` and
 steps otherwise) and every protected image is red-teamed (``pca_attack.redteam``) on ``--channels``: the
 round-trip damage PSNR(D(E(T(c))), T(c)) - PSNR(D(E(T(p))), T(c)) in dB after each channel T (``none`` = the
-lossless image), and the pixel PSNR of the perturbation. The summary gives per preset the mean damage per
-channel over the photos, and its ratio to the plain attack's. Needs a model with a decoder.
+lossless image), the same against the original, PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c) (the view of someone who
+applies T to strip the protection), and the pixel PSNR of the perturbation. The summary gives per preset the mean
+damage per channel over the photos, and its ratio to the plain attack's. Needs a model with a decoder.
 
     python benchmarks/eot_channels.py --model <taef2 folder> --out docs/eot_channels_taef2.json
     python benchmarks/eot_channels.py --model demo --photos chelsea --crop 48x64 --steps 2 --eot none,cleaner  # smoke
@@ -50,19 +51,23 @@ def photo_rows(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, presets:
         seconds = time.perf_counter() - start
         report = redteam(encoder, clean, protected, decoder=decoder, transforms=channels)
         rows[preset] = {"attack_s": round(seconds, 1), "pixel_psnr_db": round(psnr(protected, clean), 2),
-                        "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows}}
+                        "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows},
+                        "damage_vs_original_db": {row.transform: round(row.roundtrip_damage_vs_original_db or 0.0, 3)
+                                                  for row in report.rows}}
     return {"size": list(clean.shape[-2:]), "presets": rows}
 
 
 def summary(photos: dict[str, dict[str, Any]], presets: list[str]) -> dict[str, Any]:
     """Per preset and channel: mean damage over the photos, and its ratio to the plain attack's ('none')."""
-    def mean(preset: str, channel: str) -> float:
-        return sum(p["presets"][preset]["damage_db"][channel] for p in photos.values()) / len(photos)
+    def mean(preset: str, channel: str, key: str = "damage_db") -> float:
+        return sum(p["presets"][preset][key][channel] for p in photos.values()) / len(photos)
 
     channels = list(next(iter(photos.values()))["presets"][presets[0]]["damage_db"])
     out: dict[str, Any] = {}
     for preset in presets:
-        out[preset] = {"mean_damage_db": {c: round(mean(preset, c), 3) for c in channels}}
+        out[preset] = {"mean_damage_db": {c: round(mean(preset, c), 3) for c in channels},
+                       "mean_damage_vs_original_db": {c: round(mean(preset, c, "damage_vs_original_db"), 3)
+                                                      for c in channels}}
         if "none" in presets and preset != "none":
             out[preset]["vs_plain"] = {c: round(mean(preset, c) / mean("none", c), 3) if mean("none", c) > 0 else None
                                        for c in channels}

@@ -69,6 +69,9 @@ class RedteamRow:
     roundtrip_psnr_protected_db: float | None = None  # PSNR(D(E(T(p))), T(c))
     roundtrip_damage_db: float | None = None  # clean minus protected
     retention_roundtrip: float | None = None  # damage / damage of "none"
+    # the attacker's view: PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c), against the original as published
+    roundtrip_damage_vs_original_db: float | None = None
+    retention_vs_original: float | None = None  # that damage / damage of "none"
 
 
 @dataclass
@@ -97,12 +100,14 @@ class RedteamReport:
             return "-" if v is None else f"{v:.{nd}f}"
 
         head = ("| transformation | latent drift | retention | KL-gap retention | round-trip damage dB "
-                "| round-trip retention | PSNR T(p) vs T(c) |")
-        lines = [head, "|" + "---|" * 7]
+                "| round-trip retention | damage vs original dB | retention vs original | PSNR T(p) vs T(c) |")
+        lines = [head, "|" + "---|" * 9]
         for r in self.rows:
             lines.append(
                 f"| {r.transform} | {f(r.latent_drift)} | {f(r.retention, 2)} | {f(r.retention_loss, 2)} "
-                f"| {f(r.roundtrip_damage_db, 2)} | {f(r.retention_roundtrip, 2)} | {f(r.pixel_psnr_db, 1)} |"
+                f"| {f(r.roundtrip_damage_db, 2)} | {f(r.retention_roundtrip, 2)} "
+                f"| {f(r.roundtrip_damage_vs_original_db, 2)} | {f(r.retention_vs_original, 2)} "
+                f"| {f(r.pixel_psnr_db, 1)} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -120,8 +125,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _measure(encoder: Encoder, decoder: Decoder | None, tc: torch.Tensor, tp: torch.Tensor,
-             target: float | None, sign: float, with_roundtrip: bool) -> dict[str, float | None]:
-    """Metrics of one transformed pair tc, tp: (1, 3, H, W)."""
+             target: float | None, sign: float, with_roundtrip: bool,
+             original: tuple[torch.Tensor, float] | None = None) -> dict[str, float | None]:
+    """Metrics of one transformed pair tc, tp: (1, 3, H, W); ``original``: the clean image c (1, 3, H, W) and
+    PSNR(D(E(c)), c), for the damage against the original (skipped where T changed the size)."""
     mu_c, lv_c = posterior(encoder, tc)
     mu_p, lv_p = posterior(encoder, tp)
     v: float | torch.Tensor = posterior_variance(lv_c) if target is None else target
@@ -136,9 +143,13 @@ def _measure(encoder: Encoder, decoder: Decoder | None, tc: torch.Tensor, tp: to
     out["gap"] = sign * (float(out["target_kl_clean"] or 0) - float(out["target_kl_protected"] or 0))
     if decoder is not None and with_roundtrip:
         rc = psnr(roundtrip(encoder, decoder, tc)[0], tc[0].cpu())
-        rp = psnr(roundtrip(encoder, decoder, tp)[0], tc[0].cpu())
+        round_p = roundtrip(encoder, decoder, tp)[0]  # (3, H, W)
+        rp = psnr(round_p, tc[0].cpu())
         out["roundtrip_psnr_clean_db"], out["roundtrip_psnr_protected_db"] = rc, rp
         out["roundtrip_damage_db"] = None if rc is None or rp is None else rc - rp
+        if original is not None and original[0].shape == tp.shape:
+            vs = psnr(round_p, original[0][0].cpu())
+            out["roundtrip_damage_vs_original_db"] = None if vs is None else original[1] - vs
     return out
 
 
@@ -191,11 +202,15 @@ def redteam(
     per: dict[str, list[dict[str, float | None]]] = {n: [] for n in names}
     for i, (c, p) in enumerate(zip(cs, ps, strict=True)):
         c4, p4 = c[None].float(), p[None].float()  # (1, 3, H, W)
+        original = None
+        if decoder is not None and with_roundtrip:
+            clean_db = psnr(roundtrip(encoder, decoder, c4)[0], c4[0].cpu())
+            original = None if clean_db is None else (c4, clean_db)
         for n in names:
             s = seed + i
             tc = c4 if get_transform(n).protected_only else apply_transform(n, c4, s, encoder, decoder, purify_steps)
             tp = apply_transform(n, p4, s, encoder, decoder, purify_steps)
-            per[n].append(_measure(encoder, decoder, tc, tp, target, sign, with_roundtrip))
+            per[n].append(_measure(encoder, decoder, tc, tp, target, sign, with_roundtrip, original))
     report = RedteamReport(model=encoder.name, preset=preset, images=len(cs), seed=seed)
     report.rows = _rows(names, {n: [m for m in per[n]] for n in names}, sign)
     return report
@@ -204,7 +219,8 @@ def redteam(
 def _rows(names: list[str], per: dict[str, list[dict[str, float | None]]], sign: float) -> list[RedteamRow]:
     """Average per-image measurements and form the retention ratios against the 'none' row."""
     rows = []
-    base = {k: _mean([m.get(k) for m in per["none"]]) for k in ("latent_drift", "gap", "roundtrip_damage_db")}
+    base = {k: _mean([m.get(k) for m in per["none"]])
+            for k in ("latent_drift", "gap", "roundtrip_damage_db", "roundtrip_damage_vs_original_db")}
     for n in names:
         avg = {k: _mean([m.get(k) for m in per[n]]) for k in per[n][0]}
         rows.append(RedteamRow(
@@ -221,10 +237,17 @@ def _rows(names: list[str], per: dict[str, list[dict[str, float | None]]], sign:
             roundtrip_psnr_clean_db=avg.get("roundtrip_psnr_clean_db"),
             roundtrip_psnr_protected_db=avg.get("roundtrip_psnr_protected_db"),
             roundtrip_damage_db=avg.get("roundtrip_damage_db"),
-            retention_roundtrip=None if abs(base["roundtrip_damage_db"] or 0.0) < MIN_DAMAGE_DB
-            else _ratio(avg.get("roundtrip_damage_db"), base["roundtrip_damage_db"]),
+            retention_roundtrip=_damage_ratio(avg.get("roundtrip_damage_db"), base["roundtrip_damage_db"]),
+            roundtrip_damage_vs_original_db=avg.get("roundtrip_damage_vs_original_db"),
+            retention_vs_original=_damage_ratio(avg.get("roundtrip_damage_vs_original_db"),
+                                                base["roundtrip_damage_vs_original_db"]),
         ))
     return rows
+
+
+def _damage_ratio(damage: float | None, before: float | None) -> float | None:
+    """damage / before, or None when the damage before the channel is under ``MIN_DAMAGE_DB``."""
+    return None if abs(before or 0.0) < MIN_DAMAGE_DB else _ratio(damage, before)
 
 
 def merge_reports(reports: Sequence[RedteamReport]) -> RedteamReport:

@@ -25,7 +25,7 @@ def test_each_preset_is_measured_on_each_channel(tmp_path: Path) -> None:
     photo = result["photos"]["chelsea"]
     assert photo["size"] == [48, 64]
     for row in photo["presets"].values():
-        assert set(row["damage_db"]) == {"none", "jpeg-75", "cleaner"}
+        assert set(row["damage_db"]) == set(row["damage_vs_original_db"]) == {"none", "jpeg-75", "cleaner"}
         assert all(math.isfinite(v) for v in row["damage_db"].values())
         assert row["pixel_psnr_db"] > 20  # within the 16/255 budget
     assert set(result["summary"]["cleaner"]["vs_plain"]) == {"none", "jpeg-75", "cleaner"}

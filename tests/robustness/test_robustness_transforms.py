@@ -98,3 +98,26 @@ def test_purification_is_measured_against_the_clean_image_as_published(tiny_vae_
     assert purified.roundtrip_psnr_clean_db == pytest.approx(none.roundtrip_psnr_clean_db)
     assert jpeg.roundtrip_psnr_clean_db != pytest.approx(none.roundtrip_psnr_clean_db)  # codecs: both sides
     assert TRANSFORMS["purify"].protected_only and not TRANSFORMS["jpeg-75"].protected_only
+
+
+def test_damage_against_the_original_is_the_attackers_view(tiny_vae_dir: Path) -> None:
+    """Besides the damage against T(clean) (a platform's channel: the editor starts from T of either image),
+    each row reports it against the original: PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c), what someone who applies
+    T to strip the protection gets compared with editing the original."""
+    from pca_attack.certify.diagnostics import psnr, roundtrip
+    from pca_attack.redteam.channels import apply_transform
+
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    decoder = load_decoder(str(tiny_vae_dir), device="cpu")
+    clean = _image(32, 40)
+    protected = Protector(encoder, AttackConfig(steps=3)).protect(clean).images
+    report = redteam(encoder, clean, protected, decoder=decoder, transforms=["blur-1", "purify"], purify_steps=3)
+    none, blurred, purified = report.row("none"), report.row("blur-1"), report.row("purify")
+    assert none.roundtrip_damage_vs_original_db == pytest.approx(none.roundtrip_damage_db)
+    assert purified.roundtrip_damage_vs_original_db == pytest.approx(purified.roundtrip_damage_db)  # T(c) = c
+    c4, p4 = clean[None] if clean.dim() == 3 else clean, protected
+    expected = (psnr(roundtrip(encoder, decoder, c4)[0], c4[0])
+                - psnr(roundtrip(encoder, decoder, apply_transform("blur-1", p4, 0))[0], c4[0]))
+    assert blurred.roundtrip_damage_vs_original_db == pytest.approx(expected, abs=1e-4)
+    assert blurred.roundtrip_damage_vs_original_db != pytest.approx(blurred.roundtrip_damage_db)
+    assert "damage vs original dB" in report.to_markdown()
