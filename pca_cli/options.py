@@ -102,6 +102,8 @@ def option_parameters(model: type[BaseModel] = ProtectOptions) -> list[inspect.P
     parameters = []
     for name, info in model.model_fields.items():
         kind, choices = _cli_type(info)
+        if choices and all(f"{choice}:" in (info.description or "") for choice in choices.split(", ")):
+            choices = ""  # the description already explains each one as 'name: ...' (eot, budget)
         notes = "; ".join(n for n in (choices, bounds_text(info)) if n)
         text = (info.description or name) + (f" ({notes})" if notes else "")
         option = typer.Option(*flags(name), help=text[0].upper() + text[1:] + ".", rich_help_panel=PANEL)
