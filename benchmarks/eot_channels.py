@@ -69,8 +69,9 @@ def summary(photos: dict[str, dict[str, Any]], presets: list[str]) -> dict[str, 
                        "mean_damage_vs_original_db": {c: round(mean(preset, c, "damage_vs_original_db"), 3)
                                                       for c in channels}}
         if "none" in presets and preset != "none":
-            out[preset]["vs_plain"] = {c: round(mean(preset, c) / mean("none", c), 3) if mean("none", c) > 0 else None
-                                       for c in channels}
+            for key, name in (("damage_db", "vs_plain"), ("damage_vs_original_db", "vs_plain_vs_original")):
+                out[preset][name] = {c: round(mean(preset, c, key) / mean("none", c, key), 3)
+                                     if mean("none", c, key) > 0 else None for c in channels}
     return out
 
 

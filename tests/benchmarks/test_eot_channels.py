@@ -29,4 +29,5 @@ def test_each_preset_is_measured_on_each_channel(tmp_path: Path) -> None:
         assert all(math.isfinite(v) for v in row["damage_db"].values())
         assert row["pixel_psnr_db"] > 20  # within the 16/255 budget
     assert set(result["summary"]["cleaner"]["vs_plain"]) == {"none", "jpeg-75", "cleaner"}
+    assert set(result["summary"]["cleaner"]["vs_plain_vs_original"]) == {"none", "jpeg-75", "cleaner"}
     assert "vs_plain" not in result["summary"]["none"]
