@@ -15,7 +15,6 @@ damage per channel over the photos, and its ratio to the plain attack's. Needs a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from efficacy import load_photos  # noqa: E402
 from efficacy_real import crop  # noqa: E402
-from public_paths import public  # noqa: E402
+from public_paths import publish  # noqa: E402
 
 from pca_attack.attack.config import AttackConfig  # noqa: E402
 from pca_attack.attack.pgd import Protector  # noqa: E402
@@ -95,13 +94,9 @@ def main() -> None:
     photos = {name: photo_rows(encoder, decoder, crop(x, size), presets, channels, args.steps,  # type: ignore[arg-type]
                                args.eot_samples)
               for name, x in load_photos(False).items() if name in args.photos.split(",")}
-    result = public({"model": args.model, "crop": args.crop or "natural size", "steps": args.steps,
-                     "eot_samples": args.eot_samples, "attack": "AttackConfig(steps, eot) defaults otherwise",
-                     "summary": summary(photos, presets), "photos": photos})
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    publish({"model": args.model, "crop": args.crop or "natural size", "steps": args.steps,
+             "eot_samples": args.eot_samples, "attack": "AttackConfig(steps, eot) defaults otherwise",
+             "summary": summary(photos, presets), "photos": photos}, args.out)
 
 
 if __name__ == "__main__":

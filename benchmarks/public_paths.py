@@ -6,7 +6,9 @@ A model given as a local folder or file (e.g. the TAEF2 weights beside a checkou
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 _LOCAL = re.compile(r"(?:\.{1,2}/|/)[^\s\"',]*?/([A-Za-z0-9_.-]+?)(/|\.pth|\.safetensors)?(?=[\s\"',]|$)")
@@ -21,6 +23,16 @@ def public(value: Any) -> Any:
     if isinstance(value, str) and "/models/" in value:
         return _LOCAL.sub(_placeholder, value)
     return value
+
+
+def publish(result: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """Print ``result`` with local model paths replaced (``public``) as JSON, and write it to ``out`` when given."""
+    result = public(result)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+    return result
 
 
 def _placeholder(match: re.Match[str]) -> str:

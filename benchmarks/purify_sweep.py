@@ -16,7 +16,6 @@ with a decoder (TAEF2's folder, or the demo VAE).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from efficacy import load_photos  # noqa: E402
 from efficacy_real import crop  # noqa: E402
-from public_paths import public  # noqa: E402
+from public_paths import publish  # noqa: E402
 
 from pca_attack.attack.config import AttackConfig  # noqa: E402
 from pca_attack.attack.pgd import Protector  # noqa: E402
@@ -95,14 +94,9 @@ def main() -> None:
     settings = [(int(s), float(w)) for s in args.steps.split(",") for w in args.weights.split(",")]
     photos = {name: sweep_photo(encoder, decoder, crop(x, size)[None], settings, args.attack_steps)  # type: ignore[arg-type]
               for name, x in load_photos(False).items() if name in args.photos.split(",")}
-    result = public({"model": args.model, "crop": args.crop or "natural size",
-                     "attack": f"engine defaults, {args.attack_steps} steps",
-                     "purifier": PURIFIER,
-                     "summary": summary(photos), "photos": photos})
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    publish({"model": args.model, "crop": args.crop or "natural size",
+             "attack": f"engine defaults, {args.attack_steps} steps", "purifier": PURIFIER,
+             "summary": summary(photos), "photos": photos}, args.out)
 
 
 if __name__ == "__main__":

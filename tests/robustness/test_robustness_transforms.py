@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,13 +87,18 @@ def test_strong_jpeg_lowers_retention_on_the_demo_model() -> None:
     assert 0.5 < report.row("jpeg-50").retention < 1.0
 
 
-def test_purification_is_measured_against_the_clean_image_as_published(tiny_vae_dir: Path) -> None:
-    """An attacker purifies the protected image only: the purify row's clean round trip is the clean image's
-    own (the 'none' row's), not that of a purified clean image, which the purifier makes easy to reconstruct."""
+def _tiny_pair(tiny_vae_dir: Path) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """The tiny VAE's encoder and decoder, a clean image and its 3-step protection."""
     encoder = load_encoder(str(tiny_vae_dir), device="cpu")
     decoder = load_decoder(str(tiny_vae_dir), device="cpu")
     clean = _image(32, 40)
-    protected = Protector(encoder, AttackConfig(steps=3)).protect(clean).images
+    return encoder, decoder, clean, Protector(encoder, AttackConfig(steps=3)).protect(clean).images
+
+
+def test_purification_is_measured_against_the_clean_image_as_published(tiny_vae_dir: Path) -> None:
+    """An attacker purifies the protected image only: the purify row's clean round trip is the clean image's
+    own (the 'none' row's), not that of a purified clean image, which the purifier makes easy to reconstruct."""
+    encoder, decoder, clean, protected = _tiny_pair(tiny_vae_dir)
     report = redteam(encoder, clean, protected, decoder=decoder, transforms=["purify", "jpeg-75"], purify_steps=3)
     none, purified, jpeg = report.row("none"), report.row("purify"), report.row("jpeg-75")
     assert purified.roundtrip_psnr_clean_db == pytest.approx(none.roundtrip_psnr_clean_db)
@@ -107,10 +113,7 @@ def test_damage_against_the_original_is_the_attackers_view(tiny_vae_dir: Path) -
     from pca_attack.certify.diagnostics import psnr, roundtrip
     from pca_attack.redteam.channels import apply_transform
 
-    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
-    decoder = load_decoder(str(tiny_vae_dir), device="cpu")
-    clean = _image(32, 40)
-    protected = Protector(encoder, AttackConfig(steps=3)).protect(clean).images
+    encoder, decoder, clean, protected = _tiny_pair(tiny_vae_dir)
     report = redteam(encoder, clean, protected, decoder=decoder, transforms=["blur-1", "purify"], purify_steps=3)
     none, blurred, purified = report.row("none"), report.row("blur-1"), report.row("purify")
     assert none.roundtrip_damage_vs_original_db == pytest.approx(none.roundtrip_damage_db)
