@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Which EoT preset keeps the most protection through which channel, at equal steps. Prints one JSON object.
+"""Which EoT preset or gradient smoothing keeps the most protection through which channel, at equal steps. Prints
+one JSON object.
 
-Each photo is protected once per ``--eot`` preset (``none`` = the plain attack; the same ``AttackConfig`` and
-steps otherwise) and every protected image is red-teamed (``pca_attack.redteam``) on ``--channels``: the
+Each photo is protected once per ``--eot`` preset (``none`` = the plain attack) and ``--smoothing`` sigma (the
+same ``AttackConfig`` and steps otherwise; ``none+smooth4`` = the plain attack with ``smoothing=4``) and every
+protected image is red-teamed (``pca_attack.redteam``) on ``--channels``: the
 round-trip damage PSNR(D(E(T(c))), T(c)) - PSNR(D(E(T(p))), T(c)) in dB after each channel T (``none`` = the
 lossless image), the same against the original, PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c) (the view of someone who
-applies T to strip the protection), and the pixel PSNR of the perturbation. The summary gives per preset the mean
-damage per channel over the photos, and its ratio to the plain attack's. Needs a model with a decoder.
+applies T to strip the protection), the pixel PSNR and SSIM of the perturbation and the collapse. The summary gives
+per variant their means, and per channel the mean damage over the photos and its ratio to the plain attack's.
+Needs a model with a decoder.
 
     python benchmarks/eot_channels.py --model <taef2 folder> --out docs/eot_channels_taef2.json
+    python benchmarks/eot_channels.py --model <taef2 folder> --eot none --smoothing 0,2,4 \
+        --out docs/smoothing_taef2.json
     python benchmarks/eot_channels.py --model demo --photos chelsea --crop 48x64 --steps 2 --eot none,cleaner  # smoke
 """
 
@@ -33,38 +38,59 @@ from public_paths import publish  # noqa: E402
 from pca_attack.attack.config import AttackConfig  # noqa: E402
 from pca_attack.attack.pgd import Protector  # noqa: E402
 from pca_attack.certify.diagnostics import psnr  # noqa: E402
+from pca_attack.certify.metrics import ssim, tiled_mean  # noqa: E402
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder  # noqa: E402
 from pca_attack.redteam.report import redteam  # noqa: E402
 
 CHANNELS = "jpeg-75,noise-8,cleaner,blur-1,resize-0.5,purify"
 
 
-def photo_rows(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, presets: list[str], channels: list[str],
-               steps: int, eot_samples: int) -> dict[str, Any]:
-    """One photo (3, H, W): per preset, the damage after each channel, the pixel PSNR and the attack's time."""
-    rows = {}
+def variants(presets: list[str], smoothings: list[float], steps: int, eot_samples: int) -> dict[str, AttackConfig]:
+    """Name -> configuration for every EoT preset and gradient smoothing: 'none' is the plain attack, 'cleaner' an
+    EoT preset, 'none+smooth4' the plain attack with ``smoothing=4``."""
+    out = {}
     for preset in presets:
-        config = AttackConfig(steps=steps, eot=None if preset == "none" else preset, eot_samples=eot_samples)
+        for sigma in smoothings:
+            name = preset if sigma == 0 else f"{preset}+smooth{sigma:g}"
+            out[name] = AttackConfig(steps=steps, eot=None if preset == "none" else preset, eot_samples=eot_samples,
+                                     smoothing=sigma)
+    return out
+
+
+def photo_rows(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, configs: dict[str, AttackConfig],
+               channels: list[str]) -> dict[str, Any]:
+    """One photo (3, H, W): per variant, the damage after each channel, the pixel PSNR and SSIM of the change, the
+    collapse and the attack's time."""
+    rows = {}
+    for name, config in configs.items():
         start = time.perf_counter()
-        protected = Protector(encoder, config).protect(clean[None]).images[0]  # (3, H, W)
+        result = Protector(encoder, config).protect(clean[None])
+        protected = result.images[0]  # (3, H, W)
         seconds = time.perf_counter() - start
         report = redteam(encoder, clean, protected, decoder=decoder, transforms=channels)
-        rows[preset] = {"attack_s": round(seconds, 1), "pixel_psnr_db": round(psnr(protected, clean), 2),
-                        "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows},
-                        "damage_vs_original_db": {row.transform: round(row.roundtrip_damage_vs_original_db or 0.0, 3)
-                                                  for row in report.rows}}
+        rows[name] = {"attack_s": round(seconds, 1), "pixel_psnr_db": round(psnr(protected, clean), 2),
+                      "pixel_ssim": round(tiled_mean(ssim, clean, protected), 4),
+                      "collapse": round(1.0 - float(result.final_loss[0]) / float(result.clean_loss[0]), 4),
+                      "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows},
+                      "damage_vs_original_db": {row.transform: round(row.roundtrip_damage_vs_original_db or 0.0, 3)
+                                                for row in report.rows}}
     return {"size": list(clean.shape[-2:]), "presets": rows}
 
 
 def summary(photos: dict[str, dict[str, Any]], presets: list[str]) -> dict[str, Any]:
-    """Per preset and channel: mean damage over the photos, and its ratio to the plain attack's ('none')."""
+    """Per variant: the mean change PSNR, SSIM and collapse, and per channel the mean damage over the photos and its
+    ratio to the plain attack's ('none')."""
     def mean(preset: str, channel: str, key: str = "damage_db") -> float:
         return sum(p["presets"][preset][key][channel] for p in photos.values()) / len(photos)
+
+    def average(preset: str, key: str) -> float:
+        return round(sum(p["presets"][preset][key] for p in photos.values()) / len(photos), 4)
 
     channels = list(next(iter(photos.values()))["presets"][presets[0]]["damage_db"])
     out: dict[str, Any] = {}
     for preset in presets:
-        out[preset] = {"mean_damage_db": {c: round(mean(preset, c), 3) for c in channels},
+        out[preset] = {**{key: average(preset, key) for key in ("pixel_psnr_db", "pixel_ssim", "collapse")},
+                       "mean_damage_db": {c: round(mean(preset, c), 3) for c in channels},
                        "mean_damage_vs_original_db": {c: round(mean(preset, c, "damage_vs_original_db"), 3)
                                                       for c in channels}}
         if "none" in presets and preset != "none":
@@ -80,6 +106,7 @@ def main() -> None:
     parser.add_argument("--photos", default="chelsea,coffee,astronaut,flower")
     parser.add_argument("--crop", default="", help="central crop HxW of each photo (default: natural size)")
     parser.add_argument("--eot", default="none,noise,cleaner,noise-cleaner", help="EoT presets ('none' = plain)")
+    parser.add_argument("--smoothing", default="0", help="gradient smoothing sigmas in pixels (0 = off)")
     parser.add_argument("--eot-samples", type=int, default=1, help="EoT draws per step")
     parser.add_argument("--channels", default=CHANNELS, help="red-team channels measured after")
     parser.add_argument("--steps", type=int, default=40, help="attack steps (equal for every preset)")
@@ -90,12 +117,13 @@ def main() -> None:
     encoder = load_encoder(args.model, device="cpu", dtype="fp32", offline=True)
     decoder = load_decoder(args.model, device="cpu", dtype="fp32", offline=True)
     size = tuple(int(v) for v in args.crop.split("x")) if args.crop else None
-    presets, channels = args.eot.split(","), args.channels.split(",")
-    photos = {name: photo_rows(encoder, decoder, crop(x, size), presets, channels, args.steps,  # type: ignore[arg-type]
-                               args.eot_samples)
+    configs = variants(args.eot.split(","), [float(s) for s in args.smoothing.split(",")], args.steps, args.eot_samples)
+    channels = args.channels.split(",")
+    presets = list(configs)
+    photos = {name: photo_rows(encoder, decoder, crop(x, size), configs, channels)  # type: ignore[arg-type]
               for name, x in load_photos(False).items() if name in args.photos.split(",")}
     publish({"model": args.model, "crop": args.crop or "natural size", "steps": args.steps,
-             "eot_samples": args.eot_samples, "attack": "AttackConfig(steps, eot) defaults otherwise",
+             "eot_samples": args.eot_samples, "attack": "AttackConfig(steps, eot, smoothing) defaults otherwise",
              "summary": summary(photos, presets), "photos": photos}, args.out)
 
 

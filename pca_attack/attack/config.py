@@ -95,6 +95,7 @@ class AttackConfig:
     target_psnr: float = 30.0  # budget "psnr": the perturbation's pixel PSNR is kept >= this (dB), an RMS bound
     colour_neutral: bool = True  # remove the perturbation's mean per channel, globally and per window
     neutral_window: int = 128  # colour_neutral: side of the windows whose mean shift is removed, in pixels
+    smoothing: float = 0.0  # Gaussian sigma (pixels) the gradient is low-passed with before each step (0 = off)
     shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
     mode: str = "pgd"  # pgd | fast (the generator's one forward pass) | fast+N (N PGD steps from its output)
     generator: str | None = None  # fast modes: generator weights path (None: the one shipped for the model)
@@ -131,6 +132,8 @@ class AttackConfig:
             raise ConfigError(f"target_psnr={self.target_psnr}; use a pixel PSNR in [20, 60] dB, e.g. 30")
         if not 4 <= self.neutral_window <= 4096:
             raise ConfigError(f"neutral_window={self.neutral_window}; use a window side in [4, 4096] pixels")
+        if not 0 <= self.smoothing <= 16:
+            raise ConfigError(f"smoothing={self.smoothing}; use 0 (off) or a Gaussian sigma in pixels up to 16, e.g. 4")
         if not (self.shrink == 0 or 0.5 <= self.shrink <= 1):
             raise ConfigError(f"shrink={self.shrink}; use 0 (off) or a share of the collapse in [0.5, 1], e.g. 0.95")
         if not re.fullmatch(r"pgd|fast|fast\+[1-9][0-9]{0,3}", self.mode):

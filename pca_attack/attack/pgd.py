@@ -6,8 +6,9 @@ update rule (the default normalised-gradient step, sign-Rprop or the reference s
 ``pca_attack.attack.updates``.
 Differences from the reference loop, all on purpose: the best iterate is kept (optional), images of any
 size are reflect-padded to the encoder's multiple (by ``Encoder.posterior``) and cropped back, grayscale images get a
-channel-tied perturbation (so they stay grayscale), and the result is rounded to the image's integer
-grid with the budget re-enforced after rounding.
+channel-tied perturbation (so they stay grayscale), each step's gradient may be low-passed first
+(``smoothing``, ``pca_attack.attack.lowpass``: a coarser perturbation), and the result is rounded to the image's
+integer grid with the budget re-enforced after rounding.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pca_attack.attack.best import BestIterate
 from pca_attack.attack.budget import Budget, make_budget, quantize
 from pca_attack.attack.config import AttackConfig
 from pca_attack.attack.losses import check_preset, objective_sign, posterior_variance
+from pca_attack.attack.lowpass import lowpass
 from pca_attack.attack.objective import combine
 from pca_attack.attack.progress import ProgressCallback, StepProgress
 from pca_attack.attack.shrink import Shrinker
@@ -170,7 +172,9 @@ class Protector:
             report = self._reporter(progress, step, began)
             loss, grad = self.loss_and_grad(x_adv, target, generator, sign)  # (B,), (B, 3, H, W)
             tracker.observe(step, x_adv, loss, sign)
-            move = update.move(budget.tie_gradient(grad), step)  # (B, 3, H, W), a new tensor
+            smooth = lowpass(grad, cfg.smoothing)  # (B, 3, H, W): the gradient itself when smoothing is off
+            move = update.move(budget.tie_gradient(smooth), step)  # (B, 3, H, W), a new tensor
+            del smooth
             del grad  # not kept beside the move, nor beside the next step's gradient (a new buffer when tiled)
             x_adv = budget.project(move.neg_().add_(x_adv))  # x_adv - move, in the move's memory (exactly)
             del move  # whole-image tensors the loop keeps: x, x_adv, the best iterate (loop_memory measures it)

@@ -63,6 +63,9 @@ class Certificate(BaseModel):
     )
     colour_neutral: bool = Field(default=False, description="the perturbation's mean colour was projected out")
     shrink: float = Field(default=0.0, description="share of the collapse the shrink pass kept (0 = off)")
+    smoothing: float = Field(
+        default=0.0, description="Gaussian sigma (pixels) each step's gradient was low-passed with (0 = off)"
+    )
     mean_shift_255: list[float] = Field(
         default_factory=list, description="mean of (output - input) per channel R, G, B, 0-255 scale (colour cast)"
     )
@@ -244,6 +247,7 @@ def certificate(
         best_step=best_step,
         seed=config.seed,
         eot=config.eot,
+        smoothing=config.smoothing,
         mode=config.mode,
         width=clean.width,
         height=clean.height,
