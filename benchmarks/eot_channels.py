@@ -4,16 +4,17 @@ one JSON object.
 
 Each photo is protected once per ``--eot`` preset (``none`` = the plain attack) and ``--smoothing`` sigma (the
 same ``AttackConfig`` and steps otherwise; ``none+smooth4`` = the plain attack with ``smoothing=4``) and every
-protected image is red-teamed (``pca_attack.redteam``) on ``--channels``: the
-round-trip damage PSNR(D(E(T(c))), T(c)) - PSNR(D(E(T(p))), T(c)) in dB after each channel T (``none`` = the
-lossless image), the same against the original, PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c) (the view of someone who
-applies T to strip the protection), the pixel PSNR and SSIM of the perturbation and the collapse. The summary gives
-per variant their means, and per channel the mean damage over the photos and its ratio to the plain attack's.
-Needs a model with a decoder.
+protected image is red-teamed (``pca_attack.redteam``) on ``--channels``: the round-trip damage
+PSNR(D(E(T(c))), T(c)) - PSNR(D(E(T(p))), T(c)) in dB after each channel T (``none`` = the lossless image), the
+same against the original, PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c) (the view of someone who
+applies T to strip the protection), the excess damage (the round trip of T(p) against the nearer of T(c) and
+T(p): what it loses beyond reproducing the change, ``pca_attack.redteam.report``), the pixel PSNR and SSIM of the
+perturbation and the collapse. The summary gives per variant their means, and per channel the mean damage over the
+photos and its ratio to the plain attack's. Needs a model with a decoder.
 
     python benchmarks/eot_channels.py --model <taef2 folder> --out docs/eot_channels_taef2.json
-    python benchmarks/eot_channels.py --model <taef2 folder> --eot none --smoothing 0,2,4 \
-        --out docs/smoothing_taef2.json
+    python benchmarks/eot_channels.py --model <taef2 folder> --photos chelsea,coffee --eot none \
+        --smoothing 0,1,2,4,8 --out docs/smoothing_taef2.json
     python benchmarks/eot_channels.py --model demo --photos chelsea --crop 48x64 --steps 2 --eot none,cleaner  # smoke
 """
 
@@ -73,7 +74,8 @@ def photo_rows(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, configs:
                       "collapse": round(1.0 - float(result.final_loss[0]) / float(result.clean_loss[0]), 4),
                       "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows},
                       "damage_vs_original_db": {row.transform: round(row.roundtrip_damage_vs_original_db or 0.0, 3)
-                                                for row in report.rows}}
+                                                for row in report.rows},
+                      "excess_db": {row.transform: round(row.roundtrip_excess_db or 0.0, 3) for row in report.rows}}
     return {"size": list(clean.shape[-2:]), "presets": rows}
 
 
@@ -92,9 +94,11 @@ def summary(photos: dict[str, dict[str, Any]], presets: list[str]) -> dict[str, 
         out[preset] = {**{key: average(preset, key) for key in ("pixel_psnr_db", "pixel_ssim", "collapse")},
                        "mean_damage_db": {c: round(mean(preset, c), 3) for c in channels},
                        "mean_damage_vs_original_db": {c: round(mean(preset, c, "damage_vs_original_db"), 3)
-                                                      for c in channels}}
+                                                      for c in channels},
+                       "mean_excess_db": {c: round(mean(preset, c, "excess_db"), 3) for c in channels}}
         if "none" in presets and preset != "none":
-            for key, name in (("damage_db", "vs_plain"), ("damage_vs_original_db", "vs_plain_vs_original")):
+            for key, name in (("damage_db", "vs_plain"), ("damage_vs_original_db", "vs_plain_vs_original"),
+                              ("excess_db", "vs_plain_excess")):
                 out[preset][name] = {c: round(mean(preset, c, key) / mean("none", c, key), 3)
                                      if mean("none", c, key) > 0 else None for c in channels}
     return out

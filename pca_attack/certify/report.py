@@ -93,6 +93,11 @@ class Certificate(BaseModel):
     roundtrip_psnr_protected_db: float | None = Field(
         default=None, description="PSNR of decode(encode(output)) vs input; null without a decoder"
     )
+    roundtrip_psnr_self_db: float | None = Field(
+        default=None, description="PSNR of decode(encode(output)) vs output: near roundtrip_psnr_clean_db, the "
+        "autoencoder reproduces the protected image, change included, and the edit is no worse than it; null "
+        "without a decoder",
+    )
     models: dict[str, ModelReport] | None = Field(
         default=None, description="ensemble protections: each attacked model measured on the output (null: one model)"
     )
@@ -159,13 +164,16 @@ def _pixel_fields(
 
 
 def _roundtrip_fields(
-    decoder: Decoder, mu_c: torch.Tensor, mu_p: torch.Tensor, x_clean: torch.Tensor
+    decoder: Decoder, mu_c: torch.Tensor, mu_p: torch.Tensor, x_clean: torch.Tensor, x_out: torch.Tensor
 ) -> dict[str, float | None]:
-    """PSNR of decode(mean) of the input and of the output against the input (3, H, W)."""
+    """PSNR of decode(mean) of the input and of the output against the input, and of the output's against the
+    output itself; images (3, H, W)."""
     height, width = x_clean.shape[-2:]
+    round_out = decode_mean(decoder, mu_p, height, width)[0]  # (3, H, W)
     return {
         "roundtrip_psnr_clean_db": psnr(decode_mean(decoder, mu_c, height, width)[0], x_clean),
-        "roundtrip_psnr_protected_db": psnr(decode_mean(decoder, mu_p, height, width)[0], x_clean),
+        "roundtrip_psnr_protected_db": psnr(round_out, x_clean),
+        "roundtrip_psnr_self_db": psnr(round_out, x_out),
     }
 
 
@@ -231,7 +239,7 @@ def certificate(
     extra = _collapse_fields(mu_c, lv_c, mu_p, lv_p, preset.target_variance)
     extra |= _visibility_fields(config, x_clean, x_out)
     if decoder is not None:
-        extra |= _roundtrip_fields(decoder, mu_c, mu_p, x_clean)
+        extra |= _roundtrip_fields(decoder, mu_c, mu_p, x_clean, x_out)
     alpha_ok = None if clean.alpha is None else bool(
         written.alpha is not None and np.array_equal(clean.alpha, written.alpha)
     )

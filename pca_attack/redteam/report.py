@@ -24,6 +24,12 @@ is under 0.1 dB (a ratio of two noise-level numbers means nothing). ``roundtrip_
 edit of the original, PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c) (TAEF2, 2 photos: noise std 8 keeps 1.01 of the damage
 this way and 0.56 against T(c); a sigma-1 blur 0.46 this way and 0.75 against T(c)).
 
+Both damages count the change itself wherever the autoencoder reproduces it: a smooth change of 16/255 that
+D(E(.)) copies faithfully costs round-trip PSNR against the clean image without collapsing anything (the edit
+looks like the protected image, no worse). ``roundtrip_excess_db`` counts only what the round trip loses beyond
+reproducing *either* image, PSNR(D(E(T(c))), T(c)) - max(PSNR(D(E(T(p))), T(c)), PSNR(D(E(T(p))), T(p))), and
+``retention_excess`` is its ratio to the unchanged image's (no extra decoder pass: one more PSNR).
+
 Purification (``protected_only`` transformations) is the exception: an attacker runs it on the protected
 image only, so T(clean) is the clean image itself. Applied to both, it measured the wrong thing: it makes the
 purified *clean* image easy to reconstruct (its own round-trip error is what it minimises), so the protected
@@ -75,6 +81,9 @@ class RedteamRow:
     # the attacker's view: PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c), against the original as published
     roundtrip_damage_vs_original_db: float | None = None
     retention_vs_original: float | None = None  # that damage / damage of "none"
+    # damage beyond the change itself: PSNR(D(E(T(c))), T(c)) - max(PSNR(D(E(T(p))), T(c)), PSNR(D(E(T(p))), T(p)))
+    roundtrip_excess_db: float | None = None
+    retention_excess: float | None = None  # that damage / damage of "none"
 
 
 @dataclass
@@ -103,14 +112,15 @@ class RedteamReport:
             return "-" if v is None else f"{v:.{nd}f}"
 
         head = ("| transformation | latent drift | retention | KL-gap retention | round-trip damage dB "
-                "| round-trip retention | damage vs original dB | retention vs original | PSNR T(p) vs T(c) |")
-        lines = [head, "|" + "---|" * 9]
+                "| round-trip retention | damage vs original dB | retention vs original | excess damage dB "
+                "| excess retention | PSNR T(p) vs T(c) |")
+        lines = [head, "|" + "---|" * 11]
         for r in self.rows:
             lines.append(
                 f"| {r.transform} | {f(r.latent_drift)} | {f(r.retention, 2)} | {f(r.retention_loss, 2)} "
                 f"| {f(r.roundtrip_damage_db, 2)} | {f(r.retention_roundtrip, 2)} "
                 f"| {f(r.roundtrip_damage_vs_original_db, 2)} | {f(r.retention_vs_original, 2)} "
-                f"| {f(r.pixel_psnr_db, 1)} |"
+                f"| {f(r.roundtrip_excess_db, 2)} | {f(r.retention_excess, 2)} | {f(r.pixel_psnr_db, 1)} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -153,6 +163,8 @@ def _measure(encoder: Encoder, decoder: Decoder | None, tc: torch.Tensor, tp: to
         rp = psnr(round_p, tc[0].cpu())
         out["roundtrip_psnr_clean_db"], out["roundtrip_psnr_protected_db"] = rc, rp
         out["roundtrip_damage_db"] = None if rc is None or rp is None else rc - rp
+        own = psnr(round_p, tp[0].cpu())  # the round trip against the image it encoded
+        out["roundtrip_excess_db"] = None if rc is None or rp is None or own is None else rc - max(rp, own)
         if original is not None and original[0].shape == tp.shape:
             vs = psnr(round_p, original[0][0].cpu())
             out["roundtrip_damage_vs_original_db"] = None if vs is None else original[1] - vs
@@ -226,7 +238,8 @@ def _rows(names: list[str], per: dict[str, list[dict[str, float | None]]], sign:
     """Average per-image measurements and form the retention ratios against the 'none' row."""
     rows = []
     base = {k: _mean([m.get(k) for m in per["none"]])
-            for k in ("latent_drift", "gap", "roundtrip_damage_db", "roundtrip_damage_vs_original_db")}
+            for k in ("latent_drift", "gap", "roundtrip_damage_db", "roundtrip_damage_vs_original_db",
+                      "roundtrip_excess_db")}
     for n in names:
         avg = {k: _mean([m.get(k) for m in per[n]]) for k in per[n][0]}
         rows.append(RedteamRow(
@@ -247,6 +260,8 @@ def _rows(names: list[str], per: dict[str, list[dict[str, float | None]]], sign:
             roundtrip_damage_vs_original_db=avg.get("roundtrip_damage_vs_original_db"),
             retention_vs_original=_damage_ratio(avg.get("roundtrip_damage_vs_original_db"),
                                                 base["roundtrip_damage_vs_original_db"]),
+            roundtrip_excess_db=avg.get("roundtrip_excess_db"),
+            retention_excess=_damage_ratio(avg.get("roundtrip_excess_db"), base["roundtrip_excess_db"]),
         ))
     return rows
 

@@ -26,11 +26,14 @@ def test_each_preset_is_measured_on_each_channel(tmp_path: Path) -> None:
     photo = result["photos"]["chelsea"]
     assert photo["size"] == [48, 64]
     for row in photo["presets"].values():
-        assert set(row["damage_db"]) == set(row["damage_vs_original_db"]) == {"none", "jpeg-75", "cleaner"}
+        assert set(row["damage_db"]) == set(row["damage_vs_original_db"]) == set(row["excess_db"]) == {
+            "none", "jpeg-75", "cleaner"}
+        assert all(row["excess_db"][c] <= row["damage_db"][c] + 1e-3 for c in row["damage_db"])
         assert all(math.isfinite(v) for v in row["damage_db"].values())
         assert row["pixel_psnr_db"] > 20  # within the 16/255 budget
         assert 0 < row["pixel_ssim"] < 1 and row["collapse"] <= 1
     assert result["photos"]["chelsea"]["presets"]["none+smooth4"] != photo["presets"]["none"]  # smoothing acts
     assert set(result["summary"]["cleaner"]["vs_plain"]) == {"none", "jpeg-75", "cleaner"}
     assert set(result["summary"]["cleaner"]["vs_plain_vs_original"]) == {"none", "jpeg-75", "cleaner"}
+    assert set(result["summary"]["cleaner"]["mean_excess_db"]) == {"none", "jpeg-75", "cleaner"}
     assert "vs_plain" not in result["summary"]["none"]

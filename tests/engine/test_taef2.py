@@ -74,6 +74,8 @@ def test_ten_step_protect_cuts_mean_energy_and_holds_budget_on_bytes() -> None:
     assert cert.budget_ok and cert.posterior == "deterministic"
     assert cert.mean_energy_protected < 0.7 * cert.mean_energy_clean  # > 30 % lower
     assert cert.roundtrip_psnr_clean_db is not None and cert.roundtrip_psnr_protected_db is not None
+    # a collapse, not a reproduced change: the round trip is far from the output too
+    assert cert.roundtrip_psnr_self_db is not None and cert.roundtrip_psnr_self_db < cert.roundtrip_psnr_clean_db - 3
 
 
 def test_adaptive_is_refused_with_a_clear_message() -> None:
@@ -143,3 +145,21 @@ def test_protect_cli_takes_a_separate_decoder_file(tmp_path: Path) -> None:
         reports[name] = json.loads(next(out.glob("*.json")).read_text())
     assert reports["with"]["roundtrip_psnr_clean_db"] > 25
     assert reports["without"].get("roundtrip_psnr_clean_db") is None
+
+
+def test_excess_damage_tells_a_reproduced_change_from_a_collapse() -> None:
+    """A smooth change the autoencoder reproduces costs round-trip PSNR against the clean image (it is in the
+    output), but no excess damage; the attack's collapse is excess damage (TAEF2, a 128x192 crop)."""
+    from pca_attack import Protector
+    from pca_attack.attack.lowpass import lowpass
+    from pca_attack.redteam.report import redteam
+
+    encoder, decoder = load_encoder(str(_need(TAEF2)), device="cpu"), load_decoder(str(TAEF2), device="cpu")
+    x = torch.from_numpy(_crop(128, 192)).permute(2, 0, 1).float() / 255  # (3, H, W)
+    field = lowpass(torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(0)), 8.0)[0]
+    smooth = torch.round((x + field / field.abs().max() * 16 / 255).clamp(0, 1) * 255) / 255
+    attacked = Protector(encoder, AttackConfig(steps=5)).protect(x[None]).images[0]
+    reproduced = redteam(encoder, x, smooth, decoder=decoder, transforms=["blur-1"]).row("blur-1")
+    collapsed = redteam(encoder, x, attacked, decoder=decoder, transforms=["blur-1"]).row("blur-1")
+    assert reproduced.roundtrip_damage_db > 1.0 and abs(reproduced.roundtrip_excess_db) < 0.3
+    assert collapsed.roundtrip_excess_db > 2.0

@@ -124,3 +124,19 @@ def test_damage_against_the_original_is_the_attackers_view(tiny_vae_dir: Path) -
     assert blurred.roundtrip_damage_vs_original_db == pytest.approx(expected, abs=1e-4)
     assert blurred.roundtrip_damage_vs_original_db != pytest.approx(blurred.roundtrip_damage_db)
     assert "damage vs original dB" in report.to_markdown()
+
+
+def test_excess_damage_is_measured_against_the_nearer_of_clean_and_protected(tiny_vae_dir: Path) -> None:
+    """The excess damage counts only what the round trip loses beyond reproducing either image:
+    PSNR(D(E(T(c))), T(c)) - max(PSNR(D(E(T(p))), T(c)), PSNR(D(E(T(p))), T(p))), never above the damage."""
+    from pca_attack.certify.diagnostics import psnr, roundtrip
+
+    encoder, decoder, clean, protected = _tiny_pair(tiny_vae_dir)
+    report = redteam(encoder, clean, protected, decoder=decoder, transforms=["blur-1"])
+    none = report.row("none")
+    round_p = roundtrip(encoder, decoder, protected)[0]
+    nearer = max(psnr(round_p, clean[0] if clean.dim() == 4 else clean), psnr(round_p, protected[0]))
+    assert none.roundtrip_excess_db == pytest.approx(none.roundtrip_psnr_clean_db - nearer, abs=1e-4)
+    for row in report.rows:
+        assert row.roundtrip_excess_db <= row.roundtrip_damage_db + 1e-9
+    assert "excess damage dB" in report.to_markdown()
