@@ -48,7 +48,7 @@ function certificatePanel(cert) {
     const damage = cert.roundtrip_psnr_clean_db - (cert.roundtrip_psnr_protected_db ?? cert.roundtrip_psnr_clean_db);
     rows.push(...row("Round trip through the VAE", "PSNR ", num("roundtrip_psnr_clean_db", cert.roundtrip_psnr_clean_db, 1, " dB"),
       " for the original, ", num("roundtrip_psnr_protected_db", cert.roundtrip_psnr_protected_db, 1, " dB"),
-      ` for the protected picture: ${fmt(damage, 1)} dB of damage an edit would start from.`));
+      ` for the protected picture: ${fmt(damage, 1)} dB of damage an edit would start from.`, ...selfRoundTrip(cert)));
   }
   if (cert.alpha_preserved !== null && cert.alpha_preserved !== undefined) {
     rows.push(...row("Transparency", cert.alpha_preserved ? "kept byte for byte" : "changed"));
@@ -63,6 +63,15 @@ function certificatePanel(cert) {
       "re-saving it will change pixels and may weaken the protection." }));
   }
   return panel;
+}
+
+/** The protected picture's round trip against itself: near the original's, the VAE merely reproduces the change. */
+function selfRoundTrip(cert) {
+  const own = cert.roundtrip_psnr_self_db;
+  if (own === null || own === undefined) return [];
+  const reproduced = own > cert.roundtrip_psnr_clean_db - 1;
+  return [" Against the protected picture itself: ", num("roundtrip_psnr_self_db", own, 1, " dB"),
+    reproduced ? " (the VAE reproduces the change: little of the damage is a collapse)." : " (far from both pictures: a collapse)."];
 }
 
 function loaded(img) {
