@@ -37,7 +37,7 @@ else:  # the choices are the engine's own tables
 ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
 ATTACK_FIELDS = (
     "preset", "eps", "step", "steps", "seed", "random_start", "eot", "eot_samples", "aggregation", "budget",
-    "editor_resolution", "mode", "target_psnr", "smoothing",
+    "editor_resolution", "mode", "target_psnr",
 )
 INTENSITY_FIELDS = ("eps", "budget")  # set by an intensity unless given explicitly
 
@@ -104,11 +104,6 @@ class ProtectOptions(BaseModel):
         default=ENGINE_DEFAULTS["target_psnr"], ge=20, le=60,
         description="budget psnr: the smallest pixel PSNR (dB) of the protected image against the original",
     )
-    smoothing: float = Field(
-        default=ENGINE_DEFAULTS["smoothing"], ge=0, le=16,
-        description="Gaussian sigma (pixels) each step's gradient is low-passed with: a coarser perturbation that "
-        "blurs, downscales and filter cleaners strip less of (0: off); measured in the README",
-    )
     mode: str = Field(
         default=ENGINE_DEFAULTS["mode"], pattern=r"^(pgd|fast|fast\+[1-9][0-9]{0,3})$",
         description="pgd: the iterative attack; fast: one forward pass of the model's trained generator; "
@@ -168,8 +163,6 @@ class ProtectOptions(BaseModel):
             del values["editor_resolution"]
         if values["aggregation"] == "mean" and values["model_weights"] is None:  # one model, or the default
             del values["aggregation"], values["model_weights"]
-        if values["smoothing"] == 0:  # off, the default before smoothing existed: fingerprints stay valid
-            del values["smoothing"]
         if values["mode"] == "pgd":  # the default before issue 18: fingerprints stay valid
             del values["mode"]
         if values["budget"] != "psnr" and values["target_psnr"] == ENGINE_DEFAULTS["target_psnr"]:  # no effect

@@ -95,7 +95,7 @@ class AttackConfig:
     target_psnr: float = 30.0  # budget "psnr": the perturbation's pixel PSNR is kept >= this (dB), an RMS bound
     colour_neutral: bool = True  # remove the perturbation's mean per channel, globally and per window
     neutral_window: int = 128  # colour_neutral: side of the windows whose mean shift is removed, in pixels
-    smoothing: float = 0.0  # Gaussian sigma (pixels) the gradient is low-passed with before each step (0 = off)
+    smoothing: float = 0.0  # Gaussian sigma (px) of each step's gradient low-pass; measured no gain (attack/lowpass.py)
     shrink: float = 0.0  # after PGD, shrink the perturbation keeping this share of the collapse (0 = off)
     mode: str = "pgd"  # pgd | fast (the generator's one forward pass) | fast+N (N PGD steps from its output)
     generator: str | None = None  # fast modes: generator weights path (None: the one shipped for the model)

@@ -64,7 +64,7 @@ class Certificate(BaseModel):
     colour_neutral: bool = Field(default=False, description="the perturbation's mean colour was projected out")
     shrink: float = Field(default=0.0, description="share of the collapse the shrink pass kept (0 = off)")
     smoothing: float = Field(
-        default=0.0, description="Gaussian sigma (pixels) each step's gradient was low-passed with (0 = off)"
+        default=0.0, description="Gaussian sigma (pixels) each step's gradient was low-passed with (0 = off, default)"
     )
     mean_shift_255: list[float] = Field(
         default_factory=list, description="mean of (output - input) per channel R, G, B, 0-255 scale (colour cast)"

@@ -42,7 +42,7 @@ function bounds(schema) {
 const LABELS = {
   steps: "Steps", preset: "Preset", format: "Format", step: "Step size", seed: "Seed", random_start: "Random start",
   quality: "JPEG / WebP quality", keep_exif: "Keep EXIF metadata", eot: "Robustness preset (EoT)",
-  eot_samples: "EoT samples per step", model: "Model", smoothing: "Smoothing (sigma, px)",
+  eot_samples: "EoT samples per step", model: "Model",
 };
 const labelText = (name, schema) => LABELS[name] || schema.title || name.replace(/_/g, " ");
 

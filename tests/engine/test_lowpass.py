@@ -15,7 +15,6 @@ from PIL import Image
 from pca_attack import AttackConfig, Engine, Protector, load_encoder
 from pca_attack.attack.lowpass import lowpass
 from pca_attack.errors import ConfigError
-from pca_attack.options import ProtectOptions
 
 
 @pytest.mark.parametrize("size", [(5, 7), (40, 50)])
@@ -73,8 +72,3 @@ def test_out_of_range_sigma_is_refused_with_the_range(sigma: float) -> None:
     with pytest.raises(ConfigError, match="smoothing=.*up to 16"):
         AttackConfig(smoothing=sigma)
 
-
-def test_the_option_reaches_the_engine_and_off_keeps_old_fingerprints() -> None:
-    assert ProtectOptions(smoothing=4).to_attack_config().smoothing == 4.0
-    assert "smoothing" not in ProtectOptions().settings()  # fingerprints from before the option stay valid
-    assert ProtectOptions(smoothing=4).settings()["smoothing"] == 4.0

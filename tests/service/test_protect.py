@@ -77,15 +77,3 @@ def test_steps_over_server_cap(client: TestClient) -> None:
     assert r.json()["error"]["code"] == "invalid_parameter"
     assert "max_steps" in r.json()["error"]["message"]
 
-
-def test_smoothing_is_applied_and_certified(client: TestClient) -> None:
-    r = client.post("/v1/protect", files={"file": ("x.png", png_bytes(40, 24))}, data={**FORM, "smoothing": "3"})
-    assert r.status_code == 200, r.text
-    cert = json.loads(base64.urlsafe_b64decode(r.headers["x-pca-certificate"]))
-    assert cert["smoothing"] == 3 and cert["budget_ok"]
-
-
-def test_out_of_range_smoothing_is_a_422_naming_the_field(client: TestClient) -> None:
-    r = client.post("/v1/protect", files={"file": ("x.png", png_bytes())}, data={**FORM, "smoothing": "40"})
-    assert r.status_code == 422
-    assert "smoothing" in r.json()["error"]["message"]
