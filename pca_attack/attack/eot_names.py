@@ -17,7 +17,8 @@ EOT_DESCRIPTIONS: dict[str, str] = {
     "resize": "downscale 0.5-0.9x (bilinear, antialiased) and back up",
     "blur": "Gaussian blur, sigma 0.5-1.5 px",
     "noise": "additive Gaussian noise, std 2-8 on the 0-255 scale",
-    "cleaner": "AdverseCleaner-style: 2-4 bilateral passes (colour sigma 0.03-0.08) + guided filter",
+    "cleaner": "AdverseCleaner-style: 2-4 bilateral passes (colour sigma 0.03-0.08) + guided filter; measured on "
+    "TAEF2 to collapse less everywhere, after that cleaner too (README): not recommended",
     "mixed": "one of: identity, JPEG 50-95, social-resize, blur, noise (uniformly per sample)",
 }
 
