@@ -145,6 +145,7 @@ def test_resume_across_ray_and_local(ray_cluster: Any, tree: Path, local_run: Pa
     assert {e["reason"] for e in manifest(dst).values()} == {"new"}
 
 
+@pytest.mark.timeout(900)  # an actor's death and restart: 70 s alone, over 300 s on a 2-core box under load
 def test_killed_ray_worker_is_retried_without_partial_files(ray_cluster: Any, tree: Path, local_run: Path) -> None:
     from pca_attack.options import ProtectOptions
 
