@@ -81,7 +81,6 @@ def candidates(base: AttackConfig) -> dict[str, AttackConfig]:
         **{f"jnd{eps:g}": base.with_(budget="jnd", eps=eps) for eps in (12.0, 16.0, 20.0, 24.0)},
         "jnd24+shrink0.98": base.with_(budget="jnd", eps=24.0, shrink=0.98),
         **{f"linf{eps:g}-l2": base.with_(eps=eps) for eps in (14.0, 20.0, 24.0)},  # beside the eps grid
-        **{f"smooth{sigma:g}": base.with_(smoothing=sigma) for sigma in (4.0, 8.0)},  # a coarser perturbation
         "l2-step1.5": base.with_(step=1.5),  # the l2 rule's schedule: smaller moves (cosine 4.5 -> 0.75)
         "l2-steps80-step1": base.with_(steps=2 * base.steps, step=1.0),  # twice the steps, half the moves
         **{f"psnr{db:g}": base.with_(budget="psnr", target_psnr=db) for db in (29.5, 30.0, 30.5, 31.0)},
@@ -260,7 +259,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--figures", type=Path, default=None)
     parser.add_argument("--only", default=None, help="comma-separated configuration labels to run (default: all)")
     parser.add_argument("--show", default=None, help="labels in the crops figure (default: reference, intensities)")
-    parser.add_argument("--tag", default=None, help="figure names' tag (default: the model folder's name)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     from pca_attack.models.encoder import load_decoder, load_encoder
@@ -289,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summary, "rows": rows,
     }
     if args.figures is not None:
-        tag = "quick" if args.quick else args.tag or Path(args.model).name
+        tag = "quick" if args.quick else Path(args.model).name
         report["figures"] = figures(summary, shown, tag, args.figures)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

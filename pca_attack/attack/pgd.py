@@ -174,8 +174,7 @@ class Protector:
             tracker.observe(step, x_adv, loss, sign)
             smooth = lowpass(grad, cfg.smoothing)  # (B, 3, H, W): the gradient itself when smoothing is off
             move = update.move(budget.tie_gradient(smooth), step)  # (B, 3, H, W), a new tensor
-            del smooth
-            del grad  # not kept beside the move, nor beside the next step's gradient (a new buffer when tiled)
+            del smooth, grad  # not kept beside the move, nor beside the next step's gradient (a new buffer when tiled)
             x_adv = budget.project(move.neg_().add_(x_adv))  # x_adv - move, in the move's memory (exactly)
             del move  # whole-image tensors the loop keeps: x, x_adv, the best iterate (loop_memory measures it)
             report(self.tiled.grid_tiles, float(loss.mean()))

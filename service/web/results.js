@@ -69,9 +69,11 @@ function certificatePanel(cert) {
 function selfRoundTrip(cert) {
   const own = cert.roundtrip_psnr_self_db;
   if (own === null || own === undefined) return [];
-  const reproduced = own > cert.roundtrip_psnr_clean_db - 1;
-  return [" Against the protected picture itself: ", num("roundtrip_psnr_self_db", own, 1, " dB"),
-    reproduced ? " (the VAE reproduces the change: little of the damage is a collapse)." : " (far from both pictures: a collapse)."];
+  const clean = cert.roundtrip_psnr_clean_db;
+  const damaged = clean - (cert.roundtrip_psnr_protected_db ?? clean) >= 1;
+  const verdict = !damaged ? "." : own > clean - 1 ? " (the VAE reproduces the change: little of the damage is a collapse)."
+    : " (far from both pictures: the damage is a collapse).";
+  return [" Against the protected picture itself: ", num("roundtrip_psnr_self_db", own, 1, " dB"), verdict];
 }
 
 function loaded(img) {
