@@ -107,6 +107,8 @@ def damage(encoder: Any, decoder: Any, x: torch.Tensor, p: torch.Tensor) -> dict
     ss_x, ss_p = ssim(rt_x, x), ssim(rt_p, x)
     return {
         "roundtrip_psnr_clean_db": ps_x, "roundtrip_psnr_protected_db": ps_p, "psnr_damage_db": ps_x - ps_p,
+        # beyond reproducing either image (pca_attack.redteam.report): a reproduced change is no damage
+        "excess_damage_db": ps_x - max(ps_p, psnr(rt_p, p) or 99.0),
         "roundtrip_ssim_clean": ss_x, "roundtrip_ssim_protected": ss_p, "ssim_damage": ss_x - ss_p,
         "kl_prior": float(mean_kl_per_element(mu, lv, 1.0)[0]),
         "latent_drift": latent_drift(encoder, x, p),

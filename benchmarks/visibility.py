@@ -5,7 +5,8 @@ the intensity presets.
 
 Per photo and configuration: the collapse (``reduction = 1 - loss(protected) / loss(clean)``, the engine's
 collapse loss on the written, quantised pixels), the round-trip damage ``PSNR(D(E(x)), x) - PSNR(D(E(p)), x)``
-in dB where the model has a decoder, the perturbation's visibility (PSNR, SSIM, MS-SSIM, VIF-P from
+in dB where the model has a decoder (and its excess over reproducing either image, ``pca_attack.redteam.report``),
+the perturbation's visibility (PSNR, SSIM, MS-SSIM, VIF-P from
 ``pca_attack.certify.metrics``), its colour shift per channel and the share of pixels at the budget's edge.
 Each configuration is compared, photo by photo, with today's engine default (``default``: eps 16, L-inf, the
 l2 update, colour-neutral) against issue 13's target: collapse within 2 % and damage within 10 % of the
@@ -131,6 +132,8 @@ def measure(encoder: Any, decoder: Any, x: torch.Tensor, config: AttackConfig) -
     if decoder is not None:
         rt_x, rt_p = roundtrip(encoder, decoder, x[None])[0], roundtrip(encoder, decoder, p[None])[0]
         row["damage_db"] = (psnr(rt_x, x) or 99.0) - (psnr(rt_p, x) or 99.0)
+        # beyond reproducing either image (pca_attack.redteam.report): a reproduced change is no damage
+        row["excess_damage_db"] = (psnr(rt_x, x) or 99.0) - max(psnr(rt_p, x) or 99.0, psnr(rt_p, p) or 99.0)
         rt_noise = roundtrip(encoder, decoder, sign_flipped(x, p)[None])[0]  # the same change, random signs
         row["noise_damage_db"] = (psnr(rt_x, x) or 99.0) - (psnr(rt_noise, x) or 99.0)
     return row, p

@@ -57,8 +57,9 @@ def test_rows_per_photo_hold_the_budget_and_report_every_metric(result: dict[str
         for row in rows.values():
             assert row["linf_255"] <= 16
             for key in ("psnr_damage_db", "damage_after_jpeg75_db", "pixel_ssim", "mean_energy_reduction",
-                        "latent_drift", "roundtrip_ssim_protected"):
+                        "latent_drift", "roundtrip_ssim_protected", "excess_damage_db"):
                 assert math.isfinite(row[key]), key
+            assert row["excess_damage_db"] <= row["psnr_damage_db"] + 1e-9
     assert result["attack_config"]["shrink"] == 0.0 and result["attack_config"]["steps"] == 2
 
 

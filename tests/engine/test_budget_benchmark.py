@@ -22,8 +22,10 @@ def test_visibility_benchmark_quick(tmp_path: Path, demo_available: bool) -> Non
     summary = report["summary"]
     assert {"default", "jnd16+neutral+shrink", "intensity:subtle"} <= set(summary)
     for row in summary.values():
-        for key in ("reduction", "psnr_db", "ssim", "vif", "damage_db", "noise_damage_db", "max_abs_colour_shift_255"):
+        for key in ("reduction", "psnr_db", "ssim", "vif", "damage_db", "noise_damage_db", "max_abs_colour_shift_255",
+                    "excess_damage_db"):
             assert key in row
+        assert row["excess_damage_db"] <= row["damage_db"] + 1e-9
     assert summary["psnr30"]["psnr_db"] >= 30.0 - 1e-9  # the psnr budget's target holds on the quantised output
     assert summary["intensity:subtle"]["linf_255"] <= 12.0  # subtle's eps holds on the quantised output
     assert summary["intensity:subtle"]["edge_share"] < summary["default"]["edge_share"]  # JND: few pixels at eps
