@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from pca_attack.attack.lowpass import gaussian_kernel
+
 if TYPE_CHECKING:
     from pca_attack.attack.config import AttackConfig
 
@@ -66,10 +68,8 @@ def _filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, 1, H, W)."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
+    g = gaussian_kernel(sigma, image.device, image.dtype)  # (2r+1,)
+    radius = g.numel() // 2
     out = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
     return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), g.view(1, 1, -1, 1))
 

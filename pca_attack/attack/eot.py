@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from pca_attack.attack.eot_filters import RandomCleaner
 from pca_attack.attack.eot_names import EOT_DESCRIPTIONS
+from pca_attack.attack.lowpass import gaussian_kernel
 from pca_attack.errors import ConfigError
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -139,11 +140,8 @@ def resize_long_side(x: torch.Tensor, long_side: int, mode: str = "bilinear") ->
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W) with reflect padding; same shape."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()  # (2r+1,)
-    c = x.shape[1]
+    k = gaussian_kernel(sigma, x.device, x.dtype)  # (2r+1,)
+    radius, c = k.numel() // 2, x.shape[1]
     pad_mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
     xp = F.pad(x, (radius, radius, radius, radius), mode=pad_mode)
     xp = F.conv2d(xp, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)

@@ -30,7 +30,8 @@ TRUNCATE = 3.0  # kernel radius in sigmas
 
 
 def gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(2r + 1,) normalised 1-D Gaussian, r = ceil(TRUNCATE * sigma)."""
+    """(2r + 1,) normalised 1-D Gaussian, r = max(1, ceil(TRUNCATE * sigma)); shared by the EoT blur and the JND
+    map's smoothing."""
     radius = max(1, math.ceil(TRUNCATE * sigma))
     t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     kernel = torch.exp(-(t**2) / (2.0 * sigma**2))
