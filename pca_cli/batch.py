@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
+from pca_cli.messages import say
 from pca_cli.options import GeneratorOpt, MaxMemoryOpt, OfflineOpt, memory_budget, with_protect_options
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def _summary(report: BatchReport, runner: BatchRunner, console: Console) -> None
     for failure in report.failed:
         console.print(f"FAILED {failure.rel}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
     if report.aborted:
-        console.print(f"ABORTED: {report.aborted}; rerun the same command to resume", markup=False)
+        say(console, f"ABORTED: {report.aborted}; rerun the same command to resume")
     if report.interrupted:
         console.print("INTERRUPTED: rerun the same command to resume", markup=False)
 
@@ -213,7 +214,7 @@ def batch_command(
                 processor = _remote_processor(options, str(server), api_key, retries, timeout, jobs)
             runner = _runner(src, dst, processor, options, jobs=jobs, write_csv=write_csv, **folders)
     except (BatchError, _UsageError) as exc:
-        err.print(f"error: {exc}", markup=False)
+        say(err, str(exc), label="error:")
         raise typer.Exit(2) from exc
     report = _run_with_progress(runner, err, processor if local else None)
     if watch and report.ok:
@@ -268,7 +269,7 @@ def _ray_runner(
 
 def _watch(runner: BatchRunner, report: BatchReport, timeout: float | None, console: Console, err: Console) -> None:
     """Keep protecting new or changed files; their results are added to ``report``."""
-    err.print(f"watching {runner.src} for new or changed images (Ctrl-C to stop)", markup=False)
+    say(err, f"watching {runner.src} for new or changed images (Ctrl-C to stop)")
     more = runner.watch(
         timeout_s=timeout,
         on_result=lambda r: console.print(

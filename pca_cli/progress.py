@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from pca_cli.messages import say
+
 
 class CountColumn(ProgressColumn):
     """``3/10`` on a files bar; ``step 2/40 tile 3/4`` on an image's step bar (a task with a ``where`` field)."""
@@ -46,7 +48,7 @@ class ImageProgress:
         self.name = name
 
     def on_plan(self, indices: list[int], plan: Any) -> None:
-        self.console.print(f"{self.name}: {plan.describe()}")
+        say(self.console, f"{self.name}: {plan.describe()}")
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(f"  {self.name}", total=1.0, where="")

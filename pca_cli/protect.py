@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from pca_attack.options import ProtectOptions
+from pca_cli.messages import say
 from pca_cli.options import (
     DecoderOpt,
     DeviceOpt,
@@ -168,14 +169,14 @@ def protect_command(
         check_preset(engine.encoder, options.to_attack_config().loss_preset.name)  # e.g. adaptive on a tiny AE
         generator_path = fast_generator(generator, engine.encoder, options.mode)  # exit 2 when unusable
     except PCAError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        say(console, str(exc), label="error:")
         raise typer.Exit(2) from exc
-    console.print(f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
+    say(console, f"model {engine.encoder.name} on {engine.encoder.device}; {len(pairs)} image(s)")
     if uses_demo(engine.model_names()):
         console.print(f"[yellow]warning:[/yellow] {DEMO_WARNING}", markup=True, highlight=False)
     failures = protect_files(engine, pairs, options, save_budget_map, generator_path)
     for source, reason in failures:
-        console.print(f"[red]failed[/red] {source}: {reason}")
-    console.print(f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")
+        say(console, f"{source}: {reason}", label="failed")
+    say(console, f"{len(pairs) - len(failures)} protected, {len(failures)} failed -> {output}")
     if failures:
         raise typer.Exit(2 if any(reason.startswith(MEMORY_REFUSAL) for _, reason in failures) else 1)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pca_attack.options import ProtectOptions
+from pca_cli.messages import say
 from pca_cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -90,7 +91,7 @@ def protect_images(
             cleans.append(decoded.to_tensor())  # (3, H, W)
             protecteds.append(decode_image(result.data).to_tensor())  # the bytes actually written
             certs.append({"file": str(path), **result.certificate.model_dump()})
-            console.print(f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
+            say(console, f"protected {path.name}: drift {result.certificate.latent_drift:.3f}")
     return cleans, protecteds, certs
 
 
@@ -128,7 +129,7 @@ def write_outputs(
     (out / "redteam.md").write_text(header + markdown)
     plot_report(report, out / "redteam.png", header.strip("# \n"))
     console.print(markdown)
-    console.print(f"wrote {out / 'redteam.json'}, {out / 'redteam.md'}, {out / 'redteam.png'}")
+    say(console, f"wrote {out / 'redteam.json'}, {out / 'redteam.md'}, {out / 'redteam.png'}")
 
 
 @with_protect_options

@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pca_cli.messages import say
+
 theory_app = typer.Typer(
     name="theory",
     help="Posterior-collapse theory (linear VAE/CVAE/HVAE) and neural-collapse metrics.",
@@ -60,7 +62,7 @@ def _moment_inputs(arrays: dict[str, np.ndarray], *, with_y: bool = True) -> dic
 
 
 def _fail(exc: ValueError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    say(console, str(exc), label="error:")
     return typer.Exit(code=2)
 
 
@@ -79,7 +81,7 @@ def _write_json(result: Any, path: Path | None) -> None:
         return
     data = result.to_dict() if hasattr(result, "to_dict") else result
     path.write_text(json.dumps(data, indent=2))
-    console.print(f"wrote {path}")
+    say(console, f"wrote {path}")
 
 
 def _mode_table(title: str, result: Any, columns: tuple[str, ...]) -> Table:
@@ -241,7 +243,7 @@ def sweep_beta_cmd(
         table.add_row(f"{b:g}", f"{int(n)}")
     console.print(table)
     if plot is not None:
-        console.print(f"wrote {plot_active_vs_beta({model: sweep}, plot)}")
+        say(console, f"wrote {plot_active_vs_beta({model: sweep}, plot)}")
     _write_json(sweep, json_out)
 
 
@@ -265,7 +267,7 @@ def sweep_correlation_cmd(
         table.add_row("independent" if rho == 0 else f"{rho:g}", str(act))
     console.print(table)
     if plot is not None:
-        console.print(f"wrote {plot_active_vs_correlation(sweep, plot)}")
+        say(console, f"wrote {plot_active_vs_correlation(sweep, plot)}")
     _write_json(sweep, json_out)
 
 

@@ -51,6 +51,17 @@ def test_missing_model_exits_with_a_fix(tmp_path: Path, photo: Callable) -> None
     assert result.exit_code == 2 and "models download" in result.output
 
 
+def test_errors_print_paths_verbatim_on_one_line(tmp_path: Path, photo: Callable) -> None:
+    """A long path with brackets survives in the error as the user can copy it: no markup eaten, no line break
+    inserted at the console's width (CliRunner's console is 80 columns wide)."""
+    Image.fromarray(photo(16, 16)).save(tmp_path / "x.png")
+    missing = tmp_path / ("very-long-folder-name-" * 4) / "[red]model[/red]"
+    result = runner.invoke(app, ["protect", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"),
+                                 "--model", str(missing)])
+    assert result.exit_code == 2
+    assert str(missing) in result.output, result.output
+
+
 def test_cuda_without_cuda_is_a_loud_error(tiny_vae_dir: Path, tmp_path: Path, photo: Callable) -> None:
     import torch
 
