@@ -82,11 +82,15 @@ def summarise(per_photo: dict[str, dict[str, Any]], names: list[str]) -> dict[st
     out = {}
     for name in ["photoguard", *names]:
         mean = mean_dicts([rows[name] for rows in per_photo.values()])
-        margins = [rows[name]["psnr_damage_db"] - rows["photoguard"]["psnr_damage_db"] for rows in per_photo.values()]
-        out[name] = {"damage_db": mean["psnr_damage_db"], "pixel_psnr_db": mean["pixel_psnr_db"],
+        photos = list(per_photo.values())
+        margins = [rows[name]["psnr_damage_db"] - rows["photoguard"]["psnr_damage_db"] for rows in photos]
+        excess = [rows[name]["excess_damage_db"] - rows["photoguard"]["excess_damage_db"] for rows in photos]
+        out[name] = {"damage_db": mean["psnr_damage_db"], "excess_damage_db": mean["excess_damage_db"],
+                     "pixel_psnr_db": mean["pixel_psnr_db"], "pixel_ssim": mean["pixel_ssim"],
                      "damage_after_jpeg75_db": mean["damage_after_jpeg75_db"],
                      "mean_energy_reduction": mean["mean_energy_reduction"], "latent_drift": mean["latent_drift"],
                      "beats_photoguard_on": f"{sum(m >= 0 for m in margins)}/{len(margins)}",
+                     "beats_photoguard_on_excess": f"{sum(m >= 0 for m in excess)}/{len(excess)}",
                      "worst_margin_db": float(np.min(margins))}
     return out
 
