@@ -35,20 +35,22 @@ def list_command(
     if model or server:
         _print_loaded(_loaded_here(model or [], device) if model else _loaded_on(str(server)))
         return
+    from pca_attack.models.downloads import is_cached, models_folder
     from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
 
     typer.echo(REGISTRY_ROW.format("name", "latent", "posterior", "run here", "cached"))
     for entry in REGISTRY.values():
-        if entry.repo_id is None:
+        if entry.bundled:
             source, ok = str(DEMO_MODEL_DIR), (DEMO_MODEL_DIR / "config.json").is_file()
         else:
-            source = entry.repo_id + (f" ({entry.subfolder})" if entry.subfolder else "")
-            ok = _cached(entry.repo_id, entry.subfolder)
-        run_here = "bundled" if entry.repo_id is None else ("yes" if entry.ran_here else "no")
+            source = entry.weights_source
+            ok = is_cached(entry) if entry.files else _cached(str(entry.repo_id), entry.subfolder)
+        run_here = "bundled" if entry.bundled else ("yes" if entry.ran_here else "no")
         latent = f"{entry.latent_channels}ch f{entry.spatial_factor}"
         typer.echo(REGISTRY_ROW.format(entry.name, latent, entry.posterior, run_here, "yes" if ok else "no"))
         typer.echo(f"{'':12}{entry.description}\n{'':12}weights: {source}")
-    typer.echo("run here: whether this project ever ran the hub weights; cached: in the Hugging Face cache here.")
+    typer.echo(f"run here: whether this project ever ran those weights; cached: downloaded here (the Hugging Face "
+               f"cache; files fetched by URL: {models_folder()}).")
     typer.echo(
         "Local weights work too: --model PATH takes a diffusers folder (AutoencoderKL, AutoencoderKLFlux2, "
         "AutoencoderKLQwenImage, AutoencoderDC, AutoencoderTiny), a .safetensors file, or a tiny "
@@ -61,16 +63,27 @@ def download_command(
     names: Annotated[list[str], typer.Argument(help="Registry names or hub ids (owner/name).")],
     token: Annotated[str | None, typer.Option("--token", envvar="HF_TOKEN", help="Hub token (gated models).")] = None,
 ) -> None:
-    """Fetch only the VAE files of each model into the Hugging Face cache (HF_HOME)."""
+    """Fetch only the VAE files of each model: hub models into the Hugging Face cache (HF_HOME), models
+    published as files (taef2, taesana) into PCA_MODELS_DIR (default ~/.cache/pca-attack/models), checked."""
     from huggingface_hub import snapshot_download
 
+    from pca_attack.errors import ModelNotFoundError
+    from pca_attack.models.downloads import fetch
     from pca_attack.models.registry import REGISTRY
 
     failed = 0
     for name in names:
         entry = REGISTRY.get(name.lower())
-        if entry is not None and entry.repo_id is None:
+        if entry is not None and entry.bundled:
             typer.echo(f"{name}: bundled with the package, nothing to download")
+            continue
+        if entry is not None and entry.files:
+            try:
+                paths = [fetch(entry, role, offline=False) for role in ("encoder", "decoder")]
+                typer.echo(f"{name}: cached at {', '.join(str(p) for p in paths if p)} (checksums match)")
+            except ModelNotFoundError as exc:
+                failed += 1
+                typer.echo(f"{name}: download failed: {exc}", err=True)
             continue
         repo = entry.repo_id if entry else name
         sub = entry.subfolder if entry else None

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pca_attack.errors import ModelLoadError, ModelNotFoundError
+from pca_attack.models.downloads import fetch
 from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
 from pca_attack.models.tiny_ae import decoder_beside, encoder_file_in, is_tiny_state
 
@@ -34,8 +35,8 @@ class ModelSource:
     """Where one VAE's config and weights come from."""
 
     spec: str  # what the user asked for (normalised)
-    kind: str  # "hub" | "folder" | "file"
-    location: str  # repo id, folder path or file path
+    kind: str  # "hub" | "folder" | "file" | "url" (a registry entry published as files: see downloads.py)
+    location: str  # repo id, folder path, file path or registry name
     subfolder: str | None = None
     decoder: str | None = None  # a separate decoder weights file (tiny autoencoders), when given or found
 
@@ -81,14 +82,16 @@ def _resolve(name: str) -> ModelSource:
     spec = name
     if name.lower() in REGISTRY:
         entry = REGISTRY[name.lower()]
-        if entry.repo_id is None:
-            if not (DEMO_MODEL_DIR / "config.json").is_file():
-                raise ModelNotFoundError(
-                    f"the bundled demo model is missing from {DEMO_MODEL_DIR}; reinstall the package or "
-                    "rebuild it with `python scripts/train_demo_vae.py`"
-                )
-            return ModelSource(entry.name, "folder", str(DEMO_MODEL_DIR))
-        return ModelSource(entry.name, "hub", entry.repo_id, entry.subfolder)
+        if entry.files:
+            return ModelSource(entry.name, "url", entry.name)
+        if entry.repo_id is not None:
+            return ModelSource(entry.name, "hub", entry.repo_id, entry.subfolder)
+        if not (DEMO_MODEL_DIR / "config.json").is_file():  # the bundled demo
+            raise ModelNotFoundError(
+                f"the bundled demo model is missing from {DEMO_MODEL_DIR}; reinstall the package or "
+                "rebuild it with `python scripts/train_demo_vae.py`"
+            )
+        return ModelSource(entry.name, "folder", str(DEMO_MODEL_DIR))
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -293,6 +296,20 @@ def _file_config_and_tensors(
     return config, {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
+def downloaded(source: ModelSource, role: str, offline: bool | None = None) -> ModelSource:
+    """A registry entry published as files, as the file source of its local copies (fetched when missing):
+    the encoder file, and for ``role="decoder"`` the decoder file unless one was given."""
+    entry = REGISTRY[source.spec]
+    encoder = fetch(entry, "encoder", _offline(offline))
+    if encoder is None:
+        raise ModelNotFoundError(f"registry entry {entry.name!r} publishes no encoder file")
+    decoder = source.decoder
+    if role == "decoder" and decoder is None:
+        found = fetch(entry, "decoder", _offline(offline))
+        decoder = str(found) if found else None
+    return replace(source, kind="file", location=str(encoder), decoder=decoder)
+
+
 def read_model(
     source: ModelSource, role: str, offline: bool | None = None
 ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
@@ -303,6 +320,8 @@ def read_model(
     their keys. A tiny encoder's decoder comes from ``source.decoder`` (given, or found beside it).
     """
     prefixes = ("encoder.", "quant_conv.") if role == "encoder" else ("decoder.", "post_quant_conv.")
+    if source.kind == "url":
+        source = downloaded(source, role, offline)
     if source.kind != "file" and not (role == "decoder" and source.decoder):
         config, state = load_config_and_tensors(source, prefixes, offline)
         return str(config.get("_class_name", "AutoencoderKL")), config, state
