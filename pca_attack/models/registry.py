@@ -19,9 +19,9 @@ from pathlib import Path
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_vae"
 DEMO_WARNING = (
     "the 'demo' model is a toy VAE bundled for trying the tool offline: it does NOT protect against real "
-    "diffusion editors. Use a real encoder: --model sd15 / sdxl / flux / qwen-image / sana (hub weights), "
-    "--model taef2 (FLUX.2's tiny autoencoder, 5 MB, runs well on a CPU), a local diffusers folder, or a "
-    "tiny-autoencoder .pth file"
+    "diffusion editors. Use a real encoder: --model taef2 (FLUX.2's tiny autoencoder, 5 MB, fetched once, "
+    "runs well on a CPU), --model sd15 / sdxl / flux / qwen-image / sana (hub weights), a local diffusers "
+    "folder, or a tiny-autoencoder .pth file"
 )
 TAESD_GITHUB = "https://raw.githubusercontent.com/madebyollin/taesd"  # + /<commit>/<file>
 
