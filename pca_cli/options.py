@@ -20,14 +20,17 @@ from pca_attack.options import ProtectOptions, field_bounds
 F = TypeVar("F", bound=Callable[..., Any])
 
 ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Registry name (demo, sd15, sdxl, ...), diffusers folder or .safetensors.")
+    str,
+    typer.Option(
+        "--model", "-m", help="Registry name (taef2, sd15, sdxl, demo, ...), diffusers folder or weights file."
+    ),
 ]
 ModelsOpt = Annotated[  # protect: several models are attacked at once (one perturbation for all of them)
     list[str],
     typer.Option(
         "--model", "-m",
-        help="Registry name (demo, sd15, sdxl, ...), diffusers folder or weights file. Several (a comma list "
-        "'taef2,demo' or a repeated --model) are attacked at once: one perturbation for every listed editor.",
+        help="Registry name (taef2, sd15, sdxl, demo, ...), diffusers folder or weights file. Several (a comma "
+        "list 'taef2,demo' or a repeated --model) are attacked at once: one perturbation for every listed editor.",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N or mps.")]
