@@ -31,8 +31,11 @@ def _remote_processor(
     client = PCAClient(url, api_key=api_key, retries=retries, timeout=timeout, max_connections=max(4, jobs))
     try:
         client.health()
+        warning = client.models().get("warning")
     except PCAClientError as exc:
         raise _UsageError(f"cannot reach the service at {url}: {exc.message}") from exc
+    if warning:  # the server runs the bundled demo VAE: its outputs protect nothing real
+        typer.echo(f"warning: the service at {url} says: {warning}", err=True)
     return client.processor(ProtectSettings(**options.settings()))
 
 

@@ -132,6 +132,11 @@ class ModelsResponse(BaseModel):
     presets: list[PresetInfo]
     limits: Limits
     version: str
+    warning: str | None = Field(
+        default=None,
+        description="set when the loaded model cannot protect against real editors (the bundled demo VAE): "
+        "what to tell users, and which model to load instead; null for real encoders",
+    )
     generator_id: str | None = Field(
         default=None,
         description="fast modes (mode fast / fast+N) are available when set: the id of this server's generator "

@@ -10,6 +10,7 @@ from pca_attack.attack.objective import ensemble_facts
 from pca_attack.io.formats import FORMAT_NAMES
 from pca_attack.models.encoder import Encoder
 from pca_attack.models.ensemble import Ensemble, member_facts
+from pca_attack.models.registry import DEMO_WARNING, uses_demo
 from pca_attack.pipeline import Engine
 from service.deps import EngineDep, SettingsDep
 from service.schemas import EnsembleInfo, Limits, ModelInfo, ModelsResponse, PresetInfo
@@ -46,6 +47,7 @@ async def list_models(engine: EngineDep, settings: SettingsDep, request: Request
             formats=list(FORMAT_NAMES),
         ),
         version=__version__,
+        warning=DEMO_WARNING if uses_demo(engine.model_names()) else None,
         generator_id=getattr(request.app.state, "generator_id", None),
     )
 

@@ -47,6 +47,9 @@ function describeServer(models) {
   parts.push(m.decoder_loaded ? "round-trip checks on" : "no decoder: round-trip checks off");
   parts.push(`up to ${models.limits.max_files_per_job} pictures per batch, ${(models.limits.max_upload_bytes / 1e6).toFixed(0)} MB each`);
   $("server-line").textContent = `${parts.join("; ")}.`;
+  const warning = $("model-warning");
+  warning.hidden = !models.warning;
+  warning.textContent = models.warning ? `This server does not protect your pictures: ${models.warning}.` : "";
   $("version").textContent = models.version;
 }
 

@@ -59,6 +59,14 @@ def test_models(client: TestClient) -> None:
     assert [p["name"] for p in body["presets"]] == ["pca-", "pca+", "adaptive", "pca-var"]
     assert all(p["summary"] for p in body["presets"])
     assert body["limits"]["max_steps"] == 10 and body["default_preset"] == "pca-"
+    assert body["warning"] is None  # a real encoder's folder (here a tiny random one); demo: see the next test
+
+
+def test_models_warns_when_the_demo_model_is_loaded(tmp_path: Path) -> None:
+    from pca_attack.models.registry import DEMO_WARNING
+
+    with TestClient(create_app(make_settings(tmp_path, tmp_path / "data", model="demo"))) as demo:
+        assert demo.get("/v1/models").json()["warning"] == DEMO_WARNING
 
 
 def test_health_ready_metrics(client: TestClient) -> None:

@@ -208,5 +208,17 @@ def test_keyboard_only_upload(server: Served, browser: Any) -> None:
         context.close()
 
 
+def test_a_demo_server_says_so_on_the_page(server: Served, browser: Any) -> None:
+    """The bundled demo VAE protects nothing real: the page says so where the server is described."""
+    context, page, watch = open_page(browser, server.url)
+    try:
+        warning = page.locator("#model-warning")
+        _expect()(warning).to_be_visible()
+        assert "does not protect your pictures" in warning.inner_text()
+        assert "--model taef2" in warning.inner_text() and not watch.errors
+    finally:
+        context.close()
+
+
 def test_serve_printed_the_page_url(server: Served) -> None:
     assert f"web page at {server.url}/" in server.log.read_text()
