@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from pca_attack.models.registry import DEFAULT_MODEL
 from pca_attack.options import ProtectOptions
 from pca_cli.messages import say
 from pca_cli.options import GeneratorOpt, MaxMemoryOpt, OfflineOpt, memory_budget, with_protect_options
@@ -171,7 +172,7 @@ def batch_command(
     server: ServerOpt = None,
     local: LocalOpt = False,
     ray: RayOpt = None,
-    model: BatchModelOpt = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
+    model: BatchModelOpt = (DEFAULT_MODEL,),  # type: ignore[assignment]  # typer turns the tuple into a list
     device: Annotated[str, typer.Option("--device", "-d", help="Device for --local.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Dtype for --local (auto, fp32, fp16, bf16).")] = "auto",
     max_memory: MaxMemoryOpt = None,

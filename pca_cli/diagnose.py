@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pca_attack.models.registry import DEFAULT_MODEL
 from pca_cli.options import DecoderOpt, DeviceOpt, ModelOpt, OfflineOpt
 
 
@@ -16,7 +17,7 @@ def diagnose_command(
     protected: Annotated[
         Path | None, typer.Argument(help="Optional protected version of IMAGE.", exists=True, dir_okay=False)
     ] = None,
-    model: ModelOpt = "demo",
+    model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = "auto",
     offline: OfflineOpt = False,
     decoder: DecoderOpt = None,

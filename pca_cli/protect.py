@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from pca_attack.models.registry import DEFAULT_MODEL
 from pca_attack.options import ProtectOptions
 from pca_cli.messages import say
 from pca_cli.options import (
@@ -132,7 +133,7 @@ def protect_command(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors input folders).")],
     options: ProtectOptions,
-    model: ModelsOpt = ("demo",),  # type: ignore[assignment]  # typer turns the tuple into a list
+    model: ModelsOpt = (DEFAULT_MODEL,),  # type: ignore[assignment]  # typer turns the tuple into a list
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     offline: OfflineOpt = False,

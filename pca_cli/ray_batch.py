@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pca_attack.models.registry import DEFAULT_MODEL
 from pca_attack.options import ProtectOptions
 from pca_client.manifest import sha256_bytes, sha256_file
 from pca_client.plan import BatchError, Task
@@ -124,7 +125,7 @@ class RayBatchRunner(BatchRunner):
         dst: Path,
         options: ProtectOptions,
         *,
-        model: str = "demo",
+        model: str = DEFAULT_MODEL,
         device: str = "auto",
         dtype: str = "auto",
         workers: int = 1,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from pca_attack.models.registry import DEFAULT_MODEL
 from pca_attack.options import ProtectOptions
 from pca_cli.messages import say
 from pca_cli.options import (
@@ -139,7 +140,7 @@ def redteam_command(
     out: Annotated[
         Path, typer.Option("--output", "-o", "--out", help="Output folder for redteam.json, .md and .png.")
     ] = Path("redteam"),
-    model: ModelOpt = "demo",
+    model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     transforms: Annotated[

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pca_attack.models.registry import DEFAULT_MODEL
+
 Dtype = Literal["auto", "fp32", "float32", "fp16", "float16", "half", "bf16", "bfloat16"]
 
 
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PCA_", extra="ignore", validate_default=True)
 
     model: str = Field(
-        default="demo", min_length=1,
+        default=DEFAULT_MODEL, min_length=1,
         description="registry name, diffusers folder or weights file; several (a comma list) are attacked at once",
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps (explicit devices must exist)")
