@@ -129,6 +129,18 @@ def test_encoder_only_entry_has_no_decoder(server: Server, models_dir: Path, mon
     assert engine.decoder is None and server.requests == ["/taesana_encoder.pth"]
 
 
+def test_the_two_registry_names_make_an_ensemble(server: Server, models_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's recommended pair (FLUX.2's and Sana's latent spaces at once) by name."""
+    from pca_attack.pipeline import Engine
+
+    _serve(monkeypatch, server, "taef2", _real("taef2"))
+    _serve(monkeypatch, server, "taesana", _real("taesana"))
+    engine = Engine.from_spec("taef2,taesana", device="cpu")
+    assert engine.model_names() == ["taef2", "taesana"]
+    assert engine.decoders["taef2"] is not None and engine.decoders["taesana"] is None
+
+
 def test_altered_or_oversized_download_keeps_nothing(server: Server, models_dir: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     published = {"taesana_encoder.pth": b"the published bytes"}
