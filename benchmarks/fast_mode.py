@@ -134,7 +134,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     encoder = load_encoder(args.model, device="cpu", dtype="float32")
-    loaded = resolve_generator(args.generator, encoder.name)
+    loaded = resolve_generator(args.generator, encoder.name, encoder=encoder)
     protector = Protector(encoder, AttackConfig(eps=args.eps))
     rows: dict[str, dict[str, Any]] = {}
     reused = json.loads(Path(args.reuse_pgd).read_text())["photos"] if args.reuse_pgd else {}

@@ -207,7 +207,7 @@ class Engine:
                 images[i].to_tensor(out=batch[row])
             gray = torch.tensor([images[i].grayscale for i in chunk])
             levels = torch.tensor([float(images[i].levels) for i in chunk])
-            start, generator_id = fast_start(config, self.encoder.name, batch, gray, levels)
+            start, generator_id = fast_start(config, self.encoder, batch, gray, levels)
             outcome = protector.protect(
                 batch, grayscale=gray, levels=levels, tiles=plan.run_grid,
                 progress=None if progress is None else partial(progress, chunk), start=start,

@@ -145,7 +145,7 @@ def fast_mode_generator(settings: Settings, engine: Engine) -> str | None:
 
     if settings.generator is not None:
         return check_generator(str(settings.generator), engine.encoder).generator_id
-    if shipped_generator(engine.encoder.name) is None:
+    if shipped_generator(engine.encoder.name, engine.encoder) is None:
         return None
     try:
         return check_generator(None, engine.encoder).generator_id

@@ -18,11 +18,16 @@ TAEF2 it lowered it (chelsea at natural size: 0.798 with the cold-start schedule
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pca_attack.attack.config import AttackConfig
 from pca_attack.fast.generator import generator_image
 from pca_attack.fast.weights import resolve_generator
+
+if TYPE_CHECKING:
+    from pca_attack.models.encoder import Encoder
 
 
 def run_config(config: AttackConfig) -> AttackConfig:
@@ -32,10 +37,11 @@ def run_config(config: AttackConfig) -> AttackConfig:
 
 
 def fast_start(
-    config: AttackConfig, model_name: str, x: torch.Tensor, grayscale: torch.Tensor, levels: torch.Tensor
+    config: AttackConfig, encoder: Encoder, x: torch.Tensor, grayscale: torch.Tensor, levels: torch.Tensor
 ) -> tuple[torch.Tensor | None, str | None]:
-    """(start image (B, 3, H, W) on the grid within eps, generator id), or (None, None) in pgd mode."""
+    """(start image (B, 3, H, W) on the grid within eps, generator id), or (None, None) in pgd mode. Without
+    ``config.generator``: the generator shipped for the encoder's model (by name, else by its probe)."""
     if config.refine_steps is None:
         return None, None
-    loaded = resolve_generator(config.generator, model_name)
+    loaded = resolve_generator(config.generator, encoder.name, encoder=encoder)
     return generator_image(loaded.net, x, grayscale, levels, config), loaded.generator_id

@@ -2,7 +2,7 @@
 
 The id is the first 12 hex digits of the file's SHA-256, so a certificate names exactly the weights that made
 the image. ``resolve_generator`` maps a configuration to weights: an explicit path, or the generator shipped in
-the package for the model (today: ``demo``).
+the package for the model (today: ``demo`` and ``taef2``; found by name, else by the encoder's probe).
 
 A generator only works for the encoder it was trained against. The training script stores that encoder's
 ``probe`` in the metadata (per-channel mean and spread of its posterior mean on a fixed synthetic image);
@@ -80,10 +80,13 @@ def load_generator(path: str) -> LoadedGenerator:
     return LoadedGenerator(net, file_id(file), file, meta)
 
 
-def resolve_generator(path: str | None, model_name: str, device: torch.device | str = "cpu") -> LoadedGenerator:
-    """The generator named by ``path``, or the one shipped for ``model_name``; on ``device``."""
+def resolve_generator(
+    path: str | None, model_name: str, device: torch.device | str = "cpu", encoder: Encoder | None = None
+) -> LoadedGenerator:
+    """The generator named by ``path``, or the one shipped for ``model_name`` (or, given ``encoder``, for its
+    weights: see ``shipped_generator``); on ``device``."""
     if path is None:
-        shipped = shipped_generator(model_name)
+        shipped = shipped_generator(model_name, encoder)
         if shipped is None:
             raise ConfigError(
                 f"no generator ships for model {model_name!r} (only for: "
@@ -96,10 +99,25 @@ def resolve_generator(path: str | None, model_name: str, device: torch.device | 
     return loaded
 
 
-def shipped_generator(model_name: str) -> Path | None:
-    """The generator that ships in the package for ``model_name``, if any."""
+def shipped_generator(model_name: str, encoder: Encoder | None = None) -> Path | None:
+    """The generator that ships in the package for ``model_name``, if any; else, given ``encoder``, the shipped
+    one whose probe matches it, so a folder or file spec of a shipped model's weights (``--model path/to/taef2``)
+    finds the generator made for ``--model taef2``."""
     path = SHIPPED / f"{model_name}.safetensors"
-    return path if path.is_file() else None
+    if path.is_file() or encoder is None:
+        return path if path.is_file() else None
+    current = encoder_probe(encoder)
+    for candidate in sorted(SHIPPED.glob("*.safetensors")):
+        probe = load_generator(str(candidate)).metadata.get("probe")
+        if probe is not None and same_probe(probe, current):
+            return candidate
+    return None
+
+
+def same_probe(stored: str, current: list[float]) -> bool:
+    """Whether a generator's stored probe (JSON) and an encoder's probe are the same encoder's (within 5%)."""
+    a, b = torch.tensor(json.loads(stored)), torch.tensor(current)
+    return a.shape == b.shape and float((a - b).norm() / b.norm().clamp(min=1e-12)) <= PROBE_TOLERANCE
 
 
 @torch.no_grad()
@@ -122,16 +140,10 @@ def model_metadata(model: str, encoder: Encoder) -> dict[str, str]:
 def check_generator(path: str | None, encoder: Encoder) -> LoadedGenerator:
     """The generator at ``path`` (None: the one shipped for the encoder's model), checked to be made for this
     encoder; ConfigError naming the two models otherwise."""
-    loaded = resolve_generator(path, encoder.name)
+    loaded = resolve_generator(path, encoder.name, encoder=encoder)
     trained_for = loaded.metadata.get("model", "an unknown model")
     probe = loaded.metadata.get("probe")
-    if probe is None:  # written before probes: only the model name can tell
-        same = trained_for == encoder.name
-    else:
-        stored, current = torch.tensor(json.loads(probe)), torch.tensor(encoder_probe(encoder))
-        same = stored.shape == current.shape and float(
-            (stored - current).norm() / current.norm().clamp(min=1e-12)
-        ) <= PROBE_TOLERANCE
+    same = trained_for == encoder.name if probe is None else same_probe(probe, encoder_probe(encoder))
     if not same:
         raise ConfigError(
             f"generator {loaded.path.name} ({loaded.generator_id}) was trained for model {trained_for!r}, not for "

@@ -51,6 +51,26 @@ def test_a_generator_ships_for_taef2_and_suits_its_weights(taef2_by_name: str) -
     assert loaded.metadata["model"] == "taef2" and loaded.metadata["steps"] == "850"
 
 
+def test_a_folder_of_the_same_weights_finds_the_shipped_generator(taef2_by_name: str, tiny_ae_dir: Path) -> None:
+    """Matched by the encoder's probe when its name (a path) is not a shipped one; another model finds none."""
+    from pca_attack.errors import ConfigError
+    from pca_attack.models.encoder import load_encoder
+
+    folder = load_encoder(str(TAEF2), device="cpu")
+    assert folder.name != "taef2" and shipped_generator(folder.name) is None
+    assert check_generator(None, folder).path == shipped_generator("taef2")
+    from pca_attack import AttackConfig
+    from pca_attack.pipeline import Engine
+
+    certificate = Engine.from_spec(str(TAEF2), device="cpu").protect_bytes(
+        _chelsea_png(64, 64), AttackConfig(mode="fast")).certificate
+    assert certificate.generator_id == check_generator(None, folder).generator_id and certificate.budget_ok
+    other = load_encoder(str(tiny_ae_dir), device="cpu")
+    assert shipped_generator(other.name, other) is None
+    with pytest.raises(ConfigError, match="no generator ships"):
+        check_generator(None, other)
+
+
 def test_fast_mode_on_taef2_collapses_within_the_budget(taef2_by_name: str) -> None:
     from pca_attack import AttackConfig
     from pca_attack.pipeline import Engine
