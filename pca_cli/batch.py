@@ -146,7 +146,7 @@ def _summary(report: BatchReport, runner: BatchRunner, console: Console) -> None
     table.add_row("manifest", str(runner.manifest.path))
     console.print(table)
     for failure in report.failed:
-        console.print(f"FAILED {failure.rel}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
+        say(console, f"FAILED {failure.rel}: {failure.error}")
     if report.aborted:
         say(console, f"ABORTED: {report.aborted}; rerun the same command to resume")
     if report.interrupted:

@@ -118,7 +118,7 @@ def protect_files(
                 if save_budget_map:
                     write_budget_map(source, dest, config.eps)
                 line = result_line(source, dest, result.certificate)
-                console.print(line, markup=False, highlight=False, soft_wrap=True)
+                say(console, line)
             except MemoryBudgetError as exc:
                 failures.append((source, MEMORY_REFUSAL + str(exc)))
             except (PCAError, OSError) as exc:

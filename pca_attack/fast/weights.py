@@ -120,6 +120,7 @@ def same_probe(stored: str, current: list[float]) -> bool:
     return a.shape == b.shape and float((a - b).norm() / b.norm().clamp(min=1e-12)) <= PROBE_TOLERANCE
 
 
+@lru_cache(maxsize=8)  # per loaded encoder: asked again by every fast-mode batch and by check_generator
 @torch.no_grad()
 def encoder_probe(encoder: Encoder) -> list[float]:
     """Per-channel mean then standard deviation of the posterior mean on a fixed smooth 64x64 image: (2C,)."""
