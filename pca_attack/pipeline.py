@@ -45,7 +45,7 @@ from pca_attack.io.images import (
 )
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder
 from pca_attack.models.ensemble import Ensemble, load_decoders, load_model, split_specs
-from pca_attack.models.registry import DEMO_WARNING, uses_demo
+from pca_attack.models.registry import DEFAULT_MODEL, DEMO_WARNING, uses_demo
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Engine:
     @classmethod
     def from_spec(
         cls,
-        model: str | Sequence[str] = "demo",
+        model: str | Sequence[str] = DEFAULT_MODEL,
         *,
         device: str = "auto",
         dtype: str = "auto",

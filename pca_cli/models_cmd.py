@@ -36,7 +36,7 @@ def list_command(
         _print_loaded(_loaded_here(model or [], device) if model else _loaded_on(str(server)))
         return
     from pca_attack.models.downloads import is_cached, models_folder
-    from pca_attack.models.registry import DEMO_MODEL_DIR, REGISTRY
+    from pca_attack.models.registry import DEFAULT_MODEL, DEMO_MODEL_DIR, REGISTRY
 
     typer.echo(REGISTRY_ROW.format("name", "latent", "posterior", "run here", "cached"))
     for entry in REGISTRY.values():
@@ -49,8 +49,8 @@ def list_command(
         latent = f"{entry.latent_channels}ch f{entry.spatial_factor}"
         typer.echo(REGISTRY_ROW.format(entry.name, latent, entry.posterior, run_here, "yes" if ok else "no"))
         typer.echo(f"{'':12}{entry.description}\n{'':12}weights: {source}")
-    typer.echo(f"run here: whether this project ever ran those weights; cached: downloaded here (the Hugging Face "
-               f"cache; files fetched by URL: {models_folder()}).")
+    typer.echo(f"default (no --model, no PCA_MODEL): {DEFAULT_MODEL}. run here: whether this project ever ran those "
+               f"weights; cached: downloaded here (the Hugging Face cache; files fetched by URL: {models_folder()}).")
     typer.echo(
         "Local weights work too: --model PATH takes a diffusers folder (AutoencoderKL, AutoencoderKLFlux2, "
         "AutoencoderKLQwenImage, AutoencoderDC, AutoencoderTiny), a .safetensors file, or a tiny "

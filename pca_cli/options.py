@@ -56,7 +56,7 @@ GeneratorOpt = Annotated[
     typer.Option(
         "--generator",
         help="Fast modes (--mode fast / fast+N): generator weights (.safetensors written by "
-        "scripts/train_generator.py for this model). Default: the generator shipped for the model (demo only).",
+        "scripts/train_generator.py for this model). Default: the generator shipped for the model (taef2 and demo).",
     ),
 ]
 

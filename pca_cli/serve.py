@@ -54,8 +54,6 @@ def serve_command(
     """Serve /v1/protect, /v1/jobs, /v1/diagnostics, /v1/models, /healthz, /readyz and /metrics."""
     from pydantic import ValidationError
 
-    from service.app import create_app
-
     overrides = {
         "model": model,
         "device": device,
@@ -77,12 +75,25 @@ def serve_command(
     if ray:
         _serve_on_ray(overrides, host, port, replicas, ray_address)
         return
+    _serve_here(settings, host, port)
+
+
+def _serve_here(settings: Settings, host: str, port: int) -> None:
+    """Load the model, then serve the app with uvicorn in this process (one worker, graceful shutdown 30 s)."""
     import uvicorn
 
+    from pca_attack.errors import PCAError
+    from service.app import create_app, load_engine
     from service.limits import uvicorn_options
 
-    app = create_app(settings)
-    typer.echo(f"pca-protect: web page at {page_url(host, port)} (API under /v1) once the model is loaded")
+    typer.echo(f"pca-protect: loading {settings.model} ...")
+    try:  # before uvicorn starts: a model that cannot be loaded is one clear line and exit 2, not a traceback
+        engine = load_engine(settings)
+    except PCAError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    app = create_app(settings, engine=engine)
+    typer.echo(f"pca-protect: web page at {page_url(host, port)} (API under /v1) once the service has started")
     uvicorn.run(
         app,
         host=host,

@@ -2,8 +2,9 @@
 
     python scripts/web_screenshot.py examples/chelsea.png --steps 20 --out docs/img/web-page-roundtrip.png
 
-Starts ``pca-protect serve --model demo`` on a free port (as the browser tests do), drives Debian's Chromium
-with Playwright, prints the certificate numbers the page shows and the seconds to the result as JSON.
+Starts ``pca-protect serve --model MODEL`` (default: the default model, taef2, from ``PCA_MODELS_DIR`` or
+fetched) on a free port, as the browser tests do, drives Debian's Chromium with Playwright, prints the
+certificate numbers the page shows and the seconds to the result as JSON.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pca_attack.models.registry import DEFAULT_MODEL  # noqa: E402  (after the path insert above)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", type=Path)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model the server loads")
     parser.add_argument("--out", type=Path, default=Path("web-page-roundtrip.png"))
     parser.add_argument("--colours", type=int, default=128, help="palette size of the saved PNG (smaller file)")
     args = parser.parse_args()
@@ -33,7 +37,7 @@ def main() -> None:
 
     from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, start_server
 
-    served = start_server(Path(tempfile.mkdtemp(prefix="pca-shot-")))
+    served = start_server(Path(tempfile.mkdtemp(prefix="pca-shot-")), model=args.model)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -56,7 +60,8 @@ def main() -> None:
         served.stop()
     image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(args.colours)
     image.save(args.out, optimize=True)
-    print(json.dumps({"seconds_to_result": round(seconds, 1), "fields": fields, "out": str(args.out)}, indent=2))
+    print(json.dumps({"model": args.model, "seconds_to_result": round(seconds, 1), "fields": fields,
+                      "out": str(args.out)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -87,10 +87,10 @@ def prepare_data_dir(settings: Settings) -> None:
         log.info("created the data folder %s", folder)
 
 
-def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: Engine | None) -> None:
-    """Load the model (unless given), start the engine worker and the job runner, resume interrupted jobs."""
-    prepare_data_dir(settings)
-    loaded = engine or Engine.from_spec(
+def load_engine(settings: Settings) -> Engine:
+    """The engine ``settings`` describe (model, device, dtype, decoder, batch); weights published as files are
+    fetched first unless offline. Raises the engine's errors (``PCAError``) with what to do."""
+    return Engine.from_spec(
         settings.model,
         device=settings.device,
         dtype=settings.dtype,
@@ -98,6 +98,12 @@ def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: E
         offline=settings.offline,
         max_batch=settings.max_batch,
     )
+
+
+def start_services(app: FastAPI, settings: Settings, metrics: Metrics, engine: Engine | None) -> None:
+    """Load the model (unless given), start the engine worker and the job runner, resume interrupted jobs."""
+    prepare_data_dir(settings)
+    loaded = engine or load_engine(settings)
     if settings.max_memory:  # PCA_MAX_MEMORY: the engine plans every micro-batch within it (tiles, or 413)
         from pca_attack.attack.memory import parse_size
 

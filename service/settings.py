@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         default=None,
         description="fast modes (mode fast / fast+N): generator weights file (.safetensors written by "
         "scripts/train_generator.py for this model), set by the operator; requests never name a path. Default: "
-        "the generator shipped for the model (demo only); the start is refused when the file is missing, is not "
+        "the generator shipped for the model (taef2 and demo); the start is refused when the file is missing, is not "
         "a generator or was trained for another model",
     )
 

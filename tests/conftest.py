@@ -16,21 +16,27 @@ from PIL import Image
 
 from pca_attack.models.registry import DEMO_MODEL_DIR
 
+SHARED_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "models"  # real weights, never copied
+
 torch.set_num_threads(1)  # tiny models: more threads only add contention on shared CI cores
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """One fresh memory-probe cache per test session (``pca_attack.attack.probe_cache``), inherited by the
     CLI, server and Ray processes the tests start: each model is probed once per session and thread count,
-    never read from the user's own cache or from an earlier session's code. pytest-xdist's workers inherit
+    never read from the user's own cache or from an earlier session's code. Likewise an empty folder for
+    downloaded weights (``PCA_MODELS_DIR``): a test that loads ``taef2`` by name (the default model) sets up
+    its own copy, and none sees the user's. pytest-xdist's workers inherit
     the folder their controller made (its configure runs before they start)."""
     if not hasattr(config, "workerinput"):
         os.environ["PCA_PROBE_CACHE"] = tempfile.mkdtemp(prefix="pca-probe-cache-")
+        os.environ["PCA_MODELS_DIR"] = tempfile.mkdtemp(prefix="pca-models-")  # never the user's downloads
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
-        shutil.rmtree(os.environ.pop("PCA_PROBE_CACHE", ""), ignore_errors=True)
+        for name in ("PCA_PROBE_CACHE", "PCA_MODELS_DIR"):
+            shutil.rmtree(os.environ.pop(name, ""), ignore_errors=True)
 
 
 def make_tiny_vae(folder: Path, *, latent_channels: int = 4, quant_conv: bool = True, seed: int = 0) -> Path:
@@ -75,6 +81,25 @@ def tiny_ae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_vae16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 16-latent-channel VAE without quant_conv (the SD3 / FLUX layout)."""
     return make_tiny_vae(tmp_path_factory.mktemp("tiny_vae16"), latent_channels=16, quant_conv=False, seed=1)
+
+
+@pytest.fixture
+def taef2_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``taef2`` (the default model) loadable by name offline: ``PCA_MODELS_DIR`` holds symbolic links to the
+    real weights in ``../shared/models/taef2``, as ``pca-protect models download taef2`` would hold the files;
+    skipped where that folder is absent."""
+    from pca_attack.models import encoder as encoder_module
+
+    source = SHARED_MODELS / "taef2"
+    if not source.is_dir():
+        pytest.skip(f"{source.resolve()} is absent: the pretrained tiny-autoencoder weights are not in this workspace")
+    folder = tmp_path / "models" / "taef2"
+    folder.mkdir(parents=True)
+    for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
+        (folder / name).symlink_to((source / name).resolve())
+    monkeypatch.setenv("PCA_MODELS_DIR", str(folder.parent))
+    monkeypatch.setattr(encoder_module, "_cache", {})
+    return "taef2"
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,8 @@ def _missing(entry: ModelEntry, file: RemoteFile, why: str) -> ModelNotFoundErro
     return ModelNotFoundError(
         f"model {entry.name!r}: {file.name} is not available ({why}). Fix: run `pca-protect models download "
         f"{entry.name}` on a machine with network access (it writes {target}; copy that folder here, or point "
-        f"{MODELS_ENV} at it), or download {file.url} yourself and pass its folder with --model PATH."
+        f"{MODELS_ENV} at it), or download {file.url} yourself and pass its folder with --model PATH. To try "
+        f"the tool without it: --model demo (a bundled toy that protects nothing)."
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_vae"
-DEFAULT_MODEL = "demo"  # what the CLI and the service load without --model / PCA_MODEL: works offline, warns
+DEFAULT_MODEL = "taef2"  # what the CLI and the service load without --model / PCA_MODEL: fetched once, then offline
 DEMO_WARNING = (
     "the 'demo' model is a toy VAE bundled for trying the tool offline: it does NOT protect against real "
     "diffusion editors. Use a real encoder: --model taef2 (FLUX.2's tiny autoencoder, 5 MB, fetched once, "

@@ -181,7 +181,7 @@ def test_protect_cli_saves_the_budget_map(tmp_path) -> None:  # type: ignore[no-
     Image.fromarray(rgb).save(src)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["protect", str(src), "-o", str(out), "--steps", "1", "--budget", "jnd",
-                                      "--save-budget-map", "--device", "cpu"])
+                                      "--save-budget-map", "--model", "demo", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     grey = np.asarray(Image.open(next(out.glob("*.budget.png"))))
     assert grey.shape == (40, 56) and grey.dtype == np.uint8

@@ -95,3 +95,4 @@ def test_version_and_models_list() -> None:
     assert runner.invoke(app, ["--version"]).output.startswith("pca-protect ")
     listing = runner.invoke(app, ["models", "list"])
     assert listing.exit_code == 0 and "sd15" in listing.output and "demo" in listing.output
+    assert "default (no --model, no PCA_MODEL): taef2" in " ".join(listing.output.split())

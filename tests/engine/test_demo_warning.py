@@ -28,7 +28,7 @@ def test_warning_names_real_models() -> None:
 def test_protect_with_demo_warns_on_stderr_and_in_the_certificate(tmp_path: Path) -> None:
     src = _photo(tmp_path / "a.png")
     result = CliRunner().invoke(app, ["protect", str(src), "-o", str(tmp_path / "out"), "--steps", "1",
-                                      "--device", "cpu"])
+                                      "--model", "demo", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "does NOT protect" in result.output  # CliRunner mixes stderr into output
     report = json.loads(next((tmp_path / "out").glob("*.json")).read_text())

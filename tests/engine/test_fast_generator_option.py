@@ -88,7 +88,7 @@ def test_check_generator_tells_models_apart(generators: dict[str, Path], other_m
 def test_protect_refuses_an_unusable_generator_with_exit_2(
     generators: dict[str, Path], inputs: Path, tmp_path: Path, which: str, message: str
 ) -> None:
-    args = ["protect", str(inputs), "-o", str(tmp_path / "out"), "--mode", "fast", "--generator",
+    args = ["protect", str(inputs), "-o", str(tmp_path / "out"), "--model", "demo", "--mode", "fast", "--generator",
             str(generators[which])]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output
@@ -99,13 +99,13 @@ def test_protect_and_local_batch_use_the_given_generator(
     generators: dict[str, Path], inputs: Path, tmp_path: Path
 ) -> None:
     expected = load_generator(str(generators["demo"])).generator_id
-    result = CliRunner().invoke(app, ["protect", str(inputs), "-o", str(tmp_path / "p"), "--mode", "fast+1",
-                                      "--generator", str(generators["demo"])])
+    result = CliRunner().invoke(app, ["protect", str(inputs), "-o", str(tmp_path / "p"), "--model", "demo",
+                                      "--mode", "fast+1", "--generator", str(generators["demo"])])
     assert result.exit_code == 0, result.output
     certificate = json.loads((tmp_path / "p" / "a.png.json").read_text())
     assert certificate["generator_id"] == expected and certificate["mode"] == "fast+1"
-    result = CliRunner().invoke(app, ["batch", str(inputs), str(tmp_path / "b"), "--local", "--mode", "fast",
-                                      "--generator", str(generators["demo"])])
+    result = CliRunner().invoke(app, ["batch", str(inputs), str(tmp_path / "b"), "--local", "--model", "demo",
+                                      "--mode", "fast", "--generator", str(generators["demo"])])
     assert result.exit_code == 0, result.output
     written = [json.loads(p.read_text()) for p in (tmp_path / "b").rglob("*.json") if p.name.startswith("a.")]
     assert [c["generator_id"] for c in written] == [expected]
@@ -114,8 +114,8 @@ def test_protect_and_local_batch_use_the_given_generator(
 def test_local_batch_refuses_a_generator_for_another_model_and_a_server_batch_any(
     generators: dict[str, Path], inputs: Path, tmp_path: Path
 ) -> None:
-    local = CliRunner().invoke(app, ["batch", str(inputs), str(tmp_path / "b"), "--local", "--mode", "fast",
-                                     "--generator", str(generators["other"])], env={"COLUMNS": "200"})
+    local = CliRunner().invoke(app, ["batch", str(inputs), str(tmp_path / "b"), "--local", "--model", "demo",
+                                     "--mode", "fast", "--generator", str(generators["other"])], env={"COLUMNS": "200"})
     assert local.exit_code == 2 and "was trained for model" in " ".join(local.output.split())
     remote = CliRunner().invoke(app, ["batch", str(inputs), str(tmp_path / "c"), "--server", "http://127.0.0.1:9",
                                       "--generator", str(generators["demo"])], env={"COLUMNS": "200"})

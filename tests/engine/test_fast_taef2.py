@@ -15,22 +15,8 @@ import pytest
 from PIL import Image
 
 from pca_attack.fast.weights import check_generator, shipped_generator
-from pca_attack.models import encoder as encoder_module
 
-TAEF2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "taef2"
-
-
-@pytest.fixture
-def taef2_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if not TAEF2.is_dir():
-        pytest.skip(f"{TAEF2.resolve()} is absent: the pretrained tiny-autoencoder weights are not in this workspace")
-    folder = tmp_path / "models" / "taef2"
-    folder.mkdir(parents=True)
-    for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
-        (folder / name).symlink_to((TAEF2 / name).resolve())
-    monkeypatch.setenv("PCA_MODELS_DIR", str(folder.parent))
-    monkeypatch.setattr(encoder_module, "_cache", {})
-    return "taef2"
+TAEF2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "taef2"  # fixture taef2_by_name: conftest
 
 
 def _chelsea_png(height: int, width: int) -> bytes:

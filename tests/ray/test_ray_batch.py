@@ -133,13 +133,13 @@ def test_resume_across_ray_and_local(ray_cluster: Any, tree: Path, local_run: Pa
 
     dst = tree.parent / "resume"
     options = ProtectOptions(steps=2)
-    ray_runner = RayBatchRunner(tree, dst, options, device="cpu", dtype="fp32", workers=2)
+    ray_runner = RayBatchRunner(tree, dst, options, model="demo", device="cpu", dtype="fp32", workers=2)
     first = ray_runner.run(only=[r for r in RELS if r.startswith("a/")])
     assert (first.done, first.skipped, first.failed) == (6, 0, [])
     proc = local_processor(options, "demo", "cpu", "fp32")
     local = BatchRunner(tree, dst, proc, settings=options.settings(), fmt=options.format).run()
     assert (local.done, local.skipped, local.failed) == (6, 6, [])
-    again = RayBatchRunner(tree, dst, options, device="cpu", dtype="fp32", workers=2).run()
+    again = RayBatchRunner(tree, dst, options, model="demo", device="cpu", dtype="fp32", workers=2).run()
     assert (again.done, again.skipped, again.failed) == (0, 12, [])
     assert outputs(dst) == outputs(local_run)
     assert {e["reason"] for e in manifest(dst).values()} == {"new"}
@@ -153,7 +153,8 @@ def test_killed_ray_worker_is_retried_without_partial_files(ray_cluster: Any, tr
     marker = tree / "a" / "b" / CRASH_MARKER
     marker.write_text("the first actor protecting a file of this folder exits")
     runner = RayBatchRunner(
-        tree, dst, ProtectOptions(steps=2), device="cpu", dtype="fp32", workers=2, actor_cls=CrashOnceActor
+        tree, dst, ProtectOptions(steps=2), model="demo", device="cpu", dtype="fp32", workers=2,
+        actor_cls=CrashOnceActor,
     )
     report = runner.run()
     assert not marker.exists(), "no worker was killed"

@@ -58,12 +58,12 @@ class Served:
                 self.proc.wait(timeout=10)
 
 
-def start_server(root: Path, *extra: str) -> Served:
-    """``python -m pca_cli serve --model demo`` on a free port; waits for /readyz."""
+def start_server(root: Path, *extra: str, model: str = "demo") -> Served:
+    """``python -m pca_cli serve --model MODEL`` (the bundled demo unless told) on a free port; waits for /readyz."""
     port = _free_port()
     log = root / "server.log"
     env = {**os.environ, "PCA_DTYPE": "fp32", "PCA_LOG_LEVEL": "warning", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "pca_cli", "serve", "--model", "demo", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "pca_cli", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
            "--device", "cpu", "--offline", "--data-dir", str(root / "data"), "--log-level", "warning", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
