@@ -1,6 +1,7 @@
 """Screenshot of the web page's result card (with the round-trip pictures) after protecting one picture.
 
-    python scripts/web_screenshot.py examples/chelsea.png --steps 20 --out docs/img/web-page-roundtrip.png
+    python scripts/web_screenshot.py examples/chelsea.png --steps 40 --out docs/img/web-page-roundtrip.png \
+        --page-out docs/img/web-page.png
 
 Starts ``pca-protect serve --model MODEL`` (default: the default model, taef2, from ``PCA_MODELS_DIR`` or
 fetched) on a free port, as the browser tests do, drives Debian's Chromium with Playwright, prints the
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model the server loads")
     parser.add_argument("--out", type=Path, default=Path("web-page-roundtrip.png"))
+    parser.add_argument("--page-out", type=Path, help="also save the whole page (1000 px wide) here")
     parser.add_argument("--colours", type=int, default=128, help="palette size of the saved PNG (smaller file)")
     args = parser.parse_args()
 
@@ -41,7 +43,7 @@ def main() -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page = browser.new_page(viewport={"width": 1000 if args.page_out else 1100, "height": 900})
             page.goto(served.url + "/")
             page.wait_for_selector("body[data-ready=true]", timeout=60_000)
             page.set_input_files("#file-input", str(args.image))
@@ -55,11 +57,13 @@ def main() -> None:
             fields = {f.get_attribute("data-field"): f.get_attribute("data-value")
                       for f in page.locator("[data-field]").all()}
             shot = page.locator(".result").screenshot()
+            whole = page.screenshot(full_page=True) if args.page_out else None
             browser.close()
     finally:
         served.stop()
-    image = Image.open(io.BytesIO(shot)).convert("RGB").quantize(args.colours)
-    image.save(args.out, optimize=True)
+    for data, path in ((shot, args.out), (whole, args.page_out)):
+        if data is not None and path is not None:
+            Image.open(io.BytesIO(data)).convert("RGB").quantize(args.colours).save(path, optimize=True)
     print(json.dumps({"model": args.model, "seconds_to_result": round(seconds, 1), "fields": fields,
                       "out": str(args.out)}, indent=2))
 

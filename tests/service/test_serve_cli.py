@@ -18,7 +18,20 @@ def _app() -> typer.Typer:
     return app
 
 
-def test_serve_builds_settings_and_runs_uvicorn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture(autouse=True)
+def loaded(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """serve loads the model before uvicorn starts: here a stand-in records the settings it was asked for
+    (uvicorn.run is faked too, so the app's lifespan never runs)."""
+    import service.app
+
+    asked: list[Any] = []
+    monkeypatch.setattr(service.app, "load_engine", lambda settings: asked.append(settings) or object())
+    return asked
+
+
+def test_serve_builds_settings_and_runs_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, loaded: list[Any]
+) -> None:
     import uvicorn
 
     seen: dict[str, Any] = {}
@@ -52,6 +65,7 @@ def test_serve_builds_settings_and_runs_uvicorn(monkeypatch: pytest.MonkeyPatch,
     )
     assert result.exit_code == 0, result.output
     s = seen["settings"]
+    assert loaded == [s]  # the model was loaded once, from the same settings, before uvicorn ran
     assert (seen["host"], seen["port"], seen["workers"]) == ("0.0.0.0", 9001, 1)
     assert s.model == "/models/x" and s.device == "cpu" and s.queue_size == 3 and s.offline is True
     assert s.api_keys == ["key-aaaa-1111"] and s.data_dir == tmp_path.resolve()
