@@ -49,6 +49,7 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the engine chooses.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("pca_attack.downloads").setLevel(logging.INFO)  # a first run says what it fetches, and where
 
 
 app.command("protect", cls=Command)(protect_command)

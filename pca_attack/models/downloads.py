@@ -17,6 +17,7 @@ downloading it when it is missing or does not match:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.request
@@ -25,6 +26,7 @@ from pathlib import Path
 from pca_attack.errors import ModelNotFoundError
 from pca_attack.models.registry import ModelEntry, RemoteFile
 
+log = logging.getLogger("pca_attack.downloads")  # the CLI shows its INFO lines: a first run says what it fetches
 MODELS_ENV = "PCA_MODELS_DIR"
 CHUNK = 1 << 20  # bytes read per network call
 
@@ -86,6 +88,8 @@ def fetch(entry: ModelEntry, role: str, offline: bool, timeout: float = 30.0) ->
     if offline:
         why = "it does not match the published checksum" if target.exists() else "not downloaded"
         raise _missing(entry, file, f"{why}, and --offline (or HF_HUB_OFFLINE) forbids downloading")
+    log.info("fetching %s for model %r (%.1f MB, once) from %s into %s", file.name, entry.name, file.size / 1e6,
+             file.url.split("/")[2], target.parent)
     try:
         download(file, target, timeout)
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors; ValueError: size or checksum

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -194,3 +195,25 @@ def test_models_download_and_list(server: Server, models_dir: Path, monkeypatch:
     (models_dir / "taef2" / "taef2_decoder.pth").unlink()
     failed = runner.invoke(app, ["models", "download", "taef2"])
     assert failed.exit_code == 1 and "HTTPError" in failed.output
+
+
+def test_a_first_protect_with_the_default_model_fetches_it_says_so_then_reuses_it(
+    server: Server, models_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No --model: TAEF2 is fetched on the first run (the CLI announces each file), never again after."""
+    from pca_cli import app
+
+    _serve(monkeypatch, server, "taef2", _real("taef2"))
+    src = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(src)
+    for run in ("first", "second"):
+        caplog.clear()
+        result = CliRunner().invoke(app, ["protect", str(src), "-o", str(tmp_path / run), "--steps", "1",
+                                          "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / run / "a.png.json").read_text())["model"] == "taef2"
+        fetched = sorted(r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("fetching "))
+        assert fetched == (["taef2_decoder.pth", "taef2_encoder.pth"] if run == "first" else []), run
+        monkeypatch.setattr(encoder_module, "_cache", {})  # a new process would load from the folder again
+    assert sorted(server.requests) == ["/taef2_decoder.pth", "/taef2_encoder.pth"]
