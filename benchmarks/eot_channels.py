@@ -9,12 +9,15 @@ PSNR(D(E(T(c))), T(c)) - PSNR(D(E(T(p))), T(c)) in dB after each channel T (``no
 same against the original, PSNR(D(E(c)), c) - PSNR(D(E(T(p))), c) (the view of someone who
 applies T to strip the protection), the excess damage (the round trip of T(p) against the nearer of T(c) and
 T(p): what it loses beyond reproducing the change, ``pca_attack.redteam.report``), the pixel PSNR and SSIM of the
-perturbation and the collapse. The summary gives per variant their means, and per channel the mean damage over the
-photos and its ratio to the plain attack's. Needs a model with a decoder.
+perturbation, the collapse, and the collapse kept after each channel (1 - target KL of T(p) / of T(c)). The
+summary gives per variant their means, and per channel the mean damage over the photos and its ratio to the plain
+attack's. Needs a model with a decoder.
 
     python benchmarks/eot_channels.py --model <taef2 folder> --out docs/eot_channels_taef2.json
     python benchmarks/eot_channels.py --model <taef2 folder> --photos chelsea,coffee --eot none \
         --smoothing 0,1,2,4,8 --out docs/smoothing_taef2.json
+    python benchmarks/eot_channels.py --model <taef2 folder> --eot none --editor 0,256 \
+        --channels editor-256,jpeg-75 --out docs/editor_default_taef2.json
     python benchmarks/eot_channels.py --model demo --photos chelsea --crop 48x64 --steps 2 --eot none,cleaner  # smoke
 """
 
@@ -41,20 +44,24 @@ from pca_attack.attack.pgd import Protector  # noqa: E402
 from pca_attack.certify.diagnostics import psnr  # noqa: E402
 from pca_attack.certify.metrics import ssim, tiled_mean  # noqa: E402
 from pca_attack.models.encoder import Decoder, Encoder, load_decoder, load_encoder  # noqa: E402
+from pca_attack.redteam.editor import collapse_kept  # noqa: E402
 from pca_attack.redteam.report import redteam  # noqa: E402
 
 CHANNELS = "jpeg-75,noise-8,cleaner,blur-1,resize-0.5,purify"
 
 
-def variants(presets: list[str], smoothings: list[float], steps: int, eot_samples: int) -> dict[str, AttackConfig]:
-    """Name -> configuration for every EoT preset and gradient smoothing: 'none' is the plain attack, 'cleaner' an
-    EoT preset, 'none+smooth4' the plain attack with ``smoothing=4``."""
+def variants(presets: list[str], smoothings: list[float], steps: int, eot_samples: int,
+             editors: tuple[int, ...] = (0,)) -> dict[str, AttackConfig]:
+    """Name -> configuration for every EoT preset, gradient smoothing and editor resolution: 'none' is the plain
+    attack, 'cleaner' an EoT preset, 'none+smooth4' the plain attack with ``smoothing=4``, 'none+editor256' the
+    plain attack with ``editor_resolution=256`` (0: off)."""
     out = {}
     for preset in presets:
         for sigma in smoothings:
-            name = preset if sigma == 0 else f"{preset}+smooth{sigma:g}"
-            out[name] = AttackConfig(steps=steps, eot=None if preset == "none" else preset, eot_samples=eot_samples,
-                                     smoothing=sigma)
+            for side in editors:
+                name = preset + (f"+smooth{sigma:g}" if sigma else "") + (f"+editor{side}" if side else "")
+                out[name] = AttackConfig(steps=steps, eot=None if preset == "none" else preset,
+                                         eot_samples=eot_samples, smoothing=sigma, editor_resolution=side or None)
     return out
 
 
@@ -75,7 +82,8 @@ def photo_rows(encoder: Encoder, decoder: Decoder, clean: torch.Tensor, configs:
                       "damage_db": {row.transform: round(row.roundtrip_damage_db or 0.0, 3) for row in report.rows},
                       "damage_vs_original_db": {row.transform: round(row.roundtrip_damage_vs_original_db or 0.0, 3)
                                                 for row in report.rows},
-                      "excess_db": {row.transform: round(row.roundtrip_excess_db or 0.0, 3) for row in report.rows}}
+                      "excess_db": {row.transform: round(row.roundtrip_excess_db or 0.0, 3) for row in report.rows},
+                      "collapse_after": {row.transform: round(collapse_kept(row) or 0.0, 4) for row in report.rows}}
     return {"size": list(clean.shape[-2:]), "presets": rows}
 
 
@@ -95,7 +103,8 @@ def summary(photos: dict[str, dict[str, Any]], presets: list[str]) -> dict[str, 
                        "mean_damage_db": {c: round(mean(preset, c), 3) for c in channels},
                        "mean_damage_vs_original_db": {c: round(mean(preset, c, "damage_vs_original_db"), 3)
                                                       for c in channels},
-                       "mean_excess_db": {c: round(mean(preset, c, "excess_db"), 3) for c in channels}}
+                       "mean_excess_db": {c: round(mean(preset, c, "excess_db"), 3) for c in channels},
+                       "mean_collapse_after": {c: round(mean(preset, c, "collapse_after"), 4) for c in channels}}
         if "none" in presets and preset != "none":
             for key, name in (("damage_db", "vs_plain"), ("damage_vs_original_db", "vs_plain_vs_original"),
                               ("excess_db", "vs_plain_excess")):
@@ -112,6 +121,7 @@ def main() -> None:
     parser.add_argument("--eot", default="none,noise,cleaner,noise-cleaner", help="EoT presets ('none' = plain)")
     parser.add_argument("--smoothing", default="0", help="gradient smoothing sigmas in pixels (0 = off)")
     parser.add_argument("--eot-samples", type=int, default=1, help="EoT draws per step")
+    parser.add_argument("--editor", default="0", help="editor resolutions attacked too (long sides; 0 = off)")
     parser.add_argument("--channels", default=CHANNELS, help="red-team channels measured after")
     parser.add_argument("--steps", type=int, default=40, help="attack steps (equal for every preset)")
     parser.add_argument("--threads", type=int, default=2)
@@ -121,13 +131,15 @@ def main() -> None:
     encoder = load_encoder(args.model, device="cpu", dtype="fp32", offline=True)
     decoder = load_decoder(args.model, device="cpu", dtype="fp32", offline=True)
     size = tuple(int(v) for v in args.crop.split("x")) if args.crop else None
-    configs = variants(args.eot.split(","), [float(s) for s in args.smoothing.split(",")], args.steps, args.eot_samples)
+    configs = variants(args.eot.split(","), [float(s) for s in args.smoothing.split(",")], args.steps, args.eot_samples,
+                       tuple(int(side) for side in args.editor.split(",")))
     channels = args.channels.split(",")
     presets = list(configs)
     photos = {name: photo_rows(encoder, decoder, crop(x, size), configs, channels)  # type: ignore[arg-type]
               for name, x in load_photos(False).items() if name in args.photos.split(",")}
     publish({"model": args.model, "crop": args.crop or "natural size", "steps": args.steps,
-             "eot_samples": args.eot_samples, "attack": "AttackConfig(steps, eot, smoothing) defaults otherwise",
+             "eot_samples": args.eot_samples,
+             "attack": "AttackConfig(steps, eot, smoothing, editor_resolution) defaults otherwise",
              "summary": summary(photos, presets), "photos": photos}, args.out)
 
 

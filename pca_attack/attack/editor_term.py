@@ -3,7 +3,7 @@
 An editor given a large photo first downscales it to about N px on the long side and encodes that copy, so
 the attack also collapses the copy: the term is the collapse loss of ``resize(x)`` (a differentiable,
 antialiased downscale), weighted by full-size latents per downscaled one, and its gradient flows back through
-the resize to the full-size image.
+the resize to the full-size image. An image not larger than N has no term (the editor encodes it as it is).
 
 * **Untiled attack**: the copy is encoded whole, in one graph from x through the resize and the encoder.
 * **Tiled attack**: the copy is encoded in tiles of the main grid's core and halo (with its own whole-image
@@ -95,6 +95,9 @@ class EditorTerm:
             self.target = target
             return
         small = self.resize(x)  # (B, 3, h, w)
+        if small is x:  # not larger than the editor's size: no copy to collapse (``evaluate``)
+            self.target = None
+            return
         copy = self._copy_objective(small)
         _, logvar = self.encoder.posterior(small) if copy is None else copy.posterior(small)
         self.target = None if logvar is None else logvar.float().exp()
@@ -106,6 +109,8 @@ class EditorTerm:
         wanted = self.target if self.target is not None else target
         whole = x.detach().requires_grad_(sign is not None)
         small = self.resize(whole)  # (B, 3, h, w), attached to ``whole`` when a gradient is wanted
+        if small is whole:  # not larger than the editor's size: the editor encodes the image itself, which the
+            return torch.zeros(x.shape[0], device=x.device), None  # main objective attacks already: no term
         weight = editor_weight(x.shape[-2], x.shape[-1], small)
         copy = self._copy_objective(small)
         if copy is None:  # one graph: x -> resize -> encoder

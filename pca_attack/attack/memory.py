@@ -327,9 +327,9 @@ def _largest_tiles(
 
 
 def editor_pixels(height: int, width: int, long_side: int | None) -> int:
-    """Pixels of the editor-resolution copy (0 without one; no upscaling)."""
+    """Pixels of the editor-resolution copy (0 without one, or when the image is not larger: no copy)."""
     if long_side is None or max(height, width) <= long_side:
-        return 0 if long_side is None else height * width
+        return 0
     scale = long_side / max(height, width)
     return max(8, round(height * scale)) * max(8, round(width * scale))
 

@@ -182,6 +182,33 @@ def test_editor_resolution_adds_the_downscaled_loss_and_its_gradient() -> None:
         AttackConfig(editor_resolution=10)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("preset", ["pca-", "adaptive"])
+def test_an_image_not_larger_than_the_editor_size_is_attacked_exactly_as_without_the_term(
+    preset: str, tiled: bool
+) -> None:
+    """The editor encodes such an image as it is: no copy, no second encoder pass, the plain loss and gradient
+    bit for bit, and no extra pixels in the memory plan."""
+    from pca_attack.attack.memory import editor_pixels
+
+    encoder, x = conv_encoder(), image(96, 64, batch=1)
+    grid = TileGrid(96, 64, factor=4, core=24, halo=HALO) if tiled else None
+    target = Protector(encoder, AttackConfig(preset=preset)).target_variance(x)
+    results = []
+    for resize in (None, lambda t: resize_long_side(t, 128)):
+        objective = TiledObjective(encoder, grid=grid, editor_resize=resize)
+        objective.prepare(x, target)
+        calls: list[int] = []
+        hook = encoder.register_forward_pre_hook(lambda _m, _a, seen=calls: seen.append(1))
+        try:
+            results.append((*objective.loss_and_grad(x, target, torch.Generator(), 1.0), len(calls)))
+        finally:
+            hook.remove()
+    (loss_p, grad_p, calls_p), (loss_e, grad_e, calls_e) = results
+    assert torch.equal(loss_p, loss_e) and torch.equal(grad_p, grad_e) and calls_p == calls_e
+    assert editor_pixels(96, 64, 128) == 0 and editor_pixels(96, 64, None) == 0 and editor_pixels(192, 128, 64) > 0
+
+
 @pytest.mark.parametrize("preset", ["pca-", "adaptive"])
 def test_tiled_attack_encodes_the_editor_copy_in_tiles_with_the_untiled_loss_and_gradient(preset: str) -> None:
     """A tiled attack tiles the editor's downscaled copy too (the main grid's core and halo), sums its tiles'
