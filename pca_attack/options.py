@@ -78,8 +78,10 @@ class ProtectOptions(BaseModel):
         default=ENGINE_DEFAULTS["eot_samples"], ge=1, le=64, description="EoT draws averaged per PGD step"
     )
     editor_resolution: int | None = Field(
-        default=ENGINE_DEFAULTS["editor_resolution"], ge=64, le=16384,
-        description="also protect the image as an editor sees it after downscaling to this long side (e.g. 1024)",
+        default=ENGINE_DEFAULTS["editor_resolution"], ge=0, le=16384,
+        description="editors work at about 1 MP: an image larger than this long side is also protected as the "
+        "editor sees it, downscaled to it (an image not larger is unaffected); 0 or null: off. Without it a "
+        "downscale by 2 kept 0.13 of the collapse on TAEF2, with it 0.70 (README)",
     )
     aggregation: Literal["mean", "worst"] = Field(
         default=ENGINE_DEFAULTS["aggregation"],
@@ -123,6 +125,16 @@ class ProtectOptions(BaseModel):
     def _empty_eot(cls, value: Any) -> Any:
         """An empty form field means no EoT."""
         return value or None
+
+    @field_validator("editor_resolution")
+    @classmethod
+    def _editor_off(cls, value: int | None) -> int | None:
+        """0 turns the editor resolution off (a form or a command line cannot send null); else >= 64."""
+        if value == 0:
+            return None
+        if value is not None and value < 64:
+            raise ValueError("use 0 (off) or a long side in [64, 16384], e.g. 1024 (editors work at about 1 MP)")
+        return value
 
     @field_validator("model_weights", mode="before")
     @classmethod

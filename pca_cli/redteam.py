@@ -4,8 +4,9 @@ Each image is protected in-process, then JPEG / WebP / resize / blur / noise / c
 purification are applied to the clean and to the protected image alike, and the latent drift that
 survives is compared with the drift before the channel (the *retention*, see
 ``pca_attack.redteam``). Writes ``redteam.json``, ``redteam.md`` and ``redteam.png`` into DIR.
-With ``--editor-resolution N`` the images are also protected plainly, and both attacks are measured after
-an editor's downscale to N px on the long side (``editor_resolution`` in the JSON, a section in the report).
+When an image is larger than the editor resolution N (``--editor-resolution``, default 1024; 0 = off) the images
+are also protected plainly, and both attacks are measured after an editor's downscale to N px on the long side
+(``editor_resolution`` in the JSON, a section in the report).
 """
 
 from __future__ import annotations
@@ -99,12 +100,14 @@ def protect_images(
 def editor_comparison(
     engine: Any, files: list[Path], options: ProtectOptions, cleans: list[Any], protecteds: list[Any], console: Any
 ) -> EditorRetention | None:
-    """With ``--editor-resolution N``: protect the files plainly as well, and measure both attacks after an
-    editor's downscale to N px on the long side (``pca_attack.redteam.editor``); None without the option."""
+    """With an editor resolution N (default 1024) and an image larger than N: protect the files plainly as well,
+    and measure both attacks after an editor's downscale to N px on the long side (``pca_attack.redteam.editor``);
+    None otherwise (off, or every image not larger than N: the two attacks are the same)."""
     from pca_attack.redteam.editor import compare
+    from pca_attack.redteam.report import larger_than
 
     long_side = options.editor_resolution
-    if long_side is None:
+    if long_side is None or not larger_than(cleans, long_side):  # smaller images: both attacks are the same
         return None
     console.print(f"plain attack (no --editor-resolution) for the comparison after the downscale to {long_side} px")
     _, plain, _ = protect_images(engine, files, options.model_copy(update={"editor_resolution": None}), console)

@@ -96,12 +96,16 @@ def test_client_settings_are_the_models_fields_all_optional() -> None:
 
 
 def test_batch_fingerprint_is_unchanged_by_the_model() -> None:
-    """Folders protected before the options model are not redone: same settings, same fingerprint."""
+    """Folders protected before the options model are not redone: same settings, same fingerprint. Since the
+    default editor resolution (1024) protects larger images differently, the old settings are those with it
+    off (``--editor-resolution 0``); the new default is a new fingerprint, so a resumed batch redoes its files."""
     before = {
         "preset": "pca-", "eps": 16.0, "step": 2.0, "steps": 40, "seed": 3407, "random_start": False,
         "format": "png", "quality": None, "keep_exif": True, "eot": None,
     }
-    assert settings_fingerprint(ProtectOptions().settings()) == settings_fingerprint(before)
+    assert settings_fingerprint(ProtectOptions(editor_resolution=0).settings()) == settings_fingerprint(before)
+    assert settings_fingerprint(ProtectOptions().settings()) != settings_fingerprint(before)
+    assert ProtectOptions().settings()["editor_resolution"] == 1024
     assert "eot_samples" in ProtectOptions(eot="jpeg-75").settings()
 
 
@@ -130,3 +134,14 @@ def test_the_client_is_torch_free() -> None:
     code = "import sys, pca_client.http, pca_client.runner; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_editor_resolution_defaults_to_1024_and_0_turns_it_off() -> None:
+    """Editors work at about 1 MP: larger images are also protected downscaled to 1024 px unless told not to
+    (0 from a form or the command line, null in JSON); 1..63 is refused with what to use."""
+    assert ProtectOptions().to_attack_config().editor_resolution == 1024
+    assert ProtectOptions(editor_resolution=0).to_attack_config().editor_resolution is None
+    assert ProtectOptions(editor_resolution=None).editor_resolution is None
+    assert ProtectOptions.model_validate({"editor_resolution": "512"}).editor_resolution == 512  # form data
+    with pytest.raises(ValidationError, match="0 \\(off\\) or a long side"):
+        ProtectOptions(editor_resolution=10)

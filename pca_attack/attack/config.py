@@ -90,7 +90,7 @@ class AttackConfig:
     eot_samples: int = 1  # random transformations averaged per step when eot is set
     aggregation: Literal["mean", "worst"] = "mean"  # ensembles: mean of normalised member losses, or the worst
     model_weights: tuple[float, ...] | None = None  # ensembles: one weight per model for "mean" (None = equal)
-    editor_resolution: int | None = None  # also collapse the image downscaled to this long side (editors' ~1 MP)
+    editor_resolution: int | None = 1024  # also collapse a larger image downscaled to this long side (editors' ~1 MP)
     budget: Literal["linf", "jnd", "psnr"] = "linf"  # eps everywhere; a JND map <= eps; the eps box ∩ an L2 ball
     target_psnr: float = 30.0  # budget "psnr": the perturbation's pixel PSNR is kept >= this (dB), an RMS bound
     colour_neutral: bool = True  # remove the perturbation's mean per channel, globally and per window

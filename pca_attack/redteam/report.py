@@ -131,6 +131,12 @@ def _as_list(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return list(x)
 
 
+def larger_than(images: Sequence[torch.Tensor], long_side: int | None) -> bool:
+    """True when some image (3, H, W) is larger than ``long_side`` on its long side: an editor working at that
+    size downscales it (the ``--editor-resolution`` attack and the ``editor-N`` row only matter then)."""
+    return long_side is not None and any(max(image.shape[-2:]) > long_side for image in images)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not math.isfinite(a) or not math.isfinite(b) or abs(b) < 1e-12:
         return None
@@ -195,7 +201,8 @@ def redteam(
     transforms: names from ``TRANSFORMS`` (default: all; 'purify' is skipped without a decoder).
     with_roundtrip: also measure the round-trip damage (two decoder passes per transformation).
     editor_resolution: also report ``editor-N``, the retention after an editor's downscale to N px on the
-        long side (``pca_attack.redteam.editor`` compares plain and ``--editor-resolution`` attacks).
+        long side, when an image is larger than N (``pca_attack.redteam.editor`` compares plain and
+        ``--editor-resolution`` attacks).
     """
     if isinstance(engine_or_encoder, Encoder):
         encoder = engine_or_encoder
@@ -208,11 +215,11 @@ def redteam(
     if decoder is None:
         names = [n for n in names if not TRANSFORMS[n].needs_decoder] if transforms is None else names
     names = ["none"] + [n for n in names if n != "none"]
-    if editor_resolution is not None and f"{EDITOR_PREFIX}{editor_resolution}" not in names:
+    cs, ps = _as_list(clean), _as_list(protected)
+    if larger_than(cs, editor_resolution) and f"{EDITOR_PREFIX}{editor_resolution}" not in names:
         names.append(f"{EDITOR_PREFIX}{editor_resolution}")
     for n in names:
         get_transform(n)  # unknown names: a ConfigError listing the known ones
-    cs, ps = _as_list(clean), _as_list(protected)
     if len(cs) != len(ps) or any(c.shape != p.shape for c, p in zip(cs, ps, strict=False)):
         raise ConfigError("clean and protected images must pair up with equal shapes")
     sign = 1.0 if PRESETS[preset].direction == "minimize" else -1.0

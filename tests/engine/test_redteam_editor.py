@@ -107,5 +107,17 @@ def test_redteam_cli_compares_plain_and_editor_resolution_attacks(
 def test_redteam_cli_without_editor_resolution_has_no_comparison(
     tiny_vae_dir: Path, tmp_path: Path, photo: Callable[..., np.ndarray]
 ) -> None:
-    data = _redteam_cli(tiny_vae_dir, tmp_path / "out", photo(48, 64), "--steps", "1")
-    assert "editor_resolution" not in data and [r["transform"] for r in data["rows"]] == ["none", "jpeg-75"]
+    """Off (0), or the default 1024 on images not larger: one attack, no editor row, no comparison."""
+    for extra in ((), ("--editor-resolution", "0")):
+        data = _redteam_cli(tiny_vae_dir, tmp_path / f"out{len(extra)}", photo(48, 64), "--steps", "1", *extra)
+        assert "editor_resolution" not in data and [r["transform"] for r in data["rows"]] == ["none", "jpeg-75"]
+        assert data["config"]["editor_resolution"] == (None if extra else 1024)
+
+
+def test_the_editor_row_is_left_out_when_no_image_is_larger(tiny_vae_dir: Path) -> None:
+    encoder = load_encoder(str(tiny_vae_dir), device="cpu")
+    clean = _image()  # 96 x 144
+    protected = (clean + 8 / 255 * torch.sign(torch.randn(clean.shape, generator=torch.Generator()))).clamp(0, 1)
+    for side, rows in ((144, ["none"]), (143, ["none", "editor-143"])):
+        report = redteam(encoder, clean, protected, transforms=[], editor_resolution=side, with_roundtrip=False)
+        assert [r.transform for r in report.rows] == rows
