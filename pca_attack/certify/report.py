@@ -66,6 +66,10 @@ class Certificate(BaseModel):
     smoothing: float = Field(
         default=0.0, description="Gaussian sigma (pixels) each step's gradient was low-passed with (0 = off, default)"
     )
+    editor_resolution: int | None = Field(
+        default=None, description="long side of the editor's downscaled copy that was collapsed too (the image is "
+        "larger); null: off, the image is not larger, or fast mode without refinement steps",
+    )
     mean_shift_255: list[float] = Field(
         default_factory=list, description="mean of (output - input) per channel R, G, B, 0-255 scale (colour cast)"
     )
@@ -256,6 +260,7 @@ def certificate(
         seed=config.seed,
         eot=config.eot,
         smoothing=config.smoothing,
+        editor_resolution=editor_copy(config, clean.width, clean.height),
         mode=config.mode,
         width=clean.width,
         height=clean.height,
@@ -271,6 +276,12 @@ def certificate(
         version=__version__,
         **extra,
     )
+
+
+def editor_copy(config: AttackConfig, width: int, height: int) -> int | None:
+    """The editor resolution the attack collapsed a copy at: set, the image larger, and PGD steps run."""
+    side = config.editor_resolution
+    return side if side is not None and max(width, height) > side and config.mode != "fast" else None
 
 
 __all__ = ["Certificate", "certificate", "preset_target"]

@@ -121,3 +121,13 @@ def test_the_editor_row_is_left_out_when_no_image_is_larger(tiny_vae_dir: Path) 
     for side, rows in ((144, ["none"]), (143, ["none", "editor-143"])):
         report = redteam(encoder, clean, protected, transforms=[], editor_resolution=side, with_roundtrip=False)
         assert [r.transform for r in report.rows] == rows
+
+
+def test_the_certificate_says_whether_an_editor_copy_was_collapsed(tiny_vae_dir: Path) -> None:
+    engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False)
+    pixels = np.round(_image(96, 128)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    png = to_bytes(Image.fromarray(pixels))
+    for config, expected in ((AttackConfig(steps=1, editor_resolution=64), 64),
+                             (AttackConfig(steps=1), None),  # the default 1024: this image is not larger
+                             (AttackConfig(steps=1, editor_resolution=None), None)):
+        assert engine.protect_bytes(png, config).certificate.editor_resolution == expected
