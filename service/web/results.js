@@ -50,6 +50,10 @@ function certificatePanel(cert) {
       " for the original, ", num("roundtrip_psnr_protected_db", cert.roundtrip_psnr_protected_db, 1, " dB"),
       ` for the protected picture: ${fmt(damage, 1)} dB of damage an edit would start from.`, ...selfRoundTrip(cert)));
   }
+  if (cert.editor_resolution) {
+    rows.push(...row("Editor's downscale", "also protected as an editor sees it after downscaling to ",
+      num("editor_resolution", cert.editor_resolution, 0, " px"), " on the long side"));
+  }
   if (cert.alpha_preserved !== null && cert.alpha_preserved !== undefined) {
     rows.push(...row("Transparency", cert.alpha_preserved ? "kept byte for byte" : "changed"));
   }

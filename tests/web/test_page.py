@@ -74,6 +74,9 @@ def test_two_photos_round_trip_through_the_page(server: Served, browser: Any, tm
         expect(page.locator("#picked li")).to_have_count(2)
         page.fill("#opt-steps", STEPS)
         page.get_by_role("button", name="Standard 16").click()
+        page.locator("summary", has_text="More settings").click()
+        expect(page.locator("#opt-editor_resolution")).to_have_value("1024")  # the server's default
+        page.fill("#opt-editor_resolution", "80")  # both pictures are larger: each also collapsed at 80 px
         page.get_by_role("button", name="Protect", exact=True).click()
         expect(page.locator(".result")).to_have_count(2, timeout=TIMEOUT_MS)
         expect(page.locator("#progress-summary")).to_have_text("2 of 2 done.")
@@ -112,6 +115,8 @@ def test_two_photos_round_trip_through_the_page(server: Served, browser: Any, tm
             expect(panel.locator('[data-field="psnr_db"]')).to_have_text(f"{cert['psnr_db']:.1f} dB")
             expect(panel.locator('[data-field="linf_255"]')).to_have_text(f"{cert['linf_255']:.0f}")
             expect(panel).to_contain_text("within the limit" if cert["budget_ok"] else "over the limit")
+            assert cert["editor_resolution"] == 80
+            expect(panel.locator('[data-field="editor_resolution"]')).to_have_text("80 px")
         assert not [u for u in watch.requests if not u.startswith((server.url, "blob:", "data:"))]
         assert not watch.errors, watch.errors
     finally:
