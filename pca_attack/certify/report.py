@@ -67,7 +67,7 @@ class Certificate(BaseModel):
         default=0.0, description="Gaussian sigma (pixels) each step's gradient was low-passed with (0 = off, default)"
     )
     editor_resolution: int | None = Field(
-        default=None, description="long side of the editor's downscaled copy that was collapsed too (the image is "
+        default=None, description="long side of the editor's downscaled copy the attack also worked on (the image is "
         "larger); null: off, the image is not larger, or fast mode without refinement steps",
     )
     mean_shift_255: list[float] = Field(
@@ -278,7 +278,7 @@ def certificate(
 
 
 def editor_copy(config: AttackConfig, width: int, height: int) -> int | None:
-    """The editor resolution the attack collapsed a copy at: set, the image larger, and PGD steps run."""
+    """The editor resolution the attack also worked at: set, the image larger, and PGD steps run."""
     side = config.editor_resolution
     return side if side is not None and max(width, height) > side and config.mode != "fast" else None
 
