@@ -107,7 +107,7 @@ def editor_comparison(
     from pca_attack.redteam.report import larger_than
 
     long_side = options.editor_resolution
-    if long_side is None or not larger_than(cleans, long_side):  # smaller images: both attacks are the same
+    if long_side is None or not larger_than(cleans, long_side):  # off, or smaller images: the attacks are the same
         return None
     console.print(f"plain attack (no --editor-resolution) for the comparison after the downscale to {long_side} px")
     _, plain, _ = protect_images(engine, files, options.model_copy(update={"editor_resolution": None}), console)

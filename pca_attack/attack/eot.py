@@ -127,11 +127,17 @@ def resize_round_trip(x: torch.Tensor, scale: float, mode: str = "bilinear") -> 
     return F.interpolate(small, size=(h, w), mode=mode, align_corners=False).clamp(0.0, 1.0)
 
 
+def downscaled(height: int, width: int, long_side: int | None) -> bool:
+    """True when an editor working at ``long_side`` px (None: none) downscales a (height, width) image: the one
+    test of whether the editor-resolution term, its plan, its certificate field and its red-team row apply."""
+    return long_side is not None and max(height, width) > long_side
+
+
 def resize_long_side(x: torch.Tensor, long_side: int, mode: str = "bilinear") -> torch.Tensor:
     """Differentiable downscale of (B, 3, H, W) so its long side is ``long_side`` (antialiased, as editors
     do before encoding); images already that small are returned as they are."""
     h, w = x.shape[-2:]
-    if max(h, w) <= long_side:
+    if not downscaled(h, w, long_side):
         return x
     scale = long_side / max(h, w)
     size = (max(8, round(h * scale)), max(8, round(w * scale)))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pca_attack.attack.eot import downscaled
 from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's units and measurements)
     default_budget,
@@ -328,7 +329,7 @@ def _largest_tiles(
 
 def editor_pixels(height: int, width: int, long_side: int | None) -> int:
     """Pixels of the editor-resolution copy (0 without one, or when the image is not larger: no copy)."""
-    if long_side is None or max(height, width) <= long_side:
+    if long_side is None or not downscaled(height, width, long_side):
         return 0
     scale = long_side / max(height, width)
     return max(8, round(height * scale)) * max(8, round(width * scale))

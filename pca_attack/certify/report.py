@@ -15,6 +15,7 @@ from skimage.metrics import structural_similarity
 
 from pca_attack._version import __version__
 from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.eot import downscaled
 from pca_attack.attack.losses import mean_energy, mean_kl_per_element, pca_loss, posterior_variance
 from pca_attack.certify.diagnostics import decode_mean, drift, posterior, preset_target, psnr
 from pca_attack.certify.members import EnsembleAggregate, ModelReport
@@ -280,7 +281,7 @@ def certificate(
 def editor_copy(config: AttackConfig, width: int, height: int) -> int | None:
     """The editor resolution the attack also worked at: set, the image larger, and PGD steps run."""
     side = config.editor_resolution
-    return side if side is not None and max(width, height) > side and config.mode != "fast" else None
+    return side if downscaled(height, width, side) and config.mode != "fast" else None
 
 
 __all__ = ["Certificate", "certificate", "preset_target"]

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def fetch(entry: ModelEntry, role: str, offline: bool, timeout: float = 30.0) ->
         why = "it does not match the published checksum" if target.exists() else "not downloaded"
         raise _missing(entry, file, f"{why}, and --offline (or HF_HUB_OFFLINE) forbids downloading")
     log.info("fetching %s for model %r (%.1f MB, once) from %s into %s", file.name, entry.name, file.size / 1e6,
-             file.url.split("/")[2], target.parent)
+             urllib.parse.urlsplit(file.url).netloc, target.parent)
     try:
         download(file, target, timeout)
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors; ValueError: size or checksum

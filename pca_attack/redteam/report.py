@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from pca_attack.attack.config import PRESETS
+from pca_attack.attack.eot import downscaled
 from pca_attack.attack.losses import mean_kl_per_element, posterior_variance
 from pca_attack.certify.diagnostics import posterior, psnr, roundtrip
 from pca_attack.errors import ConfigError
@@ -134,7 +135,7 @@ def _as_list(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
 def larger_than(images: Sequence[torch.Tensor], long_side: int | None) -> bool:
     """True when some image (3, H, W) is larger than ``long_side`` on its long side: an editor working at that
     size downscales it (the ``--editor-resolution`` attack and the ``editor-N`` row only matter then)."""
-    return long_side is not None and any(max(image.shape[-2:]) > long_side for image in images)
+    return any(downscaled(image.shape[-2], image.shape[-1], long_side) for image in images)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
