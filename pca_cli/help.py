@@ -14,9 +14,10 @@ from typer.core import TyperCommand
 
 def transform_names() -> list[str]:
     """The red-team channels (``redteam --transforms``)."""
+    from pca_attack.redteam.channels import ON_DEMAND
     from pca_attack.redteam.channels import transform_names as names
 
-    return names()
+    return names() + [f"{prefix}N" for prefix in ON_DEMAND]
 
 
 LAZY_CHOICES: dict[str, Callable[[], list[str]]] = {"transforms": transform_names}

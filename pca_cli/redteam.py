@@ -162,7 +162,7 @@ def redteam_command(
 
     from pca_attack.errors import PCAError
     from pca_attack.pipeline import Engine
-    from pca_attack.redteam.channels import TRANSFORMS
+    from pca_attack.redteam.channels import get_transform
     from pca_attack.redteam.report import redteam
 
     console = Console(stderr=True)
@@ -171,12 +171,9 @@ def redteam_command(
     if not files:
         raise typer.BadParameter(f"no supported images in {image_or_folder}", param_hint="IMAGE_OR_FOLDER")
     names = [t.strip() for t in transforms.split(",") if t.strip()] if transforms else None
-    unknown = [n for n in names or [] if n not in TRANSFORMS]
-    if unknown:
-        typer.echo(f"error: unknown transformation(s) {', '.join(unknown)}; choose from: "
-                   f"{', '.join(TRANSFORMS)}", err=True)
-        raise typer.Exit(2)
     try:
+        for name in names or []:
+            get_transform(name)  # unknown names: a usage error listing the known ones, before any work
         options.to_attack_config()  # invalid combinations: a usage error before the model loads
         engine = Engine.from_spec(model, device=device, dtype=dtype, offline=offline or None, max_memory=budget)
         cleans, protecteds, certs = protect_images(engine, files, options, console)

@@ -2,8 +2,10 @@
 
 PIL codecs and filters, skimage's bilateral filter, a numpy guided filter and an IMPRESS-style VAE purification.
 Each maps (B, 3, H, W) in [0, 1] to the same shape on the uint8 grid, except ``editor-N`` (the downscale to
-N px on the long side an editor applies first: smaller, on purpose). ``pca_attack.attack.eot`` holds their
-differentiable stand-ins used *during* the attack; ``pca_attack.redteam.report`` measures what survives them.
+N px on the long side an editor applies first) and ``crop-N`` (N px cut off the top and left edges, which moves
+the content against the encoder's grid as an editor's free crop does): smaller, on purpose.
+``pca_attack.attack.eot`` holds their differentiable stand-ins used *during* the attack;
+``pca_attack.redteam.report`` measures what survives them.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ def editor_resize(x: torch.Tensor, long_side: int) -> torch.Tensor:
     scale = long_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return _per_image(x, lambda a: np.asarray(Image.fromarray(a).resize(size, Image.Resampling.LANCZOS)))
+
+
+def crop_top_left(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Cut ``pixels`` rows off the top and columns off the left: the content moves by that much against the
+    encoder's grid (a crop at a multiple of the encoder's factor would not move it). (B, 3, H, W) ->
+    (B, 3, H - pixels, W - pixels)."""
+    height, width = x.shape[-2:]
+    if pixels >= min(height, width) - 7:
+        raise ConfigError(f"crop-{pixels} leaves less than 8 px of a {width}x{height} image; crop fewer pixels")
+    return x[..., pixels:, pixels:].clone()
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -189,6 +201,7 @@ def _purify(x: torch.Tensor, ctx: Context) -> torch.Tensor:
 
 EDITOR_PREFIX = "editor-"  # editor-N: built on demand for any N (not in the default list: small images are
 # left as they are by it)
+CROP_PREFIX = "crop-"  # crop-N: built on demand for any N >= 1 (crop-4 is half of an f8 encoder's grid)
 
 
 def editor_transformation(long_side: int) -> Transformation:
@@ -196,6 +209,20 @@ def editor_transformation(long_side: int) -> Transformation:
     return Transformation(f"{EDITOR_PREFIX}{long_side}",
                           f"Lanczos downscale to {long_side} px on the long side (an editor's working size)",
                           lambda x, c: editor_resize(x, long_side))
+
+
+def crop_transformation(pixels: int) -> Transformation:
+    """``crop-N``: N px cut off the top and left edges (the content shifted against the encoder's grid)."""
+    return Transformation(f"{CROP_PREFIX}{pixels}",
+                          f"crop {pixels} px off the top and left edges (shifts the content against the grid)",
+                          lambda x, c: crop_top_left(x, pixels))
+
+
+# prefix -> (smallest N, builder): the transformations made on demand for any N
+ON_DEMAND: dict[str, tuple[int, Callable[[int], Transformation]]] = {
+    EDITOR_PREFIX: (8, editor_transformation),
+    CROP_PREFIX: (1, crop_transformation),
+}
 
 
 TRANSFORMS: dict[str, Transformation] = {
@@ -223,18 +250,20 @@ def transform_names() -> list[str]:
 
 
 def get_transform(name: str) -> Transformation:
-    """The named transformation; ``editor-N`` for any N >= 8 as well as the listed ones."""
+    """The named transformation: a listed one, ``editor-N`` (N >= 8) or ``crop-N`` (N >= 1)."""
     if name in TRANSFORMS:
         return TRANSFORMS[name]
-    side = name.removeprefix(EDITOR_PREFIX)
-    if name.startswith(EDITOR_PREFIX) and side.isdigit() and int(side) >= 8:
-        return editor_transformation(int(side))
-    raise ConfigError(f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)} (or editor-N)")
+    for prefix, (smallest, build) in ON_DEMAND.items():
+        number = name.removeprefix(prefix)
+        if name.startswith(prefix) and number.isdigit() and int(number) >= smallest:
+            return build(int(number))
+    raise ConfigError(f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)} "
+                      "(or editor-N for N >= 8, crop-N for N >= 1)")
 
 
 def apply_transform(name: str, x: torch.Tensor, seed: int = 0, encoder: Encoder | None = None,
                     decoder: Decoder | None = None, purify_steps: int = 20) -> torch.Tensor:
-    """Apply the named transformation to (B, 3, H, W) in [0, 1] (editor-N returns the smaller image)."""
+    """Apply the named transformation to (B, 3, H, W) in [0, 1] (editor-N and crop-N return a smaller image)."""
     return get_transform(name)(x, Context(seed, encoder, decoder, purify_steps))
 
 

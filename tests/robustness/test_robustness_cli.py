@@ -30,16 +30,19 @@ def test_redteam_command_writes_its_files(tiny_vae_dir: Path, tmp_path: Path) ->
         out = tmp_path / "out"
         result = CliRunner().invoke(app, [
             "redteam", str(folder), "--model", str(tiny_vae_dir), "--out", str(out), "--steps", "2",
-            "--device", "cpu", "--transforms", "jpeg-75,resize-0.5,purify", "--seed", "1",
+            "--device", "cpu", "--transforms", "jpeg-75,resize-0.5,purify,crop-4", "--seed", "1",
         ])
         assert result.exit_code == 0, result.output
         data = json.loads((out / "redteam.json").read_text())
         assert data["images"] == 2 and len(data["certificates"]) == 2
-        assert [r["transform"] for r in data["rows"]] == ["none", "jpeg-75", "resize-0.5", "purify"]
+        assert [r["transform"] for r in data["rows"]] == ["none", "jpeg-75", "resize-0.5", "purify", "crop-4"]
         assert "| jpeg-75 |" in (out / "redteam.md").read_text()
         assert (out / "redteam.png").read_bytes()[:4] == b"\x89PNG"
         bad = CliRunner().invoke(app, ["redteam", str(folder), "--model", str(tiny_vae_dir), "--out",
                                        str(out), "--transforms", "jpeg-7", "--steps", "1", "--device", "cpu"])
         assert bad.exit_code == 2 and "jpeg-75" in bad.output
+        bad = CliRunner().invoke(app, ["redteam", str(folder), "--model", str(tiny_vae_dir), "--out",
+                                       str(out), "--transforms", "crop-0", "--steps", "1", "--device", "cpu"])
+        assert bad.exit_code == 2 and "crop-N for N >= 1" in bad.output
     finally:
         torch.set_num_threads(before)
