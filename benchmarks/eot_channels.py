@@ -18,6 +18,8 @@ attack's. Needs a model with a decoder.
         --smoothing 0,1,2,4,8 --out docs/smoothing_taef2.json
     python benchmarks/eot_channels.py --model <taef2 folder> --eot none --editor 0,256 \
         --channels editor-256,jpeg-75 --out docs/editor_default_taef2.json
+    python benchmarks/eot_channels.py --model <taef2 folder> --eot none --editor 0,256,256~0.25 \
+        --channels editor-224,editor-256,editor-296,editor-320,crop-4,crop-3 --out docs/editor_sizes_taef2.json
     python benchmarks/eot_channels.py --model demo --photos chelsea --crop 48x64 --steps 2 --eot none,cleaner  # smoke
 """
 
@@ -51,17 +53,20 @@ CHANNELS = "jpeg-75,noise-8,cleaner,blur-1,resize-0.5,purify"
 
 
 def variants(presets: list[str], smoothings: list[float], steps: int, eot_samples: int,
-             editors: tuple[int, ...] = (0,)) -> dict[str, AttackConfig]:
+             editors: tuple[str, ...] = ("0",)) -> dict[str, AttackConfig]:
     """Name -> configuration for every EoT preset, gradient smoothing and editor resolution: 'none' is the plain
     attack, 'cleaner' an EoT preset, 'none+smooth4' the plain attack with ``smoothing=4``, 'none+editor256' the
-    plain attack with ``editor_resolution=256`` (0: off)."""
+    plain attack with ``editor_resolution=256`` (editor '0': off), 'none+editor256~0.25' with
+    ``editor_spread=0.25`` too (editor '256~0.25')."""
     out = {}
     for preset in presets:
         for sigma in smoothings:
-            for side in editors:
-                name = preset + (f"+smooth{sigma:g}" if sigma else "") + (f"+editor{side}" if side else "")
+            for editor in editors:
+                side, _, spread = editor.partition("~")
+                name = preset + (f"+smooth{sigma:g}" if sigma else "") + (f"+editor{editor}" if int(side) else "")
                 out[name] = AttackConfig(steps=steps, eot=None if preset == "none" else preset,
-                                         eot_samples=eot_samples, smoothing=sigma, editor_resolution=side or None)
+                                         eot_samples=eot_samples, smoothing=sigma, editor_resolution=int(side) or None,
+                                         editor_spread=float(spread or 0))
     return out
 
 
@@ -121,7 +126,8 @@ def main() -> None:
     parser.add_argument("--eot", default="none,noise,cleaner,noise-cleaner", help="EoT presets ('none' = plain)")
     parser.add_argument("--smoothing", default="0", help="gradient smoothing sigmas in pixels (0 = off)")
     parser.add_argument("--eot-samples", type=int, default=1, help="EoT draws per step")
-    parser.add_argument("--editor", default="0", help="editor resolutions attacked too (long sides; 0 = off)")
+    parser.add_argument("--editor", default="0",
+                        help="editor resolutions attacked too (long sides; 0 = off; N~S: with editor_spread S)")
     parser.add_argument("--channels", default=CHANNELS, help="red-team channels measured after")
     parser.add_argument("--steps", type=int, default=40, help="attack steps (equal for every preset)")
     parser.add_argument("--threads", type=int, default=2)
@@ -132,14 +138,14 @@ def main() -> None:
     decoder = load_decoder(args.model, device="cpu", dtype="fp32", offline=True)
     size = tuple(int(v) for v in args.crop.split("x")) if args.crop else None
     configs = variants(args.eot.split(","), [float(s) for s in args.smoothing.split(",")], args.steps, args.eot_samples,
-                       tuple(int(side) for side in args.editor.split(",")))
+                       tuple(args.editor.split(",")))
     channels = args.channels.split(",")
     presets = list(configs)
     photos = {name: photo_rows(encoder, decoder, crop(x, size), configs, channels)  # type: ignore[arg-type]
               for name, x in load_photos(False).items() if name in args.photos.split(",")}
     publish({"model": args.model, "crop": args.crop or "natural size", "steps": args.steps,
              "eot_samples": args.eot_samples,
-             "attack": "AttackConfig(steps, eot, smoothing, editor_resolution) defaults otherwise",
+             "attack": "AttackConfig(steps, eot, smoothing, editor_resolution, editor_spread) defaults otherwise",
              "summary": summary(photos, presets), "photos": photos}, args.out)
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from pca_attack.attack.config import AttackConfig
+from pca_attack.attack.editor_term import editor_pixels
 from pca_attack.attack.loop_memory import for_config
 from pca_attack.attack.memory import (
     AttackPlan,
     default_budget,
-    editor_pixels,
     loss_evaluations,
     memory_in_use,
     memory_model,
@@ -165,7 +165,7 @@ class Engine:
         tiled_evaluations = loss_evaluations(config, tiled=True) * draws
         for (height, width), indices in groups.items():
             size = min(self.max_batch, len(indices))
-            extra = editor_pixels(height, width, config.editor_resolution)
+            extra = editor_pixels(height, width, config.editor_resolution, config.editor_spread)
             plan = plan_attack(model, height, width, batch=size, steps=steps, available=available,
                                extra_pixels=extra, evaluations=evaluations, tiled_evaluations=tiled_evaluations)
             if plan.grid is not None and size > 1:  # tiles run one image at a time

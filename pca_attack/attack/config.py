@@ -91,6 +91,7 @@ class AttackConfig:
     aggregation: Literal["mean", "worst"] = "mean"  # ensembles: mean of normalised member losses, or the worst
     model_weights: tuple[float, ...] | None = None  # ensembles: one weight per model for "mean" (None = equal)
     editor_resolution: int | None = 1024  # also collapse a larger image downscaled to this long side (editors' ~1 MP)
+    editor_spread: float = 0.0  # editor_resolution N: each step draws the copy's long side from 5 sizes N/(1+s)..N(1+s)
     budget: Literal["linf", "jnd", "psnr"] = "linf"  # eps everywhere; a JND map <= eps; the eps box ∩ an L2 ball
     target_psnr: float = 30.0  # budget "psnr": the perturbation's pixel PSNR is kept >= this (dB), an RMS bound
     colour_neutral: bool = True  # remove the perturbation's mean per channel, globally and per window
@@ -146,6 +147,8 @@ class AttackConfig:
             raise ConfigError(f"model_weights={self.model_weights}; every weight must be a positive number")
         if self.editor_resolution is not None and not 64 <= self.editor_resolution <= 16384:
             raise ConfigError(f"editor_resolution={self.editor_resolution}; use a long side in [64, 16384], e.g. 1024")
+        if not 0 <= self.editor_spread <= 1:
+            raise ConfigError(f"editor_spread={self.editor_spread}; use 0 (size N only) or up to 1, e.g. 0.25")
         if self.preset == "custom":
             if self.target_variance is None or not self.target_variance > 0:
                 raise ConfigError("preset 'custom' needs target_variance > 0 (e.g. 1e-8)")

@@ -4,6 +4,9 @@ An editor given a large photo first downscales it to about N px on the long side
 the attack also collapses the copy: the term is the collapse loss of ``resize(x)`` (a differentiable,
 antialiased downscale), weighted by full-size latents per downscaled one, and its gradient flows back through
 the resize to the full-size image. An image not larger than N has no term (the editor encodes it as it is).
+With ``editor_spread`` s > 0, each gradient pass draws the copy's long side from five sizes N/(1+s)..N(1+s)
+(``pca_attack.attack.eot.editor_sizes``; the editor's exact size is not known), each with its own target and
+tiled objective, kept once built; a loss-only pass without a generator (the final loss) measures size N.
 
 * **Untiled attack**: the copy is encoded whole, in one graph from x through the resize and the encoder.
 * **Tiled attack**: the copy is encoded in tiles of the main grid's core and halo (with its own whole-image
@@ -22,14 +25,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from pca_attack.attack.eot import downscaled, editor_sizes, resize_long_side
 from pca_attack.attack.losses import half_safe_scale, pca_loss
 from pca_attack.models.encoder import Encoder, Posterior
 
 if TYPE_CHECKING:
     from pca_attack.attack.tiling import TileGrid  # tiling builds this term: imported for types only
-
-Resize = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, 3, h, w), differentiable
-
 
 class CopyObjective(Protocol):
     """The tiled objective of the downscaled copy (``pca_attack.attack.tiling.TiledObjective``)."""
@@ -52,6 +53,16 @@ def editor_weight(height: int, width: int, small: torch.Tensor) -> float:
     return (height * width) / float(small.shape[-2] * small.shape[-1])
 
 
+def editor_pixels(height: int, width: int, long_side: int | None, spread: float = 0.0) -> int:
+    """Pixels of the largest editor-resolution copy (0 without one, or when the image is not larger than N: no
+    copy); with ``spread``, of the largest drawn size that still downscales the image."""
+    if long_side is None or not downscaled(height, width, long_side):
+        return 0
+    side = max(s for s in editor_sizes(long_side, spread) if downscaled(height, width, s) or s == long_side)
+    scale = side / max(height, width)
+    return max(8, round(height * scale)) * max(8, round(width * scale))
+
+
 def copy_grid(grid: TileGrid, height: int, width: int) -> TileGrid:
     """The main grid's tiling (core, halo, statistics, checkpointing) applied to a (height, width) copy."""
     return replace(grid, height=height, width=width)
@@ -60,13 +71,16 @@ def copy_grid(grid: TileGrid, height: int, width: int) -> TileGrid:
 class EditorTerm:
     """The loss (B,) of the editor's downscaled copy and its gradient w.r.t. the full-size image."""
 
-    def __init__(self, encoder: Encoder, resize: Resize, tiled: Callable[[TileGrid], CopyObjective]) -> None:
+    def __init__(self, encoder: Encoder, long_side: int, spread: float,
+                 tiled: Callable[[TileGrid], CopyObjective]) -> None:
         self.encoder = encoder
-        self.resize = resize
-        self.target: float | torch.Tensor | None = None  # the copy's own target (``prepare``)
-        self._tiled = tiled  # builds the copy's tiled objective
+        self.long_side = long_side  # N: the term applies to images larger than it
+        self.sizes = editor_sizes(long_side, spread)  # the long sides a gradient pass draws from (N alone: spread 0)
+        self._tiled = tiled  # builds a copy's tiled objective
         self._grid: TileGrid | None = None  # the main image's grid (None: untiled)
-        self._copy: CopyObjective | None = None
+        self._copies: dict[tuple[int, int], CopyObjective] = {}  # (h, w) of a copy -> its tiled objective
+        self._targets: dict[int, torch.Tensor | None] = {}  # long side -> the clean copy's variance (adaptive)
+        self._clean: torch.Tensor | None = None  # (B, 3, H, W) clean images, for adaptive targets (``prepare``)
 
     @property
     def grid(self) -> TileGrid | None:
@@ -74,43 +88,56 @@ class EditorTerm:
 
     @grid.setter
     def grid(self, grid: TileGrid | None) -> None:
-        """A new main grid (a new image): the copy's objective and statistics are rebuilt on next use."""
-        self._grid, self._copy = grid, None
+        """A new main grid (a new image): the copies' objectives and statistics are rebuilt on next use."""
+        self._grid, self._copies = grid, {}
 
     def _copy_objective(self, small: torch.Tensor) -> CopyObjective | None:
         """The copy's tiled objective when the main image is tiled (None: encode the copy whole)."""
         if self._grid is None:
             return None
         height, width = small.shape[-2:]
-        grid = self._copy.grid if self._copy is not None else None
-        if grid is None or (grid.height, grid.width) != (height, width):
-            self._copy = self._tiled(copy_grid(self._grid, height, width))
-        return self._copy
+        if (height, width) not in self._copies:
+            self._copies[(height, width)] = self._tiled(copy_grid(self._grid, height, width))
+        return self._copies[(height, width)]
+
+    def prepare(self, x: torch.Tensor, target: float | torch.Tensor) -> None:
+        """Keep the clean images x (B, 3, H, W) when the target is adaptive: each copy's target is then the clean
+        copy's own posterior variance, measured at its first use (a scalar target is the same for every copy)."""
+        self._clean = x if isinstance(target, torch.Tensor) else None
+        self._targets = {}
 
     @torch.no_grad()
-    def prepare(self, x: torch.Tensor, target: float | torch.Tensor) -> None:
-        """Fix the copy's target from the clean images x (B, 3, H, W): the same scalar, or (adaptive) the
-        clean copy's own posterior variance."""
-        if not isinstance(target, torch.Tensor):
-            self.target = target
-            return
-        small = self.resize(x)  # (B, 3, h, w)
-        if small is x:  # not larger than the editor's size: no copy to collapse (``evaluate``)
-            self.target = None
-            return
-        copy = self._copy_objective(small)
-        _, logvar = self.encoder.posterior(small) if copy is None else copy.posterior(small)
-        self.target = None if logvar is None else logvar.float().exp()
+    def _target(self, side: int, target: float | torch.Tensor) -> float | torch.Tensor:
+        """The copy's target at ``side``: the scalar target, or the clean copy's posterior variance."""
+        if self._clean is None:
+            return target
+        if side not in self._targets:
+            small = resize_long_side(self._clean, side)  # (B, 3, h, w)
+            copy = self._copy_objective(small)
+            _, logvar = self.encoder.posterior(small) if copy is None else copy.posterior(small)
+            self._targets[side] = None if logvar is None else logvar.float().exp()
+        wanted = self._targets[side]
+        return target if wanted is None else wanted
+
+    def _draw(self, generator: torch.Generator | None) -> int:
+        """This pass's long side: N, or one of ``sizes`` drawn with the pass's generator."""
+        if len(self.sizes) == 1 or generator is None:
+            return self.long_side
+        return self.sizes[int(torch.randint(len(self.sizes), (), generator=generator))]
 
     def evaluate(
         self, x: torch.Tensor, target: float | torch.Tensor, generator: torch.Generator | None, sign: float | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The term (B,) fp32, and with ``sign`` the gradient of ``sign * term.sum()`` w.r.t. x (B, 3, H, W)."""
-        wanted = self.target if self.target is not None else target
+        none = torch.zeros(x.shape[0], device=x.device), None
+        if not downscaled(x.shape[-2], x.shape[-1], self.long_side):  # the editor encodes the image itself,
+            return none  # which the main objective attacks already: no term
+        side = self._draw(generator)
         whole = x.detach().requires_grad_(sign is not None)
-        small = self.resize(whole)  # (B, 3, h, w), attached to ``whole`` when a gradient is wanted
-        if small is whole:  # not larger than the editor's size: the editor encodes the image itself, which the
-            return torch.zeros(x.shape[0], device=x.device), None  # main objective attacks already: no term
+        small = resize_long_side(whole, side)  # (B, 3, h, w), attached to ``whole`` when a gradient is wanted
+        if small is whole:  # a drawn size not smaller than the image: no copy this pass
+            return none
+        wanted = self._target(side, target)
         weight = editor_weight(x.shape[-2], x.shape[-1], small)
         copy = self._copy_objective(small)
         if copy is None:  # one graph: x -> resize -> encoder

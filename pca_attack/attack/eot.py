@@ -133,6 +133,17 @@ def downscaled(height: int, width: int, long_side: int | None) -> bool:
     return long_side is not None and max(height, width) > long_side
 
 
+def editor_sizes(long_side: int, spread: float = 0.0, count: int = 5) -> tuple[int, ...]:
+    """The editor's long sides the editor-resolution term is attacked at: ``long_side`` alone (spread 0), or
+    ``count`` sizes spaced evenly in log scale from ``long_side / (1 + spread)`` to ``long_side * (1 + spread)``,
+    ascending (an editor's working size is not known exactly: 1 MP is 1024 px long for a square photo, 1182 px
+    for a 4:3 one)."""
+    if spread == 0:
+        return (long_side,)
+    half = count // 2
+    return tuple(sorted({max(8, round(long_side * (1 + spread) ** (k / half))) for k in range(-half, half + 1)}))
+
+
 def resize_long_side(x: torch.Tensor, long_side: int, mode: str = "bilinear") -> torch.Tensor:
     """Differentiable downscale of (B, 3, H, W) so its long side is ``long_side`` (antialiased, as editors
     do before encoding); images already that small are returned as they are."""

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pca_attack.attack.eot import downscaled
 from pca_attack.attack.norm_stats import WholeImageNorm
 from pca_attack.attack.sizes import (  # noqa: F401 (re-exported: the budget's units and measurements)
     default_budget,
@@ -325,14 +324,6 @@ def _largest_tiles(
                     stats="exact" if whole_pass else "lagged", core_width=cores[1])
     fits = model.estimate_grid(grid, batch) * HEADROOM <= available  # the loop's whole-image work too
     return grid if fits else None
-
-
-def editor_pixels(height: int, width: int, long_side: int | None) -> int:
-    """Pixels of the editor-resolution copy (0 without one, or when the image is not larger: no copy)."""
-    if long_side is None or not downscaled(height, width, long_side):
-        return 0
-    scale = long_side / max(height, width)
-    return max(8, round(height * scale)) * max(8, round(width * scale))
 
 
 # -- measurements outside the attack (certificates, diagnostics, red team) within the same budget ---------

@@ -68,18 +68,10 @@ class Protector:
         self.tiled = combine(  # several models: pca_attack.attack.objective.EnsembleObjective over their objectives
             encoder, self.config,
             lambda member: TiledObjective(
-                member, self._transform, self.config.eot_samples, editor_resize=self._editor_resize()
+                member, self._transform, self.config.eot_samples, editor_resolution=self.config.editor_resolution,
+                editor_spread=self.config.editor_spread,
             ),
         )
-
-    def _editor_resize(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The editor's differentiable downscale when ``editor_resolution`` is set."""
-        side = self.config.editor_resolution
-        if side is None:
-            return None
-        from pca_attack.attack.eot import resize_long_side
-
-        return lambda x: resize_long_side(x, side)
 
     def __repr__(self) -> str:
         c = self.config
@@ -240,7 +232,7 @@ class Protector:
         if cfg.shrink:  # the smallest perturbation keeping cfg.shrink of the collapse (attack/shrink.py)
             shrinker = Shrinker(budget, lv, lambda im: sign * self.loss(im, target))
             images = shrinker(images, lambda im: self.loss_and_grad(im, target, generator, sign)[1], cfg.shrink)
-        first_is_clean = bool(tracker.trace) and self._clean_start and self._transform is None
+        first_is_clean = bool(tracker.trace) and self._clean_start and not self._drawn
         clean_loss = tracker.trace[0] if first_is_clean else self.loss(x, target).float().cpu()
         final_loss, kept = self._final_loss(images, target, q_last if shared else None, last_loss, last_kept)
         return ProtectResult(
@@ -255,10 +247,16 @@ class Protector:
         )
 
     def _one_final_pass(self) -> bool:
-        """Tiled (each loss-only pass streams the whole-image statistics), without EoT (whose loss is an average
-        the final loss is not) and without shrink: one exact evaluation serves keep_best and the final loss."""
+        """Tiled (each loss-only pass streams the whole-image statistics), without random draws (whose loss is not
+        the final loss) and without shrink: one exact evaluation serves keep_best and the final loss."""
         grid = self.tiled.grid
-        return grid is not None and len(grid) > 1 and self._transform is None and not self.config.shrink
+        return grid is not None and len(grid) > 1 and not self._drawn and not self.config.shrink
+
+    @property
+    def _drawn(self) -> bool:
+        """The objective draws at random (EoT, or the editor's size with ``editor_spread``): a pass with a
+        generator measures one draw, not the loss of the returned images (measured without one)."""
+        return self._transform is not None or self.config.editor_spread > 0
 
     @torch.no_grad()
     def _final_loss(

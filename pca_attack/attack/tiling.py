@@ -209,14 +209,15 @@ class TiledObjective:
         transform: Transform | None = None,
         eot_samples: int = 1,
         grid: TileGrid | None = None,
-        editor_resize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        editor_resolution: int | None = None,
+        editor_spread: float = 0.0,
     ) -> None:
         self.encoder = encoder
         self.transform = transform
         self.eot_samples = eot_samples if transform is not None else 1
         self.norm: WholeImageNorm | None = None  # whole-image GroupNorm statistics (tiled encoders with GN)
-        self.editor = None if editor_resize is None else EditorTerm(
-            encoder, editor_resize, lambda copy: TiledObjective(encoder, grid=copy))
+        self.editor = None if editor_resolution is None else EditorTerm(
+            encoder, editor_resolution, editor_spread, lambda copy: TiledObjective(encoder, grid=copy))
         self.grid = grid
         self.on_tile: TileCallback | None = None
         self.checkpoint = False  # recompute the encoder's blocks in backward (Encoder.checkpointing)

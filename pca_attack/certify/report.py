@@ -71,6 +71,10 @@ class Certificate(BaseModel):
         default=None, description="long side of the editor's downscaled copy the attack also worked on (the image is "
         "larger); null: off, the image is not larger, or fast mode without refinement steps",
     )
+    editor_spread: float = Field(
+        default=0.0, description="with editor_resolution N: each step drew the copy's long side from five sizes "
+        "N/(1+s)..N(1+s) (a library setting, AttackConfig(editor_spread=s)); 0: N only, the default",
+    )
     mean_shift_255: list[float] = Field(
         default_factory=list, description="mean of (output - input) per channel R, G, B, 0-255 scale (colour cast)"
     )
@@ -261,7 +265,7 @@ def certificate(
         seed=config.seed,
         eot=config.eot,
         smoothing=config.smoothing,
-        editor_resolution=editor_copy(config, clean.width, clean.height),
+        **editor_fields(config, clean.width, clean.height),
         mode=config.mode,
         width=clean.width, height=clean.height,
         bit_depth=16 if clean.levels > 255 else 8,
@@ -278,10 +282,12 @@ def certificate(
     )
 
 
-def editor_copy(config: AttackConfig, width: int, height: int) -> int | None:
-    """The editor resolution the attack also worked at: set, the image larger, and PGD steps run."""
+def editor_fields(config: AttackConfig, width: int, height: int) -> dict[str, Any]:
+    """The editor resolution the attack also worked at (set, the image larger, and PGD steps run) and the
+    spread of the sizes it drew around it (0 when there was no copy)."""
     side = config.editor_resolution
-    return side if downscaled(height, width, side) and config.mode != "fast" else None
+    copy = downscaled(height, width, side) and config.mode != "fast"
+    return {"editor_resolution": side if copy else None, "editor_spread": config.editor_spread if copy else 0.0}
 
 
 __all__ = ["Certificate", "certificate", "preset_target"]

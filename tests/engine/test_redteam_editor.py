@@ -127,7 +127,10 @@ def test_the_certificate_says_whether_an_editor_copy_was_collapsed(tiny_vae_dir:
     engine = Engine.from_spec(str(tiny_vae_dir), device="cpu", with_decoder=False)
     pixels = np.round(_image(96, 128)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     png = to_bytes(Image.fromarray(pixels))
-    for config, expected in ((AttackConfig(steps=1, editor_resolution=64), 64),
-                             (AttackConfig(steps=1), None),  # the default 1024: this image is not larger
-                             (AttackConfig(steps=1, editor_resolution=None), None)):
-        assert engine.protect_bytes(png, config).certificate.editor_resolution == expected
+    for config, expected, spread in ((AttackConfig(steps=1, editor_resolution=64), 64, 0.0),
+                                     (AttackConfig(steps=1, editor_resolution=64, editor_spread=0.25), 64, 0.25),
+                                     (AttackConfig(steps=1), None, 0.0),  # the default 1024: not larger
+                                     (AttackConfig(steps=1, editor_spread=0.25), None, 0.0),  # no copy, no spread
+                                     (AttackConfig(steps=1, editor_resolution=None), None, 0.0)):
+        cert = engine.protect_bytes(png, config).certificate
+        assert (cert.editor_resolution, cert.editor_spread) == (expected, spread)

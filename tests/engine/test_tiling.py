@@ -189,14 +189,14 @@ def test_an_image_not_larger_than_the_editor_size_is_attacked_exactly_as_without
 ) -> None:
     """The editor encodes such an image as it is: no copy, no second encoder pass, the plain loss and gradient
     bit for bit, and no extra pixels in the memory plan."""
-    from pca_attack.attack.memory import editor_pixels
+    from pca_attack.attack.editor_term import editor_pixels
 
     encoder, x = conv_encoder(), image(96, 64, batch=1)
     grid = TileGrid(96, 64, factor=4, core=24, halo=HALO) if tiled else None
     target = Protector(encoder, AttackConfig(preset=preset)).target_variance(x)
     results = []
-    for resize in (None, lambda t: resize_long_side(t, 128)):
-        objective = TiledObjective(encoder, grid=grid, editor_resize=resize)
+    for side in (None, 128):
+        objective = TiledObjective(encoder, grid=grid, editor_resolution=side)
         objective.prepare(x, target)
         calls: list[int] = []
         hook = encoder.register_forward_pre_hook(lambda _m, _a, seen=calls: seen.append(1))
@@ -217,11 +217,11 @@ def test_tiled_attack_encodes_the_editor_copy_in_tiles_with_the_untiled_loss_and
     encoder, x = conv_encoder(), image(192, 128, batch=1)
     config = AttackConfig(preset=preset, editor_resolution=96)
     target = Protector(encoder, config).target_variance(x)
-    whole = TiledObjective(encoder, editor_resize=lambda t: resize_long_side(t, 96))
+    whole = TiledObjective(encoder, editor_resolution=96)
     whole.prepare(x, target)
     loss, grad = whole.loss_and_grad(x, target, torch.Generator(), 1.0)
     grid = TileGrid(192, 128, factor=4, core=24, halo=HALO)
-    tiled = TiledObjective(encoder, grid=grid, editor_resize=lambda t: resize_long_side(t, 96))
+    tiled = TiledObjective(encoder, grid=grid, editor_resolution=96)
     sides: list[tuple[int, int]] = []
     hook = encoder.register_forward_pre_hook(lambda _m, args: sides.append(tuple(args[0].shape[-2:])))
     try:
