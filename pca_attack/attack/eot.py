@@ -218,6 +218,20 @@ class RandomNoise:
 
 
 @dataclass(frozen=True)
+class RandomShift:
+    """The content moved down and right by a whole number of pixels drawn from [0, high] per axis (the top rows
+    and left columns repeated, the bottom and right ones dropped): against the encoder's grid, what an editor's
+    free crop does (the red team's ``crop-N``). Same shape."""
+
+    high: int
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        dy, dx = (int(v) for v in torch.randint(self.high + 1, (2,), generator=generator))
+        height, width = x.shape[-2:]
+        return F.pad(x, (dx, 0, dy, 0), mode="replicate")[..., :height, :width]  # (B, 3, H, W)
+
+
+@dataclass(frozen=True)
 class Chain:
     """Apply transformations in order."""
 
@@ -258,6 +272,7 @@ _FACTORIES: dict[str, Callable[[], Transform]] = {  # one per name of ``eot_name
     # on TAEF2 (chelsea, coffee, natural size, 40 steps): 1.30x the plain attack's damage after the red team's
     # cleaner, 0.75x on the lossless image (benchmarks/eot_channels.py); a noise-or-cleaner mix gained nothing
     "cleaner": RandomCleaner,
+    "shift": lambda: RandomShift(7),
     "mixed": lambda: OneOf((None, RandomJPEG(50, 95), _social(), RandomBlur(0.5, 1.5), RandomNoise(2.0, 8.0))),
 }
 # name -> (factory, description), in the order of EOT_DESCRIPTIONS

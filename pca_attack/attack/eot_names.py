@@ -19,6 +19,7 @@ EOT_DESCRIPTIONS: dict[str, str] = {
     "noise": "additive Gaussian noise, std 2-8 on the 0-255 scale",
     "cleaner": "AdverseCleaner-style: 2-4 bilateral passes (colour sigma 0.03-0.08) + guided filter; measured on "
     "TAEF2 to collapse less everywhere, after that cleaner too (README): not recommended",
+    "shift": "the content shifted 0-7 px down and right against the encoder's grid (an editor's free crop)",
     "mixed": "one of: identity, JPEG 50-95, social-resize, blur, noise (uniformly per sample)",
 }
 
