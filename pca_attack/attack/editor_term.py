@@ -58,7 +58,7 @@ def editor_pixels(height: int, width: int, long_side: int | None, spread: float 
     copy); with ``spread``, of the largest drawn size that still downscales the image."""
     if long_side is None or not downscaled(height, width, long_side):
         return 0
-    side = max(s for s in editor_sizes(long_side, spread) if downscaled(height, width, s) or s == long_side)
+    side = max(s for s in editor_sizes(long_side, spread) if downscaled(height, width, s))  # N among them
     scale = side / max(height, width)
     return max(8, round(height * scale)) * max(8, round(width * scale))
 
