@@ -256,7 +256,8 @@ class Protector:
     def _drawn(self) -> bool:
         """The objective draws at random (EoT, or the editor's size with ``editor_spread``): a pass with a
         generator measures one draw, not the loss of the returned images (measured without one)."""
-        return self._transform is not None or self.config.editor_spread > 0
+        config = self.config
+        return self._transform is not None or (config.editor_spread > 0 and config.editor_resolution is not None)
 
     @torch.no_grad()
     def _final_loss(
